@@ -1,0 +1,26 @@
+"""The ASGI application: HTTP through Django, websockets through Channels."""
+
+from __future__ import annotations
+
+import os
+
+from agentplatform import embedded
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+# A server process never owns the embedded services: it re-attaches to what `make run` started.
+embedded.configure(stop_on_exit=False)
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from agentplatform.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

@@ -1,0 +1,53 @@
+"""Bearer API-key authentication for REST."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+from agentplatform.models import ApiKey, Tenant
+from agentplatform.services import api_key_authenticate
+
+
+@dataclass(frozen=True)
+class TenantPrincipal:
+    """`request.user` for API calls: the tenant acting through one of its keys."""
+
+    tenant: Tenant
+    api_key: ApiKey
+    is_authenticated: bool = True
+    is_anonymous: bool = False
+
+
+def request_tenant(request: Request) -> Tenant:
+    """The tenant of an API request that passed `IsTenant`."""
+    principal = request.user
+    if not isinstance(principal, TenantPrincipal):
+        raise AuthenticationFailed("The API key is missing, malformed, revoked or unknown.")
+    return principal.tenant
+
+
+def bearer_token(header: bytes) -> str | None:
+    scheme, _, token = header.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[TenantPrincipal, ApiKey] | None:
+        header = get_authorization_header(request)
+        if not header:
+            return None
+        token = bearer_token(header)
+        key = api_key_authenticate(token) if token else None
+        if key is None:
+            raise AuthenticationFailed("The API key is missing, malformed, revoked or unknown.")
+        return TenantPrincipal(tenant=key.tenant, api_key=key), key
+
+    def authenticate_header(self, request: Request) -> str:
+        # Makes DRF answer 401 (not 403) when no credentials are given.
+        return 'Bearer realm="api"'

@@ -1,0 +1,142 @@
+"""`make run`: embedded services, migrations, the demo tenant, then web + worker + beat.
+
+Ctrl-C (or SIGTERM) stops the children, then the services this process started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agentplatform import embedded
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def main() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+    os.environ.setdefault("DEBUG", "1")
+    embedded.configure(stop_on_exit=True, quiet=False)
+    port = os.environ.get("PORT", "8000")
+    _manage("migrate", "--noinput", quiet=True)
+    credentials = json.loads(_manage("bootstrap_demo", capture=True).strip().splitlines()[-1])
+    children = _start_children(port)
+    _announce(port, credentials)
+    return _supervise(children)
+
+
+def _manage(*args: str, capture: bool = False, quiet: bool = False) -> str:
+    result = subprocess.run(  # noqa: S603
+        [PYTHON, str(BASE_DIR / "manage.py"), *args],
+        check=True,
+        text=True,
+        stdout=subprocess.PIPE if capture or quiet else None,
+    )
+    return result.stdout or ""
+
+
+def _start_children(port: str) -> dict[str, subprocess.Popen[bytes]]:
+    commands = {
+        "web": [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "agentplatform.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--log-level",
+            "warning",
+        ],
+        "worker": [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "agentplatform.celery",
+            "worker",
+            "--loglevel",
+            "warning",
+            "--concurrency",
+            "2",
+        ],
+        "beat": [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "agentplatform.celery",
+            "beat",
+            "--loglevel",
+            "warning",
+            "--schedule",
+            str(embedded.DATA_DIR / "celerybeat-schedule"),
+        ],
+    }
+    # Own process groups: Ctrl-C reaches only this supervisor, which stops them in order.
+    return {
+        name: subprocess.Popen(command, cwd=BASE_DIR, start_new_session=True)  # noqa: S603
+        for name, command in commands.items()
+    }
+
+
+def _announce(port: str, credentials: dict[str, str]) -> None:
+    base = f"http://127.0.0.1:{port}"
+    print(
+        f"\n  Agent platform is up.\n"
+        f"  API        {base}/api/v1/   (docs: {base}/api/v1/docs/)\n"
+        f"  Admin      {base}/admin/    login: {credentials['admin_username']} / "
+        f"{credentials['admin_password']}\n"
+        f"  Demo key   {credentials['api_key']}\n"
+        f"  Demo agent {credentials['agent_id']}\n"
+        f"  Try:       curl -H 'Authorization: Bearer {credentials['api_key']}' \\\n"
+        f"                  {base}/api/v1/agents/\n"
+        f"  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+def _supervise(children: dict[str, subprocess.Popen[bytes]]) -> int:
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    exit_code = 0
+    while not stopping:
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"{name} exited with {child.returncode}; stopping.", file=sys.stderr)
+                stopping, exit_code = True, 1
+        time.sleep(0.2)
+    _terminate(children)
+    embedded.stop_started()
+    print("Stopped.", flush=True)
+    return exit_code
+
+
+def _terminate(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in children.values():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

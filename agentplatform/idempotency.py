@@ -1,0 +1,134 @@
+"""`Idempotency-Key` for POST endpoints: a repeat returns the first result and does no work.
+
+Records live in PostgreSQL (per tenant, unique key) so a retry reaching any server instance,
+after any crash, sees the same record. While the first request runs, the record is locked
+for `LOCK_SECONDS`; a repeat in that window gets 409, and a repeat after it (the first
+holder died) takes the record over and runs again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from agentplatform.authentication import request_tenant
+from agentplatform.models import IdempotencyRecord, Tenant
+from agentplatform.problems import Conflict
+
+HEADER = "Idempotency-Key"
+LOCK_SECONDS = 60
+MAX_KEY_LENGTH = 255
+RETRYABLE = {409, 429}
+
+Handler = Callable[..., Response]
+
+
+def idempotent(handler: Handler) -> Handler:
+    """Decorate a DRF POST handler (`def post(self, request, ...)`) to honour the header."""
+
+    @functools.wraps(handler)
+    def wrapper(view: Any, request: Request, *args: Any, **kwargs: Any) -> Response:
+        key = request.headers.get(HEADER)
+        if key is None:
+            return handler(view, request, *args, **kwargs)
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise ValidationError({HEADER: [f"Must be 1 to {MAX_KEY_LENGTH} characters."]})
+        tenant = request_tenant(request)
+        fingerprint = request_fingerprint(request.method or "POST", request.path, request.data)
+        record, replay = _claim(tenant=tenant, key=key, request=request, fingerprint=fingerprint)
+        if replay is not None:
+            return replay
+        try:
+            response = handler(view, request, *args, **kwargs)
+        except BaseException:
+            _release(record)
+            raise
+        _complete(record, response)
+        return response
+
+    return wrapper
+
+
+def request_fingerprint(method: str, path: str, data: Any) -> str:
+    body = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(f"{method} {path}\n{body}".encode()).hexdigest()
+
+
+def _claim(
+    *, tenant: Tenant, key: str, request: Request, fingerprint: str
+) -> tuple[IdempotencyRecord, Response | None]:
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            record = IdempotencyRecord.objects.create(
+                tenant=tenant,
+                key=key,
+                method=request.method or "POST",
+                path=request.path[:500],
+                fingerprint=fingerprint,
+                locked_until=now + timedelta(seconds=LOCK_SECONDS),
+                expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS),
+            )
+        return record, None
+    except IntegrityError:
+        pass
+    with transaction.atomic():
+        record = IdempotencyRecord.objects.select_for_update().get(tenant=tenant, key=key)
+        if record.fingerprint != fingerprint and record.expires_at > now:
+            raise ValidationError({HEADER: ["This key was already used for a different request."]})
+        if record.status_code is not None and record.expires_at > now:
+            return record, _replay(record)
+        if record.locked_until and record.locked_until > now and record.expires_at > now:
+            raise Conflict("A request with this Idempotency-Key is still in progress.")
+        # Expired, or the first holder died: take it over.
+        record.fingerprint = fingerprint
+        record.status_code = None
+        record.response_body = None
+        record.locked_until = now + timedelta(seconds=LOCK_SECONDS)
+        record.expires_at = now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
+        record.save()
+        return record, None
+
+
+def _replay(record: IdempotencyRecord) -> Response:
+    response = Response(record.response_body, status=record.status_code)
+    response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _complete(record: IdempotencyRecord, response: Response) -> None:
+    # Server errors, conflicts and throttling are not remembered: the request did not run,
+    # so a retry with the same key must be able to run it (Stripe does the same).
+    if (
+        response.status_code in RETRYABLE
+        or response.status_code >= 500
+        or not hasattr(response, "data")
+    ):
+        _release(record)
+        return
+    IdempotencyRecord.objects.filter(pk=record.pk).update(
+        status_code=response.status_code,
+        response_body=json.loads(json.dumps(response.data, default=str)),
+        locked_until=None,
+    )
+
+
+def _release(record: IdempotencyRecord) -> None:
+    IdempotencyRecord.objects.filter(pk=record.pk, status_code__isnull=True).delete()
+
+
+def idempotency_purge_expired() -> int:
+    """Delete expired records; returns how many."""
+    deleted, _ = IdempotencyRecord.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from agentplatform.problems import problem_response
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies above API_MAX_BODY_BYTES with 413 before any view reads them."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = self.limit_for(request.path)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return problem_response(400, "Content-Length is not a number.")
+        if length > limit:
+            return problem_response(
+                413, f"The body is {length} bytes; the limit is {limit}.", code="payload_too_large"
+            )
+        return self.get_response(request)
+
+    @staticmethod
+    def limit_for(path: str) -> int:
+        limits: dict[str, int] = getattr(settings, "BODY_LIMITS_BY_PREFIX", {})
+        for prefix, limit in limits.items():
+            if path.startswith(prefix):
+                return limit
+        return int(settings.API_MAX_BODY_BYTES)

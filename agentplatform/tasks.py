@@ -1,0 +1,12 @@
+"""Periodic housekeeping of the platform layer."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from agentplatform.idempotency import idempotency_purge_expired
+
+
+@shared_task(name="agentplatform.purge_idempotency_records")
+def purge_idempotency_records() -> int:
+    return idempotency_purge_expired()

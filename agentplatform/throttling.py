@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.request import Request
+from rest_framework.throttling import SimpleRateThrottle
+
+from agentplatform.authentication import TenantPrincipal
+
+
+class TenantRateThrottle(SimpleRateThrottle):
+    """A request budget per tenant (all its keys together), counted in Redis.
+
+    The cache is django-redis, so every server instance shares the same counters.
+    """
+
+    scope = "tenant"
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        if not isinstance(request.user, TenantPrincipal):
+            return None
+        return f"throttle:{self.scope}:{request.user.tenant.pk}"

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from agentplatform.health import healthz, readyz
+from agents.api.views import AgentViewSet, SessionMessagesViewSet, SessionViewSet
+
+router = SimpleRouter()
+router.register("agents", AgentViewSet, basename="agent")
+router.register("sessions", SessionViewSet, basename="session")
+
+api_urls = [
+    path(
+        "sessions/<str:session_pk>/messages/",
+        SessionMessagesViewSet.as_view({"get": "list"}),
+        name="session-messages",
+    ),
+    path(
+        "schema/",
+        SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]),
+        name="schema",
+    ),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(
+            url_name="schema", permission_classes=[], authentication_classes=[]
+        ),
+        name="docs",
+    ),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_urls)),
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+]
+
+handler400 = "agentplatform.problems.handler400"
+handler404 = "agentplatform.problems.handler404"
+handler500 = "agentplatform.problems.handler500"

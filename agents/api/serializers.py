@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from agentplatform.serializers import StrictModelSerializer, validate_metadata
+from agents.models import Agent, Message, Session, validate_llm
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string"},
+            "base_url": {"type": "string", "nullable": True, "format": "uri"},
+            "temperature": {"type": "number"},
+            "max_tokens": {"type": "integer"},
+            "api_key_env": {"type": "string"},
+        },
+        "additionalProperties": False,
+    }
+)
+class LlmField(serializers.JSONField):
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        try:
+            validate_llm(value)
+        except Exception as error:
+            raise serializers.ValidationError(getattr(error, "messages", [str(error)])) from None
+        return value
+
+
+class AgentSerializer(StrictModelSerializer):
+    llm = LlmField(required=False)
+
+    class Meta:
+        model = Agent
+        fields = [
+            "id",
+            "name",
+            "system_prompt",
+            "llm",
+            "context_token_budget",
+            "working_memory_ttl_seconds",
+            "checkpoint_policy",
+            "double_text_policy",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class SessionSerializer(StrictModelSerializer):
+    agent = serializers.UUIDField()
+    user_id = serializers.CharField(min_length=1, max_length=255)
+    metadata = serializers.JSONField(required=False, validators=[validate_metadata])
+
+    class Meta:
+        model = Session
+        fields = ["id", "agent", "user_id", "metadata", "status", "last_activity_at", "created_at"]
+        read_only_fields = ["id", "status", "last_activity_at", "created_at"]
+
+    def to_representation(self, instance: Session) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["agent"] = str(instance.agent_id)
+        return data
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "seq",
+            "role",
+            "content",
+            "token_count",
+            "status",
+            "metadata",
+            "created_at",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,147 @@
+"""Agents, sessions (one agent talking with one end user) and their messages."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from agentplatform.tenancy import TenantOwned
+
+MIN_CONTEXT_TOKENS = 256
+MAX_CONTEXT_TOKENS = 1_000_000
+MIN_TTL_SECONDS = 60
+MAX_TTL_SECONDS = 90 * 86_400
+LLM_KEYS = {"model", "base_url", "temperature", "max_tokens", "api_key_env"}
+
+
+def default_llm() -> dict[str, Any]:
+    return {"model": "", "base_url": None}
+
+
+def validate_llm(value: Any) -> None:
+    """`llm` is `{"model", "base_url"}` plus optional generation settings; empty = defaults."""
+    if not isinstance(value, dict):
+        raise ValidationError("Must be an object like {'model': ..., 'base_url': ...}.")
+    unknown = set(value) - LLM_KEYS
+    if unknown:
+        raise ValidationError(f"Unknown keys: {', '.join(sorted(unknown))}.")
+    base_url = value.get("base_url")
+    if base_url is not None and not (
+        isinstance(base_url, str) and base_url.startswith(("http://", "https://"))
+    ):
+        raise ValidationError("base_url must be an http(s) URL or null.")
+    if not isinstance(value.get("model", ""), str):
+        raise ValidationError("model must be a string.")
+
+
+class Agent(TenantOwned):
+    class CheckpointPolicy(models.TextChoices):
+        EVERY_LLM_CALL = "every_llm_call"
+        EVERY_TURN = "every_turn"
+        TRANSITIONS = "transitions"
+
+    class DoubleTextPolicy(models.TextChoices):
+        REJECT = "reject"
+        ENQUEUE = "enqueue"
+        INTERRUPT = "interrupt"
+        ROLLBACK = "rollback"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    system_prompt = models.TextField(blank=True, default="")
+    llm = models.JSONField(default=default_llm, validators=[validate_llm])
+    context_token_budget = models.PositiveIntegerField(
+        default=4096,
+        validators=[MinValueValidator(MIN_CONTEXT_TOKENS), MaxValueValidator(MAX_CONTEXT_TOKENS)],
+    )
+    working_memory_ttl_seconds = models.PositiveIntegerField(
+        default=86_400,
+        validators=[MinValueValidator(MIN_TTL_SECONDS), MaxValueValidator(MAX_TTL_SECONDS)],
+    )
+    checkpoint_policy = models.CharField(
+        max_length=20, choices=CheckpointPolicy.choices, default=CheckpointPolicy.EVERY_TURN
+    )
+    double_text_policy = models.CharField(
+        max_length=20, choices=DoubleTextPolicy.choices, default=DoubleTextPolicy.ENQUEUE
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="agent_tenant_created")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(context_token_budget__gte=MIN_CONTEXT_TOKENS),
+                name="agent_budget_min",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(working_memory_ttl_seconds__gte=MIN_TTL_SECONDS),
+                name="agent_ttl_min",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Session(TenantOwned):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        CLOSED = "closed"
+        ARCHIVED = "archived"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
+    user_id = models.CharField(max_length=255, help_text="The tenant's own id for its end user.")
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # The next message seq to hand out; bumped under the row lock so seqs never gap or repeat.
+    next_seq = models.PositiveBigIntegerField(default=1)
+    last_activity_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="session_tenant_created"),
+            models.Index(fields=["tenant", "user_id"], name="session_tenant_user"),
+            models.Index(fields=["agent", "-created_at"], name="session_agent_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} · {self.id}"
+
+
+class Message(TenantOwned):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        ROLLED_BACK = "rolled_back"
+        INTERRUPTED = "interrupted"  # a partial reply cut off by a newer message
+        FAILED = "failed"  # a user message whose turn failed (e.g. the LLM endpoint broke)
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveBigIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField()
+    token_count = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="message_unique_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.seq} {self.role}"

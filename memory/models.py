@@ -1,0 +1,1 @@
+"""Memory tiers: working memory, summaries, semantic memories, checkpoints."""

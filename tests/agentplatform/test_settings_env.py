@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentplatform.env import ConfigError, env_bool, env_int, env_rate, env_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_env_bool_refuses_a_word_that_is_not_boolean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEBUG", "maybe")
+    with pytest.raises(ConfigError, match="DEBUG"):
+        env_bool("DEBUG", False)
+
+
+def test_env_int_names_the_variable_and_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_MAX_BODY_BYTES", "12")
+    with pytest.raises(ConfigError, match="API_MAX_BODY_BYTES=12 is below the minimum"):
+        env_int("API_MAX_BODY_BYTES", 1024, minimum=1024)
+    monkeypatch.setenv("API_MAX_BODY_BYTES", "lots")
+    with pytest.raises(ConfigError, match="API_MAX_BODY_BYTES"):
+        env_int("API_MAX_BODY_BYTES", 1024)
+
+
+def test_env_url_refuses_a_wrong_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://localhost:6379")
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        env_url("REDIS_URL", None, schemes=("redis",))
+
+
+def test_env_rate_refuses_a_malformed_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_THROTTLE_RATE", "fast")
+    with pytest.raises(ConfigError, match="API_THROTTLE_RATE"):
+        env_rate("API_THROTTLE_RATE", "10/s")
+
+
+def test_a_bad_value_stops_start_up_with_a_message_naming_it() -> None:
+    env = {**os.environ, "LLM_BASE_URL": "ftp://nowhere"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "LLM_BASE_URL" in result.stderr
+
+
+def test_env_example_lists_every_variable_the_settings_read() -> None:
+    import re
+
+    source = (ROOT / "agentplatform" / "settings.py").read_text()
+    read = set(re.findall(r'env_\w+\(\s*"([A-Z_]+)"', source))
+    example = (ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^#?\s*([A-Z_]+)=", example, flags=re.MULTILINE))
+    assert read - listed == set()

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from django.test import Client, override_settings
+from rest_framework.settings import api_settings
+from rest_framework.throttling import SimpleRateThrottle
+
+from tests.conftest import Persona
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def three_per_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    rates = {**api_settings.DEFAULT_THROTTLE_RATES, "tenant": "3/min"}
+    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", rates)
+    cache.clear()
+
+
+def test_a_tenant_over_its_rate_gets_429_and_others_do_not(
+    alice: Persona, bob: Persona, three_per_minute: None
+) -> None:
+    client = alice.client()
+    statuses = [client.get("/api/v1/agents/").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    throttled = client.get("/api/v1/agents/")
+    assert throttled["Content-Type"] == "application/problem+json"
+    assert "Retry-After" in throttled
+    assert bob.client().get("/api/v1/agents/").status_code == 200
+
+
+def test_throttle_counters_live_in_redis(
+    alice: Persona, three_per_minute: None, redis_client
+) -> None:
+    alice.client().get("/api/v1/agents/")
+    keys = [key.decode() for key in redis_client.keys("*throttle*")]
+    assert any(str(alice.tenant.pk) in key for key in keys)
+
+
+def test_healthz_answers_without_dependencies() -> None:
+    response = Client().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_checks_postgres_and_redis() -> None:
+    response = Client().get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+def test_readyz_says_which_dependency_is_down() -> None:
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+        response = Client().get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["postgres"] == "ok"
+    assert body["checks"]["redis"] != "ok"

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_file_is_valid() -> None:
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_defines_the_production_services() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for service in ("postgres:", "redis:", "web:", "worker:", "beat:", "healthcheck:"):
+        assert service in text
+    assert "pgvector/pgvector" in text
