@@ -18,6 +18,7 @@ def test_docker_compose_file_is_valid() -> None:
         text=True,
         timeout=60,
         cwd=ROOT,
+        env={**os.environ, "SECRET_KEY": "compose-validation-only"},
     )
     assert result.returncode == 0, result.stderr
 
