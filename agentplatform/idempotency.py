@@ -8,6 +8,7 @@ holder died) takes the record over and runs again.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
@@ -27,11 +28,17 @@ from agentplatform.models import IdempotencyRecord, Tenant
 from agentplatform.problems import Conflict
 
 HEADER = "Idempotency-Key"
-LOCK_SECONDS = 60
+# Short, and extended by `heartbeat()` while a long request (a turn) runs: a retry after the
+# first holder died waits at most this long.
+LOCK_SECONDS = 15
 MAX_KEY_LENGTH = 255
 RETRYABLE = {409, 429}
 
 Handler = Callable[..., Response]
+
+_current_record: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "idempotency_record", default=None
+)
 
 
 def idempotent(handler: Handler) -> Handler:
@@ -49,11 +56,14 @@ def idempotent(handler: Handler) -> Handler:
         record, replay = _claim(tenant=tenant, key=key, request=request, fingerprint=fingerprint)
         if replay is not None:
             return replay
+        token = _current_record.set(record.pk)
         try:
             response = handler(view, request, *args, **kwargs)
         except BaseException:
             _release(record)
             raise
+        finally:
+            _current_record.reset(token)
         _complete(record, response)
         return response
 
@@ -126,6 +136,15 @@ def _complete(record: IdempotencyRecord, response: Response) -> None:
 
 def _release(record: IdempotencyRecord) -> None:
     IdempotencyRecord.objects.filter(pk=record.pk, status_code__isnull=True).delete()
+
+
+def heartbeat() -> None:
+    """Extend the lock of the record this request is running under, if any."""
+    record_id = _current_record.get()
+    if record_id is not None:
+        IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True).update(
+            locked_until=timezone.now() + timedelta(seconds=LOCK_SECONDS)
+        )
 
 
 def idempotency_purge_expired() -> int:

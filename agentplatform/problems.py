@@ -14,6 +14,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -129,6 +130,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
     response = drf_exception_handler(exc, context)
+    request = context.get("request")
+    if request is not None:
+        # Errors are always problem+json, even on a stream endpoint that negotiated SSE.
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = PROBLEM_CONTENT_TYPE
     if response is not None and isinstance(exc, exceptions.APIException):
         return _from_api_exception(exc, response)
     if response is not None:  # Http404 / PermissionDenied converted by DRF

@@ -29,3 +29,12 @@ def validate_metadata(value: Any) -> None:
         raise serializers.ValidationError("Must be a JSON object.")
     if len(json.dumps(value)) > MAX_METADATA_BYTES:
         raise serializers.ValidationError(f"Must be at most {MAX_METADATA_BYTES} bytes as JSON.")
+
+
+class StrictCharField(serializers.CharField):
+    """A string field that refuses numbers and booleans instead of coercing them."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))

@@ -192,6 +192,20 @@ LLM_BASE_URL = env_url("LLM_BASE_URL", None, schemes=("http", "https"))
 LLM_API_KEY = env_str("LLM_API_KEY", "")
 LLM_MODEL = env_str("LLM_MODEL", "")
 
+# --- app settings (defaults in agents/conf.py and memory/conf.py) ---------------------------
+AGENTS = {
+    "LLM_BACKEND": env_str("AGENTS_LLM_BACKEND", "auto"),
+    "LEASE_SECONDS": float(env_int("AGENTS_LEASE_SECONDS", 10, minimum=1)),
+    "QUEUE_WAIT_SECONDS": float(env_int("AGENTS_QUEUE_WAIT_SECONDS", 120, minimum=1)),
+    "INVOKE_MAX_BODY_BYTES": env_int("AGENTS_INVOKE_MAX_BODY_BYTES", 262_144, minimum=1024),
+}
+if AGENTS["LLM_BACKEND"] not in {"auto", "openai", "local", "scripted"}:
+    raise ConfigError(
+        f"AGENTS_LLM_BACKEND={AGENTS['LLM_BACKEND']!r} must be auto, openai, local or scripted."
+    )
+# POST /invoke/ carries a whole conversation, so it has its own (documented) body limit.
+BODY_LIMITS_BY_PREFIX = {"/api/v1/invoke/": AGENTS["INVOKE_MAX_BODY_BYTES"]}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

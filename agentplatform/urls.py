@@ -15,7 +15,7 @@ router.register("sessions", SessionViewSet, basename="session")
 api_urls = [
     path(
         "sessions/<str:session_pk>/messages/",
-        SessionMessagesViewSet.as_view({"get": "list"}),
+        SessionMessagesViewSet.as_view({"get": "list", "post": "create"}),
         name="session-messages",
     ),
     path(

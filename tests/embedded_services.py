@@ -27,3 +27,5 @@ def _with_db(url: str, db: int) -> str:
 os.environ["REDIS_URL"] = _with_db(os.environ["REDIS_URL"], TEST_REDIS_DB)
 os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")
 os.environ.setdefault("REDIS_KEY_PREFIX", "test")
+# The LLM is the one part replaced in tests: a deterministic scripted backend.
+os.environ.setdefault("AGENTS_LLM_BACKEND", "scripted")

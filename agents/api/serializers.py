@@ -5,7 +5,12 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from agentplatform.serializers import StrictModelSerializer, validate_metadata
+from agentplatform.serializers import (
+    StrictCharField,
+    StrictModelSerializer,
+    StrictSerializer,
+    validate_metadata,
+)
 from agents.models import Agent, Message, Session, validate_llm
 
 
@@ -82,3 +87,52 @@ class MessageSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+
+class MessageCreateSerializer(StrictSerializer):
+    content = StrictCharField(max_length=32_000, trim_whitespace=False)
+    client_message_id = serializers.CharField(max_length=100, required=False)
+    metadata = serializers.JSONField(required=False, validators=[validate_metadata])
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("May not be blank.")
+        return value
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+
+
+class TurnResultSerializer(serializers.Serializer):
+    outcome = serializers.ChoiceField(choices=["completed", "interrupted", "rolled_back"])
+    user_message = MessageSerializer()
+    assistant_message = MessageSerializer(allow_null=True)
+    checkpoint = serializers.UUIDField(allow_null=True, source="checkpoint.id", default=None)
+    usage = UsageSerializer(allow_null=True)
+    context_tokens = serializers.IntegerField()
+
+
+class InvokeMessageSerializer(StrictSerializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    content = StrictCharField(max_length=32_000, trim_whitespace=False)
+
+
+class InvokeSerializer(StrictSerializer):
+    agent = serializers.UUIDField()
+    messages = InvokeMessageSerializer(many=True, allow_empty=False, max_length=500)
+    user_config = serializers.JSONField(required=False, validators=[validate_metadata])
+    task_state = serializers.JSONField(required=False, validators=[validate_metadata])
+
+    def validate_messages(self, value: list[dict[str, str]]) -> list[dict[str, str]]:
+        if value[-1]["role"] != "user":
+            raise serializers.ValidationError("The last message must be the user's.")
+        return value
+
+
+class InvokeResultSerializer(serializers.Serializer):
+    message = InvokeMessageSerializer()
+    messages = InvokeMessageSerializer(many=True)
+    task_state = serializers.JSONField()
+    usage = UsageSerializer(allow_null=True)

@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
+from rest_framework.views import APIView
 
 from agentplatform.authentication import request_tenant
 from agentplatform.idempotency import idempotent
 from agentplatform.models import Tenant
 from agentplatform.pagination import CreatedCursorPagination
+from agentplatform.problems import BadGateway, Conflict, ServiceUnavailable
 from agents import selectors, services
-from agents.api.serializers import AgentSerializer, MessageSerializer, SessionSerializer
+from agents.api.serializers import (
+    AgentSerializer,
+    InvokeResultSerializer,
+    InvokeSerializer,
+    MessageCreateSerializer,
+    MessageSerializer,
+    SessionSerializer,
+    TurnResultSerializer,
+)
+from agents.api.sse import EventStreamRenderer, stream_in_thread
+from agents.engine.concurrency import LeaseLost, QueueTimeout, SessionBusy
+from agents.engine.invoke import invoke_stateless
+from agents.engine.turn import TurnFailed, turn_run
+from agents.llm import LLMError
 from agents.models import Agent, Message, Session
 
 
@@ -113,10 +132,102 @@ class SeqCursorPagination(CreatedCursorPagination):
 class SessionMessagesViewSet(mixins.ListModelMixin, TenantViewSet):
     serializer_class = MessageSerializer
     pagination_class = SeqCursorPagination
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
 
     def get_queryset(self) -> QuerySet[Message]:
         session = selectors.access_session(tenant=self.tenant, id=self.kwargs["session_pk"])
         return selectors.message_list(session=session)
+
+    @extend_schema(
+        request=MessageCreateSerializer,
+        responses={201: TurnResultSerializer},
+        description=(
+            "Runs a turn. With `Accept: text/event-stream` the reply streams as server-sent "
+            "events (`accepted`, `queued`, `token`, `message`, `checkpoint`, `error`)."
+        ),
+    )
+    @idempotent
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        session = selectors.access_session(tenant=self.tenant, id=self.kwargs["session_pk"])
+        serializer = MessageCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        content: str = serializer.validated_data["content"]
+        metadata = _message_metadata(serializer.validated_data)
+        if isinstance(request.accepted_renderer, EventStreamRenderer):
+            return _turn_event_stream(session, content, metadata)
+        try:
+            result = turn_run(session=session, content=content, metadata=metadata)
+        except TURN_ERRORS as error:
+            raise turn_problem(error) from error
+        return Response(TurnResultSerializer(result).data, status=201)
+
+
+class InvokeView(APIView):
+    """Stateless mode: the whole context in, the updated state out; nothing is kept."""
+
+    @extend_schema(request=InvokeSerializer, responses={200: InvokeResultSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = InvokeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        agent = selectors.access_agent(tenant=request_tenant(request), id=data["agent"])
+        try:
+            result = invoke_stateless(
+                agent=agent,
+                messages=[dict(m) for m in data["messages"]],
+                user_config=data.get("user_config") or {},
+                task_state=data.get("task_state") or {},
+            )
+        except LLMError as error:
+            raise BadGateway(f"The LLM failed: {error}") from error
+        return Response(InvokeResultSerializer(result).data)
+
+
+TURN_ERRORS = (SessionBusy, QueueTimeout, LeaseLost, TurnFailed, ValueError)
+
+
+def turn_problem(error: Exception) -> APIException:
+    """The problem a failed turn answers with (REST); SSE and websockets use its code."""
+    if isinstance(error, SessionBusy):
+        return Conflict(str(error), code="session_busy")
+    if isinstance(error, QueueTimeout):
+        return ServiceUnavailable(str(error), code="queue_timeout")
+    if isinstance(error, LeaseLost):
+        return Conflict("The session was taken over by another turn.", code="lease_lost")
+    if isinstance(error, TurnFailed):
+        detail = f"The LLM failed: {error}. The message was kept as seq {error.user_message.seq}."
+        return BadGateway(detail, code="llm_failed")
+    return ValidationError({"content": [str(error)]})
+
+
+def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    metadata = dict(data.get("metadata") or {})
+    if data.get("client_message_id"):
+        metadata["client_message_id"] = data["client_message_id"]
+    return metadata
+
+
+def _turn_event_stream(
+    session: Session, content: str, metadata: dict[str, Any]
+) -> StreamingHttpResponse:
+    def run(emit: Callable[[str, dict[str, Any]], None]) -> None:
+        try:
+            turn_run(session=session, content=content, emit=emit, metadata=metadata)
+        except TURN_ERRORS as error:
+            problem = turn_problem(error)
+            emit(
+                "error",
+                {
+                    "code": problem.get_codes(),
+                    "detail": str(problem.detail),
+                    "status": problem.status_code,
+                },
+            )
+
+    response = StreamingHttpResponse(stream_in_thread(run), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # let reverse proxies pass events through at once
+    return response
 
 
 def _uuid_or_none(value: str | None) -> str | None:

@@ -1,0 +1,48 @@
+"""Every Redis key the platform writes is built here, under one configurable prefix.
+
+Keeping them in one module means a reviewer can see every key, its owner and its TTL, and
+erasure can find everything kept about a session.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+
+def _key(*parts: object) -> str:
+    return ":".join([settings.REDIS_KEY_PREFIX, *(str(part) for part in parts)])
+
+
+def working_memory(session_id: object) -> str:
+    """JSON working memory of a session (TTL: the agent's working_memory_ttl_seconds)."""
+    return _key("wm", session_id)
+
+
+def lease(session_id: object) -> str:
+    """The session's turn lease: holds the holder's fencing token (TTL: the lease time)."""
+    return _key("lease", session_id)
+
+
+def fence_counter(session_id: object) -> str:
+    """INCR source of fencing tokens (TTL refreshed with each lease)."""
+    return _key("fence", session_id)
+
+
+def turn_queue(session_id: object) -> str:
+    """Sorted set of waiting turn tickets, scored by arrival order (enqueue policy)."""
+    return _key("queue", session_id)
+
+
+def ticket_alive(session_id: object, ticket: str) -> str:
+    """Heartbeat of one waiting ticket; a waiter that died stops refreshing it."""
+    return _key("queue", session_id, "alive", ticket)
+
+
+def cancel(session_id: object) -> str:
+    """Cancel request for the running turn (interrupt / rollback policies)."""
+    return _key("cancel", session_id)
+
+
+def session_prefix(session_id: object) -> str:
+    """Pattern matching every key of one session (used by erasure and tests)."""
+    return _key("*", session_id) + "*"

@@ -1,0 +1,64 @@
+"""Server-sent events for a turn: the same event types as the websocket frames."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.db import close_old_connections
+from rest_framework.renderers import BaseRenderer
+
+Event = tuple[str, dict[str, Any]]
+_END = ("__end__", {})
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets DRF's content negotiation accept `Accept: text/event-stream`."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        return format_event("error", data if isinstance(data, dict) else {"detail": data})
+
+
+def format_event(event: str, payload: dict[str, Any], seq: int | None = None) -> bytes:
+    body = {"type": event, **payload}
+    if seq is not None:
+        body["seq"] = seq
+    return f"event: {event}\ndata: {json.dumps(body, default=str)}\n\n".encode()
+
+
+def stream_in_thread(
+    run: Callable[[Callable[[str, dict[str, Any]], None]], None],
+) -> Iterator[bytes]:
+    """Run `run(emit)` in a thread and yield its events as SSE.
+
+    The turn runs to the end even if the client goes away: the thread does not depend on the
+    response being read, so a dropped connection loses nothing that was accepted.
+    """
+    events: queue.Queue[Event] = queue.Queue()
+
+    def target() -> None:
+        try:
+            run(lambda event, payload: events.put((event, payload)))
+        except Exception as error:  # reported to the client as an `error` event
+            events.put(("error", {"code": type(error).__name__, "detail": str(error)}))
+        finally:
+            close_old_connections()
+            events.put(_END)
+
+    threading.Thread(target=target, daemon=True, name="sse-turn").start()
+    seq = 0
+    while True:
+        event, payload = events.get()
+        if (event, payload) == _END:
+            return
+        seq += 1
+        yield format_event(event, payload, seq)

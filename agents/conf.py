@@ -1,0 +1,36 @@
+"""Namespaced settings of the agents app, with defaults in one place (DRF's api_settings).
+
+Override any of them with `AGENTS = {...}` in settings; the environment feeds the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class AgentsSettings:
+    # Which LLM backend serves turns: "auto" (an OpenAI-compatible endpoint when one is
+    # configured, else the bundled local model), "openai", "local" or "scripted" (tests).
+    LLM_BACKEND: str = "auto"
+    # Dotted path of the state backend (working memory, checkpoints, context sources): the
+    # agents app drives turns, the memory app stores their state.
+    STATE_BACKEND: str = "memory.state.PlatformState"
+    # A turn lease lives this long unless renewed; a holder that died frees it after this.
+    LEASE_SECONDS: float = 10.0
+    # How long a queued or interrupting turn waits for the session before giving up (503).
+    QUEUE_WAIT_SECONDS: float = 120.0
+    # Tokens kept free for the reply when fitting the context into the agent's budget.
+    REPLY_RESERVE_TOKENS: int = 256
+    # Bodies of POST /invoke/ (stateless mode) may be this large.
+    INVOKE_MAX_BODY_BYTES: int = 262_144
+    # Bound on one message's content.
+    MAX_MESSAGE_CHARS: int = 32_000
+
+
+def agents_settings() -> AgentsSettings:
+    overrides: dict[str, Any] = getattr(settings, "AGENTS", {})
+    return AgentsSettings(**overrides)

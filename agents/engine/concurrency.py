@@ -1,0 +1,177 @@
+"""Per-session concurrency: a Redis lease, a PostgreSQL fencing token, and admission by the
+agent's double-text policy.
+
+The lease (`SET NX PX`) says who runs the session's turn now; it is renewed while the turn
+streams and expires by itself when its holder dies. Acquiring it also bumps the session's
+`lease_fence` in PostgreSQL and keeps the new value as the holder's fencing token: every
+write of the turn re-checks that the fence still equals its token, so a holder that stalled
+past its lease (and was replaced) can no longer write, whatever Redis says.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.db.models import F
+
+from agentplatform import keys
+from agentplatform.redis import get_redis
+from agents.conf import agents_settings
+from agents.models import Agent, Session
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Arrival order for the queue: one counter per session, so ties are impossible.
+_ENQUEUE = """
+local n = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[1], n, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+return n
+"""
+# Drop waiters at the head whose heartbeat stopped (their process died).
+_PRUNE_DEAD = """
+local heads = redis.call('ZRANGE', KEYS[1], 0, 4)
+for _, ticket in ipairs(heads) do
+  if redis.call('EXISTS', ARGV[1] .. ticket) == 0 then
+    redis.call('ZREM', KEYS[1], ticket)
+  end
+end
+return redis.call('ZRANK', KEYS[1], ARGV[2])
+"""
+
+POLL_SECONDS = 0.01
+TICKET_ALIVE_MS = 5_000
+
+
+class SessionBusy(Exception):
+    """Another turn runs on the session and the policy is `reject`."""
+
+
+class QueueTimeout(Exception):
+    """The session stayed busy longer than AGENTS["QUEUE_WAIT_SECONDS"]."""
+
+
+class LeaseLost(Exception):
+    """The turn's lease expired or was taken over; its writes are refused."""
+
+
+@dataclass
+class Lease:
+    session_id: uuid.UUID
+    holder: str
+    token: int
+    ttl_ms: int
+    renewed_at: float = field(default_factory=time.monotonic)
+
+    def renew(self) -> None:
+        """Extend the lease; raises LeaseLost when another holder has it now."""
+        ok = get_redis().eval(_RENEW, 1, keys.lease(self.session_id), self.holder, self.ttl_ms)
+        if not ok:
+            raise LeaseLost("the session's lease was lost")
+        self.renewed_at = time.monotonic()
+
+    def renew_if_due(self) -> bool:
+        """Renew when a third of the lease has passed; True when it renewed."""
+        if time.monotonic() - self.renewed_at > self.ttl_ms / 3000:
+            self.renew()
+            return True
+        return False
+
+    def release(self) -> None:
+        get_redis().eval(_RELEASE, 1, keys.lease(self.session_id), self.holder)
+
+    def cancel_requested(self) -> str | None:
+        """'interrupt' or 'rollback' when a newer message asked this turn to stop."""
+        value = get_redis().get(keys.cancel(self.session_id))
+        if value is None:
+            return None
+        holder, _, mode = value.decode().partition("|")
+        return mode if holder == self.holder else None
+
+
+def lease_try_acquire(session: Session) -> Lease | None:
+    ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
+    holder = uuid.uuid4().hex
+    if not get_redis().set(keys.lease(session.pk), holder, nx=True, px=ttl_ms):
+        return None
+    Session.objects.filter(pk=session.pk).update(lease_fence=F("lease_fence") + 1)
+    token = Session.objects.values_list("lease_fence", flat=True).get(pk=session.pk)
+    return Lease(session_id=session.pk, holder=holder, token=token, ttl_ms=ttl_ms)
+
+
+def fence_check(session_id: uuid.UUID, token: int) -> None:
+    """Inside the turn's transaction: lock the session row and refuse a stale token."""
+    current = (
+        Session.objects.select_for_update().values_list("lease_fence", flat=True).get(pk=session_id)
+    )
+    if current != token:
+        raise LeaseLost(f"fencing token {token} is stale (current {current})")
+
+
+def admit(
+    *, session: Session, agent: Agent, on_queued: Callable[[int], None] | None = None
+) -> Lease:
+    """Wait for the session per the agent's double-text policy; return the held lease."""
+    policy = agent.double_text_policy
+    lease = lease_try_acquire(session)
+    if lease is not None:
+        return lease
+    if policy == Agent.DoubleTextPolicy.REJECT:
+        raise SessionBusy("A turn is already running on this session.")
+    if policy in (Agent.DoubleTextPolicy.INTERRUPT, Agent.DoubleTextPolicy.ROLLBACK):
+        _request_cancel(session.pk, policy)
+    return _wait_in_queue(session, policy=policy, on_queued=on_queued)
+
+
+def _request_cancel(session_id: uuid.UUID, mode: str) -> None:
+    client = get_redis()
+    holder = client.get(keys.lease(session_id))
+    if holder is not None:
+        ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
+        client.set(keys.cancel(session_id), f"{holder.decode()}|{mode}", px=ttl_ms)
+
+
+def _wait_in_queue(
+    session: Session, *, policy: str, on_queued: Callable[[int], None] | None
+) -> Lease:
+    client = get_redis()
+    ticket = uuid.uuid4().hex
+    queue, alive = keys.turn_queue(session.pk), keys.ticket_alive(session.pk, ticket)
+    alive_prefix = keys.ticket_alive(session.pk, "")
+    wait = agents_settings().QUEUE_WAIT_SECONDS
+    client.eval(_ENQUEUE, 3, queue, queue + ":n", alive, ticket, TICKET_ALIVE_MS, int(wait * 2000))
+    deadline, last_position = time.monotonic() + wait, -1
+    try:
+        while time.monotonic() < deadline:
+            client.set(alive, "1", px=TICKET_ALIVE_MS)
+            position = client.eval(_PRUNE_DEAD, 1, queue, alive_prefix, ticket)
+            position = 0 if position is None else int(position)
+            if position == 0:
+                lease = lease_try_acquire(session)
+                if lease is not None:
+                    return lease
+                if policy != Agent.DoubleTextPolicy.ENQUEUE:
+                    _request_cancel(session.pk, policy)
+            if position != last_position and on_queued is not None:
+                on_queued(position + 1)  # 1 = next to run once the current turn ends
+            last_position = position
+            time.sleep(POLL_SECONDS)
+        raise QueueTimeout("The session stayed busy; try again later.")
+    finally:
+        client.zrem(queue, ticket)
+        client.delete(alive)

@@ -1,0 +1,100 @@
+"""What the turn engine needs from the state stores, as types and a protocol.
+
+The agents app drives turns; the memory app stores their state. The engine reaches the
+store through `state_backend()` (a dotted path in AGENTS["STATE_BACKEND"], like Django's
+EMAIL_BACKEND), so dependencies keep pointing one way: memory -> agents -> agentplatform.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.utils.module_loading import import_string
+
+from agents.conf import agents_settings
+from agents.models import Agent, Message, Session
+
+
+@dataclass
+class WorkingMessage:
+    seq: int
+    role: str
+    content: str
+    tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "role": self.role, "content": self.content, "tokens": self.tokens}
+
+
+@dataclass
+class WorkingMemory:
+    """The live part of a conversation: the newest messages that fit the token budget."""
+
+    messages: list[WorkingMessage] = field(default_factory=list)
+    task_state: dict[str, Any] = field(default_factory=dict)
+    high_water_seq: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(message.tokens for message in self.messages)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": [message.as_dict() for message in self.messages],
+            "task_state": self.task_state,
+            "high_water_seq": self.high_water_seq,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkingMemory:
+        return cls(
+            messages=[WorkingMessage(**item) for item in data.get("messages", [])],
+            task_state=data.get("task_state", {}),
+            high_water_seq=int(data.get("high_water_seq", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    id: uuid.UUID
+    kind: str
+    high_water_seq: int
+
+
+class StateBackend(Protocol):
+    def load_working_memory(self, *, session: Session, agent: Agent) -> WorkingMemory:
+        """From Redis; rebuilt from PostgreSQL (and re-cached) on a miss."""
+        ...
+
+    def save_working_memory(
+        self, *, session: Session, agent: Agent, memory: WorkingMemory
+    ) -> None: ...
+
+    def fit_working_memory(self, *, memory: WorkingMemory, budget: int) -> WorkingMemory:
+        """Keep the newest messages whose tokens fit `budget` (stop at the first misfit)."""
+        ...
+
+    def write_checkpoint(
+        self,
+        *,
+        session: Session,
+        kind: str,
+        memory: WorkingMemory,
+        messages: list[Message],
+        metadata: dict[str, Any],
+    ) -> CheckpointRecord:
+        """Inside the turn's transaction, after its messages are written."""
+        ...
+
+
+@functools.cache
+def _backend(path: str) -> StateBackend:
+    backend: StateBackend = import_string(path)()
+    return backend
+
+
+def state_backend() -> StateBackend:
+    return _backend(agents_settings().STATE_BACKEND)

@@ -1,0 +1,298 @@
+"""The turn: one service used by every transport (REST, SSE, websockets, Celery).
+
+admit (lease per double-text policy) -> load working memory (rebuilt from PostgreSQL on a
+miss) -> fit the context into the budget -> stream the LLM (renewing the lease, honouring
+interrupts) -> one transaction: fence check, messages, checkpoint -> save working memory
+-> release the lease -> events after commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from django.db import transaction
+
+from agentplatform import idempotency
+from agents.conf import agents_settings
+from agents.engine.concurrency import Lease, LeaseLost, admit, fence_check
+from agents.engine.context import llm_messages, working_memory_budget
+from agents.engine.ports import CheckpointRecord, WorkingMemory, WorkingMessage, state_backend
+from agents.llm import backend_for, options_for
+from agents.llm.base import Delta, Done, LLMBackend, LLMError, ToolCall, Usage
+from agents.models import Agent, Message, Session
+from agents.services import NewMessage, messages_append
+
+Emit = Callable[[str, dict[str, Any]], None]
+CANCEL_CHECK_SECONDS = 0.02
+TASK_STATE_TOOL = "update_task_state"
+
+
+class Outcome:
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    ROLLED_BACK = "rolled_back"
+
+
+@dataclass
+class TurnResult:
+    outcome: str
+    user_message: Message
+    assistant_message: Message | None
+    checkpoint: CheckpointRecord | None
+    usage: Usage | None
+    context_tokens: int
+
+
+class TurnFailed(Exception):
+    """The LLM failed; the user's message was kept (status `failed`)."""
+
+    def __init__(self, detail: str, user_message: Message) -> None:
+        super().__init__(detail)
+        self.user_message = user_message
+
+
+@dataclass
+class _Generation:
+    text: str = ""
+    usage: Usage | None = None
+    model: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    cancelled: str | None = None  # "interrupt" / "rollback"
+
+
+def _ignore(event: str, payload: dict[str, Any]) -> None:
+    return None
+
+
+def validate_content(content: object) -> str:
+    if not isinstance(content, str) or not content.strip():
+        raise ValueError("content must be a non-empty string")
+    limit = agents_settings().MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise ValueError(f"content must be at most {limit} characters")
+    return content
+
+
+def turn_run(
+    *, session: Session, content: str, emit: Emit = _ignore, metadata: dict | None = None
+) -> TurnResult:
+    """Run one turn of `session` for the user's `content`; see the module docstring."""
+    validate_content(content)
+    agent: Agent = session.agent
+    emit("accepted", {"session": str(session.pk)})
+    lease = admit(session=session, agent=agent, on_queued=lambda n: emit("queued", {"position": n}))
+    try:
+        return _run_holding_lease(session, agent, content, lease, emit, metadata or {})
+    finally:
+        lease.release()
+
+
+def _run_holding_lease(
+    session: Session,
+    agent: Agent,
+    content: str,
+    lease: Lease,
+    emit: Emit,
+    metadata: dict[str, Any],
+) -> TurnResult:
+    state = state_backend()
+    backend = backend_for(agent)
+    memory = state.load_working_memory(session=session, agent=agent)
+    budget = working_memory_budget(agent)
+    user = WorkingMessage(0, Message.Role.USER, content, backend.count_tokens(content))
+    context = state.fit_working_memory(
+        memory=replace(memory, messages=[*memory.messages, user]), budget=budget
+    )
+    try:
+        generation = _generate(backend, agent, context, lease, emit)
+    except LLMError as error:
+        user_message = _persist_failure(session, lease, content, user.tokens, memory, metadata)
+        state.save_working_memory(
+            session=session, agent=agent, memory=replace(memory, high_water_seq=user_message.seq)
+        )
+        raise TurnFailed(str(error), user_message) from error
+    return _persist(session, agent, lease, context, user, generation, emit, metadata, backend)
+
+
+def _generate(
+    backend: LLMBackend, agent: Agent, context: WorkingMemory, lease: Lease, emit: Emit
+) -> _Generation:
+    result = _Generation()
+    parts: list[str] = []
+    checked_at = time.monotonic()
+    for event in backend.stream(llm_messages(agent, context), options_for(agent)):
+        if isinstance(event, Delta):
+            parts.append(event.text)
+            emit("token", {"delta": event.text})
+        elif isinstance(event, Done):
+            result.text, result.usage, result.model = event.text, event.usage, event.model
+            result.tool_calls = list(event.tool_calls)
+        if time.monotonic() - checked_at >= CANCEL_CHECK_SECONDS:
+            checked_at = time.monotonic()
+            if lease.renew_if_due():
+                idempotency.heartbeat()
+            result.cancelled = lease.cancel_requested()
+            if result.cancelled:
+                result.text = "".join(parts)
+                return result
+    return result
+
+
+def _apply_tool_calls(task_state: dict[str, Any], calls: list[ToolCall]) -> dict[str, Any]:
+    """The agent changes its task state through the `update_task_state` tool."""
+    updated = dict(task_state)
+    for call in calls:
+        if call.name == TASK_STATE_TOOL:
+            updated.update(call.arguments)
+    return updated
+
+
+def _persist(
+    session: Session,
+    agent: Agent,
+    lease: Lease,
+    context: WorkingMemory,
+    user: WorkingMessage,
+    generation: _Generation,
+    emit: Emit,
+    metadata: dict[str, Any],
+    backend: LLMBackend,
+) -> TurnResult:
+    state = state_backend()
+    outcome, user_status, reply_status = _statuses(generation.cancelled)
+    reply_tokens = backend.count_tokens(generation.text)
+    usage_meta = _usage_meta(generation)
+    with transaction.atomic():
+        fence_check(session.pk, lease.token)
+        user_row, reply_row = messages_append(
+            session=session,
+            messages=[
+                NewMessage(Message.Role.USER, user.content, user.tokens, user_status, metadata),
+                NewMessage(
+                    Message.Role.ASSISTANT, generation.text, reply_tokens, reply_status, usage_meta
+                ),
+            ],
+        )
+        memory = _next_memory(context, user_row, reply_row, generation, outcome)
+        memory = state.fit_working_memory(memory=memory, budget=working_memory_budget(agent))
+        checkpoint = _maybe_checkpoint(
+            session, agent, context, memory, [user_row, reply_row], usage_meta, outcome
+        )
+        transaction.on_commit(lambda: _announce(user_row, reply_row, checkpoint, emit))
+    # Still holding the lease, so the next turn of this session reads this working memory.
+    state.save_working_memory(session=session, agent=agent, memory=memory)
+    return TurnResult(outcome, user_row, reply_row, checkpoint, generation.usage, context.tokens)
+
+
+def _statuses(cancelled: str | None) -> tuple[str, str, str]:
+    active = Message.Status.ACTIVE
+    if cancelled == "rollback":
+        return Outcome.ROLLED_BACK, Message.Status.ROLLED_BACK, Message.Status.ROLLED_BACK
+    if cancelled == "interrupt":
+        return Outcome.INTERRUPTED, active, Message.Status.INTERRUPTED
+    return Outcome.COMPLETED, active, active
+
+
+def _usage_meta(generation: _Generation) -> dict[str, Any]:
+    if generation.usage is None:
+        return {"model": generation.model}
+    return {
+        "model": generation.model,
+        "prompt_tokens": generation.usage.prompt_tokens,
+        "completion_tokens": generation.usage.completion_tokens,
+    }
+
+
+def _next_memory(
+    context: WorkingMemory,
+    user_row: Message,
+    reply_row: Message,
+    generation: _Generation,
+    outcome: str,
+) -> WorkingMemory:
+    previous = [m for m in context.messages if m.seq != 0]
+    if outcome == Outcome.ROLLED_BACK:  # the discarded turn leaves no trace in the context
+        return WorkingMemory(previous, context.task_state, reply_row.seq)
+    messages = [
+        *previous,
+        WorkingMessage(user_row.seq, user_row.role, user_row.content, user_row.token_count),
+        WorkingMessage(reply_row.seq, reply_row.role, reply_row.content, reply_row.token_count),
+    ]
+    task_state = _apply_tool_calls(context.task_state, generation.tool_calls)
+    return WorkingMemory(messages, task_state, reply_row.seq)
+
+
+def _maybe_checkpoint(
+    session: Session,
+    agent: Agent,
+    before: WorkingMemory,
+    after: WorkingMemory,
+    messages: list[Message],
+    metadata: dict[str, Any],
+    outcome: str,
+) -> CheckpointRecord | None:
+    if outcome == Outcome.ROLLED_BACK:
+        return None
+    policy = agent.checkpoint_policy
+    if policy == Agent.CheckpointPolicy.TRANSITIONS:
+        if after.task_state.get("step") == before.task_state.get("step"):
+            return None
+        kind = "transition"
+    else:
+        kind = "llm_call" if policy == Agent.CheckpointPolicy.EVERY_LLM_CALL else "turn"
+    return state_backend().write_checkpoint(
+        session=session, kind=kind, memory=after, messages=messages, metadata=metadata
+    )
+
+
+def _persist_failure(
+    session: Session,
+    lease: Lease,
+    content: str,
+    tokens: int,
+    memory: WorkingMemory,
+    metadata: dict[str, Any],
+) -> Message:
+    with transaction.atomic():
+        fence_check(session.pk, lease.token)
+        (row,) = messages_append(
+            session=session,
+            messages=[
+                NewMessage(Message.Role.USER, content, tokens, Message.Status.FAILED, metadata)
+            ],
+        )
+    return row
+
+
+def _announce(
+    user_row: Message, reply_row: Message, checkpoint: CheckpointRecord | None, emit: Emit
+) -> None:
+    emit("message", message_payload(user_row))
+    emit("message", message_payload(reply_row))
+    if checkpoint is not None:
+        emit(
+            "checkpoint",
+            {
+                "id": str(checkpoint.id),
+                "kind": checkpoint.kind,
+                "high_water_seq": checkpoint.high_water_seq,
+            },
+        )
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.pk,
+        "seq": message.seq,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "token_count": message.token_count,
+        "created_at": message.created_at.isoformat() if message.created_at else None,
+    }
+
+
+__all__ = ["LeaseLost", "Outcome", "TurnFailed", "TurnResult", "turn_run", "validate_content"]

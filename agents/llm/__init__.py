@@ -1,0 +1,43 @@
+"""LLM backends and the choice among them for an agent."""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+
+from agents.conf import agents_settings
+from agents.llm.base import GenerationOptions, LLMBackend, LLMError
+from agents.models import Agent
+
+__all__ = ["GenerationOptions", "LLMBackend", "LLMError", "backend_for", "options_for"]
+
+
+def backend_for(agent: Agent) -> LLMBackend:
+    """The backend serving this agent: its own endpoint, the platform's, or the local model."""
+    choice = agents_settings().LLM_BACKEND
+    if choice == "scripted":
+        from agents.llm.scripted import scripted_backend
+
+        return scripted_backend
+    endpoint = (agent.llm or {}).get("base_url") or settings.LLM_BASE_URL
+    if choice == "openai" or (choice == "auto" and endpoint):
+        from agents.llm.openai_compat import OpenAICompatibleBackend
+
+        return OpenAICompatibleBackend()
+    from agents.llm.local import local_backend
+
+    return local_backend
+
+
+def options_for(agent: Agent) -> GenerationOptions:
+    llm = agent.llm or {}
+    key_env = llm.get("api_key_env")
+    api_key = os.environ.get(key_env, "") if key_env else settings.LLM_API_KEY
+    return GenerationOptions(
+        model=llm.get("model") or settings.LLM_MODEL or "default",
+        base_url=llm.get("base_url") or settings.LLM_BASE_URL,
+        api_key=api_key,
+        temperature=llm.get("temperature"),
+        max_tokens=int(llm.get("max_tokens") or 512),
+    )

@@ -1,0 +1,107 @@
+"""A deterministic backend for tests and benchmarks: no model, no network.
+
+It replies from a script (or echoes), streams at a set pace, emits tool calls, and fails
+mid-stream on cue. Scripts are process-wide so server processes started by tests can be
+configured through the environment (`SCRIPTED_LLM_DELAY`, `SCRIPTED_LLM_REPLY`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from agents.llm.base import (
+    ChatMessage,
+    Delta,
+    Done,
+    GenerationOptions,
+    LLMError,
+    LLMEvent,
+    ToolCall,
+    Usage,
+    estimate_tokens,
+)
+
+
+@dataclass
+class Step:
+    """One scripted LLM call."""
+
+    reply: str | None = None  # None: echo the last user message
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    fail_after_tokens: int | None = None  # raise LLMError after this many deltas
+    delay: float | None = None  # seconds between deltas (default: the backend's pace)
+
+
+class ScriptedBackend:
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self._steps: deque[Step] = deque()
+        self._lock = threading.Lock()
+        self.delay = float(os.environ.get("SCRIPTED_LLM_DELAY", "0"))
+        self.calls: list[list[ChatMessage]] = []
+
+    def script(self, *steps: Step) -> None:
+        with self._lock:
+            self._steps.extend(steps)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._steps.clear()
+            self.calls.clear()
+        self.delay = float(os.environ.get("SCRIPTED_LLM_DELAY", "0"))
+
+    def _next_step(self) -> Step:
+        with self._lock:
+            return self._steps.popleft() if self._steps else Step()
+
+    def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[LLMEvent]:
+        with self._lock:
+            self.calls.append(list(messages))
+        step = self._next_step()
+        text = step.reply if step.reply is not None else _default_reply(messages)
+        delay = self.delay if step.delay is None else step.delay
+        emitted: list[str] = []
+        for index, piece in enumerate(_pieces(text)):
+            if step.fail_after_tokens is not None and index >= step.fail_after_tokens:
+                raise LLMError("scripted failure mid-stream")
+            if delay:
+                time.sleep(delay)
+            emitted.append(piece)
+            yield Delta(piece)
+        if step.fail_after_tokens is not None and step.fail_after_tokens >= len(emitted):
+            raise LLMError("scripted failure at end of stream")
+        yield from step.tool_calls
+        prompt = sum(self.count_tokens(m.content) for m in messages)
+        usage = Usage(prompt_tokens=prompt, completion_tokens=self.count_tokens(text))
+        yield Done(text=text, usage=usage, model="scripted", tool_calls=step.tool_calls)
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+
+def _default_reply(messages: list[ChatMessage]) -> str:
+    fixed = os.environ.get("SCRIPTED_LLM_REPLY")
+    if fixed:
+        return fixed
+    last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    return f"You said: {last_user}"
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """Word-sized deltas that join back to exactly `text`."""
+    start = 0
+    for index, char in enumerate(text):
+        if char == " " and index > start:
+            yield text[start:index]
+            start = index
+    if start < len(text):
+        yield text[start:]
+
+
+scripted_backend = ScriptedBackend()

@@ -1,0 +1,62 @@
+"""The state backend the turn engine uses: working memory in Redis, checkpoints in PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.engine.context import working_memory_budget
+from agents.engine.ports import CheckpointRecord, WorkingMemory
+from agents.models import Agent, Message, Session
+from memory.models import Checkpoint
+from memory.working import wm_fit, wm_read, wm_rebuild, wm_write
+
+
+class PlatformState:
+    def load_working_memory(self, *, session: Session, agent: Agent) -> WorkingMemory:
+        memory = wm_read(session)
+        if memory is not None:
+            return memory
+        memory = wm_rebuild(session, working_memory_budget(agent), _latest_task_state(session))
+        wm_write(session, memory, agent.working_memory_ttl_seconds)
+        return memory
+
+    def save_working_memory(self, *, session: Session, agent: Agent, memory: WorkingMemory) -> None:
+        wm_write(session, memory, agent.working_memory_ttl_seconds)
+
+    def fit_working_memory(self, *, memory: WorkingMemory, budget: int) -> WorkingMemory:
+        return wm_fit(memory, budget)
+
+    def write_checkpoint(
+        self,
+        *,
+        session: Session,
+        kind: str,
+        memory: WorkingMemory,
+        messages: list[Message],
+        metadata: dict[str, Any],
+    ) -> CheckpointRecord:
+        parent = (
+            Checkpoint.objects.filter(session=session).order_by("-created_at").values("pk").first()
+        )
+        checkpoint = Checkpoint.objects.create(
+            tenant_id=session.tenant_id,
+            session=session,
+            parent_id=parent["pk"] if parent else None,
+            kind=kind,
+            high_water_seq=memory.high_water_seq,
+            memory_first_seq=memory.messages[0].seq if memory.messages else None,
+            memory_tokens=memory.tokens,
+            task_state=memory.task_state,
+            metadata=metadata,
+        )
+        return CheckpointRecord(checkpoint.pk, checkpoint.kind, checkpoint.high_water_seq)
+
+
+def _latest_task_state(session: Session) -> dict[str, Any]:
+    state = (
+        Checkpoint.objects.filter(session=session)
+        .order_by("-created_at")
+        .values_list("task_state", flat=True)
+        .first()
+    )
+    return state or {}

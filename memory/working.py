@@ -1,0 +1,80 @@
+"""Working memory in Redis: the newest messages of a session that fit its token budget.
+
+Stored as one JSON value per session with the agent's TTL. On a miss (expired, evicted,
+Redis restarted) it is rebuilt from PostgreSQL by the same rule that trims it, so a rebuilt
+working memory equals the one that was lost.
+"""
+
+from __future__ import annotations
+
+import json
+
+from agentplatform import keys
+from agentplatform.redis import get_redis
+from agents.engine.ports import WorkingMemory, WorkingMessage
+from agents.models import Message, Session
+
+CONTEXT_STATUSES = (Message.Status.ACTIVE, Message.Status.INTERRUPTED)
+CONTEXT_ROLES = (Message.Role.USER, Message.Role.ASSISTANT)
+REBUILD_BATCH = 200
+
+
+def wm_read(session: Session) -> WorkingMemory | None:
+    raw = get_redis().get(keys.working_memory(session.pk))
+    return None if raw is None else WorkingMemory.from_dict(json.loads(raw))
+
+
+def wm_write(session: Session, memory: WorkingMemory, ttl_seconds: int) -> None:
+    payload = json.dumps(memory.as_dict(), separators=(",", ":"))
+    get_redis().set(keys.working_memory(session.pk), payload, ex=ttl_seconds)
+
+
+def wm_fit(memory: WorkingMemory, budget: int) -> WorkingMemory:
+    """Keep the newest messages whose tokens fit `budget`, stopping at the first misfit.
+
+    Stopping (rather than skipping) keeps the rule consistent: trimming after each append
+    gives the same result as trimming the whole history at once.
+    """
+    kept: list[WorkingMessage] = []
+    used = 0
+    for message in reversed(memory.messages):
+        if used + message.tokens > budget:
+            break
+        kept.append(message)
+        used += message.tokens
+    kept.reverse()
+    return WorkingMemory(
+        messages=kept, task_state=memory.task_state, high_water_seq=memory.high_water_seq
+    )
+
+
+def wm_rebuild(session: Session, budget: int, task_state: dict) -> WorkingMemory:
+    """Read the newest context messages from PostgreSQL, newest first, until `budget`.
+
+    It reads in batches so its cost depends on the budget, not on the conversation's length.
+    """
+    kept: list[WorkingMessage] = []
+    used = 0
+    high_water = 0
+    rows = (
+        Message.objects.filter(session=session, tenant_id=session.tenant_id)
+        .order_by("-seq")
+        .values_list("seq", "role", "content", "token_count", "status")
+    )
+    offset = 0
+    while True:
+        batch = list(rows[offset : offset + REBUILD_BATCH])
+        if not batch:
+            break
+        for seq, role, content, tokens, status in batch:
+            high_water = max(high_water, seq)
+            if status not in CONTEXT_STATUSES or role not in CONTEXT_ROLES:
+                continue
+            if used + tokens > budget:
+                kept.reverse()
+                return WorkingMemory(kept, task_state, high_water)
+            kept.append(WorkingMessage(seq, role, content, tokens))
+            used += tokens
+        offset += REBUILD_BATCH
+    kept.reverse()
+    return WorkingMemory(kept, task_state, high_water)

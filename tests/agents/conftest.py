@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from agents.llm.scripted import ScriptedBackend, scripted_backend
+
+
+@pytest.fixture(autouse=True)
+def llm() -> Iterator[ScriptedBackend]:
+    """The scripted LLM, reset around each test."""
+    scripted_backend.reset()
+    yield scripted_backend
+    scripted_backend.reset()
