@@ -41,20 +41,17 @@ def _manage(*args: str, capture: bool = False, quiet: bool = False) -> str:
     return result.stdout or ""
 
 
+def web_command(port: int | str) -> list[str]:
+    """The ASGI server on loopback (also used by the end-to-end tests)."""
+    return [
+        PYTHON, "-m", "uvicorn", "agentplatform.asgi:application",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+
+
 def _start_children(port: str) -> dict[str, subprocess.Popen[bytes]]:
     commands = {
-        "web": [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "agentplatform.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--log-level",
-            "warning",
-        ],
+        "web": web_command(port),
         "worker": [
             PYTHON,
             "-m",

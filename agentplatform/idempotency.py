@@ -2,7 +2,7 @@
 
 Records live in PostgreSQL (per tenant, unique key) so a retry reaching any server instance,
 after any crash, sees the same record. While the first request runs, the record is locked
-for `LOCK_SECONDS`; a repeat in that window gets 409, and a repeat after it (the first
+for IDEMPOTENCY_LOCK_SECONDS; a repeat in that window gets 409, and a repeat after it (the first
 holder died) takes the record over and runs again.
 """
 
@@ -13,11 +13,13 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -28,24 +30,36 @@ from agentplatform.models import IdempotencyRecord, Tenant
 from agentplatform.problems import Conflict
 
 HEADER = "Idempotency-Key"
+
+
 # Short, and extended by `heartbeat()` while a long request (a turn) runs: a retry after the
 # first holder died waits at most this long.
-LOCK_SECONDS = 15
+def _lock() -> timedelta:
+    return timedelta(seconds=settings.IDEMPOTENCY_LOCK_SECONDS)
+
+
 MAX_KEY_LENGTH = 255
 RETRYABLE = {409, 429}
 
-Handler = Callable[..., Response]
+H = TypeVar("H", bound=Callable[..., HttpResponseBase])
 
-_current_record: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+
+@dataclass
+class _Running:
+    record_id: int
+    deferred: bool = False  # a streamed response completes the record when it ends
+
+
+_current: contextvars.ContextVar[_Running | None] = contextvars.ContextVar(
     "idempotency_record", default=None
 )
 
 
-def idempotent(handler: Handler) -> Handler:
+def idempotent(handler: H) -> H:
     """Decorate a DRF POST handler (`def post(self, request, ...)`) to honour the header."""
 
     @functools.wraps(handler)
-    def wrapper(view: Any, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def wrapper(view: Any, request: Request, *args: Any, **kwargs: Any) -> HttpResponseBase:
         key = request.headers.get(HEADER)
         if key is None:
             return handler(view, request, *args, **kwargs)
@@ -56,18 +70,20 @@ def idempotent(handler: Handler) -> Handler:
         record, replay = _claim(tenant=tenant, key=key, request=request, fingerprint=fingerprint)
         if replay is not None:
             return replay
-        token = _current_record.set(record.pk)
+        running = _Running(record.pk)
+        token = _current.set(running)
         try:
             response = handler(view, request, *args, **kwargs)
         except BaseException:
-            _release(record)
+            _release(record.pk)
             raise
         finally:
-            _current_record.reset(token)
-        _complete(record, response)
+            _current.reset(token)
+        if not running.deferred:
+            _complete(record.pk, response.status_code, getattr(response, "data", None))
         return response
 
-    return wrapper
+    return cast(H, wrapper)
 
 
 def request_fingerprint(method: str, path: str, data: Any) -> str:
@@ -87,7 +103,7 @@ def _claim(
                 method=request.method or "POST",
                 path=request.path[:500],
                 fingerprint=fingerprint,
-                locked_until=now + timedelta(seconds=LOCK_SECONDS),
+                locked_until=now + _lock(),
                 expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS),
             )
         return record, None
@@ -105,7 +121,7 @@ def _claim(
         record.fingerprint = fingerprint
         record.status_code = None
         record.response_body = None
-        record.locked_until = now + timedelta(seconds=LOCK_SECONDS)
+        record.locked_until = now + _lock()
         record.expires_at = now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
         record.save()
         return record, None
@@ -117,33 +133,40 @@ def _replay(record: IdempotencyRecord) -> Response:
     return response
 
 
-def _complete(record: IdempotencyRecord, response: Response) -> None:
+def _complete(record_id: int, status_code: int, data: Any) -> None:
     # Server errors, conflicts and throttling are not remembered: the request did not run,
     # so a retry with the same key must be able to run it (Stripe does the same).
-    if (
-        response.status_code in RETRYABLE
-        or response.status_code >= 500
-        or not hasattr(response, "data")
-    ):
-        _release(record)
+    if status_code in RETRYABLE or status_code >= 500 or data is None:
+        _release(record_id)
         return
-    IdempotencyRecord.objects.filter(pk=record.pk).update(
-        status_code=response.status_code,
-        response_body=json.loads(json.dumps(response.data, default=str)),
+    IdempotencyRecord.objects.filter(pk=record_id).update(
+        status_code=status_code,
+        response_body=json.loads(json.dumps(data, default=str)),
         locked_until=None,
     )
 
 
-def _release(record: IdempotencyRecord) -> None:
-    IdempotencyRecord.objects.filter(pk=record.pk, status_code__isnull=True).delete()
+def _release(record_id: int) -> None:
+    IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True).delete()
+
+
+def defer_completion() -> Callable[[int, Any], None] | None:
+    """For a streamed response: the function that records its outcome when the stream ends
+    (status code and JSON body; a body of None releases the key). None without a key."""
+    running = _current.get()
+    if running is None:
+        return None
+    running.deferred = True
+    record_id = running.record_id
+    return lambda status_code, data: _complete(record_id, status_code, data)
 
 
 def heartbeat() -> None:
     """Extend the lock of the record this request is running under, if any."""
-    record_id = _current_record.get()
-    if record_id is not None:
-        IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True).update(
-            locked_until=timezone.now() + timedelta(seconds=LOCK_SECONDS)
+    running = _current.get()
+    if running is not None:
+        IdempotencyRecord.objects.filter(pk=running.record_id, status_code__isnull=True).update(
+            locked_until=timezone.now() + _lock()
         )
 
 

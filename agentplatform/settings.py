@@ -186,6 +186,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=60)
+# A repeat of a request still running waits this long (extended while it runs) before it
+# may take over from a holder that died.
+IDEMPOTENCY_LOCK_SECONDS = env_int("IDEMPOTENCY_LOCK_SECONDS", 15, minimum=1)
 
 # --- LLM -----------------------------------------------------------------------------------
 LLM_BASE_URL = env_url("LLM_BASE_URL", None, schemes=("http", "https"))

@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from agentplatform.health import healthz, readyz
-from agents.api.views import AgentViewSet, SessionMessagesViewSet, SessionViewSet
+from agents.api.views import AgentViewSet, InvokeView, SessionMessagesViewSet, SessionViewSet
 
 router = SimpleRouter()
 router.register("agents", AgentViewSet, basename="agent")
@@ -18,6 +18,7 @@ api_urls = [
         SessionMessagesViewSet.as_view({"get": "list", "post": "create"}),
         name="session-messages",
     ),
+    path("invoke/", InvokeView.as_view(), name="invoke"),
     path(
         "schema/",
         SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]),

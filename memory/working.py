@@ -8,6 +8,7 @@ working memory equals the one that was lost.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from agentplatform import keys
 from agentplatform.redis import get_redis
@@ -20,7 +21,7 @@ REBUILD_BATCH = 200
 
 
 def wm_read(session: Session) -> WorkingMemory | None:
-    raw = get_redis().get(keys.working_memory(session.pk))
+    raw = cast(bytes | None, get_redis().get(keys.working_memory(session.pk)))
     return None if raw is None else WorkingMemory.from_dict(json.loads(raw))
 
 

@@ -119,13 +119,18 @@ class InvokeMessageSerializer(StrictSerializer):
     content = StrictCharField(max_length=32_000, trim_whitespace=False)
 
 
+MAX_INVOKE_MESSAGES = 500
+
+
 class InvokeSerializer(StrictSerializer):
     agent = serializers.UUIDField()
-    messages = InvokeMessageSerializer(many=True, allow_empty=False, max_length=500)
+    messages = InvokeMessageSerializer(many=True, allow_empty=False)
     user_config = serializers.JSONField(required=False, validators=[validate_metadata])
     task_state = serializers.JSONField(required=False, validators=[validate_metadata])
 
     def validate_messages(self, value: list[dict[str, str]]) -> list[dict[str, str]]:
+        if len(value) > MAX_INVOKE_MESSAGES:
+            raise serializers.ValidationError(f"At most {MAX_INVOKE_MESSAGES} messages.")
         if value[-1]["role"] != "user":
             raise serializers.ValidationError("The last message must be the user's.")
         return value

@@ -12,7 +12,7 @@ from django.db import close_old_connections
 from rest_framework.renderers import BaseRenderer
 
 Event = tuple[str, dict[str, Any]]
-_END = ("__end__", {})
+_END: Event = ("__end__", {})
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -25,7 +25,19 @@ class EventStreamRenderer(BaseRenderer):
     def render(
         self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
     ) -> bytes:
+        if isinstance(data, dict) and "user_message" in data:  # an idempotent replay
+            return replay_events(data)
         return format_event("error", data if isinstance(data, dict) else {"detail": data})
+
+
+def replay_events(result: dict[str, Any]) -> bytes:
+    """A stored turn result as the events its stream ended with."""
+    events = [format_event("message", result["user_message"], 1)]
+    if result.get("assistant_message"):
+        events.append(format_event("message", result["assistant_message"], 2))
+    if result.get("checkpoint"):
+        events.append(format_event("checkpoint", {"id": result["checkpoint"]}, len(events) + 1))
+    return b"".join(events)
 
 
 def format_event(event: str, payload: dict[str, Any], seq: int | None = None) -> bytes:

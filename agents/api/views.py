@@ -20,7 +20,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from agentplatform.authentication import request_tenant
-from agentplatform.idempotency import idempotent
+from agentplatform.idempotency import defer_completion, idempotent
 from agentplatform.models import Tenant
 from agentplatform.pagination import CreatedCursorPagination
 from agentplatform.problems import BadGateway, Conflict, ServiceUnavailable
@@ -210,11 +210,15 @@ def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
 def _turn_event_stream(
     session: Session, content: str, metadata: dict[str, Any]
 ) -> StreamingHttpResponse:
+    complete = defer_completion()
+
     def run(emit: Callable[[str, dict[str, Any]], None]) -> None:
         try:
-            turn_run(session=session, content=content, emit=emit, metadata=metadata)
+            result = turn_run(session=session, content=content, emit=emit, metadata=metadata)
         except TURN_ERRORS as error:
             problem = turn_problem(error)
+            if complete is not None:
+                complete(problem.status_code, None)
             emit(
                 "error",
                 {
@@ -223,6 +227,10 @@ def _turn_event_stream(
                     "status": problem.status_code,
                 },
             )
+
+        else:
+            if complete is not None:
+                complete(201, TurnResultSerializer(result).data)
 
     response = StreamingHttpResponse(stream_in_thread(run), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

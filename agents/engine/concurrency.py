@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from django.db.models import F
 
@@ -97,7 +98,7 @@ class Lease:
 
     def cancel_requested(self) -> str | None:
         """'interrupt' or 'rollback' when a newer message asked this turn to stop."""
-        value = get_redis().get(keys.cancel(self.session_id))
+        value = cast(bytes | None, get_redis().get(keys.cancel(self.session_id)))
         if value is None:
             return None
         holder, _, mode = value.decode().partition("|")
@@ -140,7 +141,7 @@ def admit(
 
 def _request_cancel(session_id: uuid.UUID, mode: str) -> None:
     client = get_redis()
-    holder = client.get(keys.lease(session_id))
+    holder = cast(bytes | None, client.get(keys.lease(session_id)))
     if holder is not None:
         ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
         client.set(keys.cancel(session_id), f"{holder.decode()}|{mode}", px=ttl_ms)
@@ -159,8 +160,8 @@ def _wait_in_queue(
     try:
         while time.monotonic() < deadline:
             client.set(alive, "1", px=TICKET_ALIVE_MS)
-            position = client.eval(_PRUNE_DEAD, 1, queue, alive_prefix, ticket)
-            position = 0 if position is None else int(position)
+            rank = cast(int | None, client.eval(_PRUNE_DEAD, 1, queue, alive_prefix, ticket))
+            position = 0 if rank is None else int(rank)
             if position == 0:
                 lease = lease_try_acquire(session)
                 if lease is not None:

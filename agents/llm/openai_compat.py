@@ -36,13 +36,13 @@ class OpenAICompatibleBackend:
         usage = None
         calls: dict[int, dict[str, Any]] = {}
         try:
-            stream = client.chat.completions.create(
+            kwargs.update(
                 model=options.model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                messages=[{"role": m.role, "content": m.content} for m in messages],
                 stream=True,
                 stream_options={"include_usage": True},
-                **kwargs,
             )
+            stream = client.chat.completions.create(**kwargs)
             for chunk in stream:
                 usage = chunk.usage or usage
                 for choice in chunk.choices:

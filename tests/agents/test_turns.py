@@ -45,9 +45,7 @@ def test_the_next_turn_sees_the_previous_messages(alice: Persona, llm: ScriptedB
     assert contents == ["Be brief.", "first", "You said: first", "second"]
 
 
-def test_working_memory_is_saved_in_redis_with_the_agents_ttl(
-    alice: Persona, redis_client
-) -> None:
+def test_working_memory_is_saved_in_redis_with_the_agents_ttl(alice: Persona, redis_client) -> None:
     _post(alice, "remember me")
     memory = wm_read(alice.session)
     assert memory is not None
@@ -64,9 +62,11 @@ def test_redis_flushed_between_turns_rebuilds_the_same_context(
     _post(alice, "four")
     with_cache = [(m.role, m.content) for m in llm.calls[-1]]
     # The same history on a second session, with Redis flushed before its last turn.
-    other = alice.client().post(
-        "/api/v1/sessions/", {"agent": str(alice.agent.pk), "user_id": "u"}, format="json"
-    ).json()["id"]
+    other = (
+        alice.client()
+        .post("/api/v1/sessions/", {"agent": str(alice.agent.pk), "user_id": "u"}, format="json")
+        .json()["id"]
+    )
     for text in ["one", "two", "three"]:
         alice.client().post(f"/api/v1/sessions/{other}/messages/", {"content": text}, format="json")
     redis_client.flushdb()
@@ -138,7 +138,9 @@ def test_a_broken_llm_is_502_keeps_the_user_message_and_releases_the_lease(
     # The session carries on.
     assert _post(alice, "again").status_code == 201
     assert list(Message.objects.filter(session=alice.session).values_list("seq", flat=True)) == [
-        1, 2, 3
+        1,
+        2,
+        3,
     ]
 
 
@@ -198,3 +200,17 @@ def test_turn_service_works_without_a_transport(alice: Persona) -> None:
     result = turn_run(session=alice.session, content="direct", emit=lambda e, p: events.append(e))
     assert result.assistant_message is not None
     assert events[0] == "accepted" and "token" in events
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_streamed_turn_with_an_idempotency_key_is_replayed_not_rerun(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    first = _post(alice, "stream once", HTTP_ACCEPT="text/event-stream", HTTP_IDEMPOTENCY_KEY="s1")
+    b"".join(first.streaming_content)
+    again = _post(alice, "stream once", HTTP_ACCEPT="text/event-stream", HTTP_IDEMPOTENCY_KEY="s1")
+    assert again.status_code == 201
+    replayed = again.content.decode()
+    assert replayed.count("event: message") == 2
+    assert len(llm.calls) == 1
+    assert Message.objects.filter(session=alice.session).count() == 2

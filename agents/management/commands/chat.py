@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from agentplatform.models import Tenant
+from agents.engine.concurrency import QueueTimeout, SessionBusy
+from agents.engine.turn import TurnFailed, turn_run
+from agents.models import Agent, Session
+from agents.services import session_open
+
+
+class Command(BaseCommand):
+    help = "Chat with an agent of a tenant in the terminal; replies stream as they come."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--tenant", required=True, help="tenant slug, e.g. demo")
+        parser.add_argument("--agent", help="agent id (default: the tenant's first agent)")
+        parser.add_argument("--session", help="continue this session id")
+        parser.add_argument("--user-id", default="terminal", help="end-user id of the session")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        tenant = Tenant.objects.filter(slug=options["tenant"]).first()
+        if tenant is None:
+            raise CommandError(f"No tenant {options['tenant']!r}.")
+        session = self._session(tenant, options)
+        self.stdout.write(
+            f"Session {session.pk} with {session.agent.name}. Type /quit or Ctrl-D to leave.\n"
+        )
+        while True:
+            try:
+                line = input("you> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                self.stdout.write("")
+                return
+            if line in {"/quit", "/exit"}:
+                return
+            if line:
+                self._turn(session, line)
+
+    def _session(self, tenant: Tenant, options: dict[str, Any]) -> Session:
+        if options["session"]:
+            found = Session.objects.for_tenant(tenant).filter(pk=options["session"]).first()
+            if found is None:
+                raise CommandError("No such session for this tenant.")
+            return found
+        agents = Agent.objects.for_tenant(tenant).order_by("created_at")
+        agent = agents.filter(pk=options["agent"]).first() if options["agent"] else agents.first()
+        if agent is None:
+            raise CommandError("The tenant has no such agent.")
+        return session_open(tenant=tenant, agent=agent, user_id=options["user_id"])
+
+    def _turn(self, session: Session, content: str) -> None:
+        def emit(event: str, payload: dict[str, Any]) -> None:
+            if event == "token":
+                sys.stdout.write(payload["delta"])
+                sys.stdout.flush()
+            elif event == "queued":
+                sys.stdout.write(f"[queued, position {payload['position']}] ")
+
+        sys.stdout.write("agent> ")
+        try:
+            turn_run(session=session, content=content, emit=emit)
+        except (TurnFailed, SessionBusy, QueueTimeout) as error:
+            sys.stdout.write(f"\n[error: {error}]")
+        sys.stdout.write("\n")

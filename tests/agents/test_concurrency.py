@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+
+from agents.engine.concurrency import LeaseLost, fence_check, lease_try_acquire
+from agents.engine.context import working_memory_budget
+from agents.llm.scripted import ScriptedBackend
+from agents.models import Agent, Message
+from memory.working import wm_read, wm_rebuild
+from tests.conftest import Persona
+
+pytestmark = pytest.mark.django_db(transaction=True)
+CONCURRENT = 20
+
+
+def _race(persona: Persona, count: int) -> list[tuple[int, dict]]:
+    results: list[tuple[int, dict]] = [(0, {})] * count
+    barrier = threading.Barrier(count)
+
+    def post(index: int) -> None:
+        client = persona.client()
+        barrier.wait()
+        response = client.post(
+            f"/api/v1/sessions/{persona.session.pk}/messages/",
+            {"content": f"message {index}"},
+            format="json",
+        )
+        results[index] = (response.status_code, response.json())
+        connection.close()
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _assert_consistent(persona: Persona) -> list[Message]:
+    messages = list(Message.objects.filter(session=persona.session).order_by("seq"))
+    assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
+    user_contents = Counter(m.content for m in messages if m.role == "user")
+    assert all(count == 1 for count in user_contents.values()), "a message was duplicated"
+    persona.session.refresh_from_db()
+    cached = wm_read(persona.session)
+    rebuilt = wm_rebuild(persona.session, working_memory_budget(persona.agent), {})
+    assert cached is not None
+    assert cached.as_dict() == rebuilt.as_dict()
+    return messages
+
+
+def _set_policy(persona: Persona, policy: str) -> None:
+    Agent.objects.filter(pk=persona.agent.pk).update(double_text_policy=policy)
+    persona.agent.refresh_from_db()
+    persona.session.refresh_from_db()
+
+
+def test_reject_answers_409_to_a_busy_session_and_loses_nothing(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    _set_policy(alice, "reject")
+    llm.delay = 0.01
+    results = _race(alice, CONCURRENT)
+    statuses = Counter(status for status, _ in results)
+    assert set(statuses) <= {201, 409} and statuses[201] >= 1 and statuses[409] >= 1
+    assert all(body["type"].endswith("session_busy") for s, body in results if s == 409)
+    messages = _assert_consistent(alice)
+    accepted = {body["user_message"]["content"] for status, body in results if status == 201}
+    assert {m.content for m in messages if m.role == "user"} == accepted
+
+
+def test_enqueue_runs_every_message_in_order(alice: Persona, llm: ScriptedBackend) -> None:
+    _set_policy(alice, "enqueue")
+    llm.delay = 0.002
+    results = _race(alice, CONCURRENT)
+    assert all(status == 201 for status, _ in results), results
+    messages = _assert_consistent(alice)
+    assert len(messages) == 2 * CONCURRENT
+    assert all(m.status == "active" for m in messages)
+    # Every reply follows its own question: the turns never interleaved.
+    for question, answer in zip(messages[::2], messages[1::2], strict=True):
+        assert answer.content == f"You said: {question.content}"
+
+
+def test_interrupt_keeps_partial_replies_marked_interrupted(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    _set_policy(alice, "interrupt")
+    llm.delay = 0.02
+    results = _race(alice, CONCURRENT)
+    assert all(status == 201 for status, _ in results), results
+    messages = _assert_consistent(alice)
+    users = [m for m in messages if m.role == "user"]
+    assert len(users) == CONCURRENT and all(m.status == "active" for m in users)
+    replies = Counter(m.status for m in messages if m.role == "assistant")
+    assert replies["interrupted"] >= 1
+    assert messages[-1].status == "active"  # the last message's turn ran to the end
+
+
+def test_rollback_discards_the_running_turn_but_keeps_its_rows(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    _set_policy(alice, "rollback")
+    llm.delay = 0.02
+    results = _race(alice, CONCURRENT)
+    assert all(status == 201 for status, _ in results), results
+    messages = _assert_consistent(alice)
+    assert len([m for m in messages if m.role == "user"]) == CONCURRENT
+    rolled_back = [m for m in messages if m.status == "rolled_back"]
+    assert rolled_back, "some running turn was discarded"
+    memory = wm_read(alice.session)
+    assert memory is not None
+    assert not {m.seq for m in memory.messages} & {m.seq for m in rolled_back}
+
+
+def test_a_stale_lease_holder_cannot_write(alice: Persona) -> None:
+    with override_settings(AGENTS={"LEASE_SECONDS": 0.2}):
+        stale = lease_try_acquire(alice.session)
+        assert stale is not None
+        time.sleep(0.3)  # the holder pauses past its lease
+        fresh = lease_try_acquire(alice.session)
+        assert fresh is not None
+    with pytest.raises(LeaseLost), transaction.atomic():
+        fence_check(alice.session.pk, stale.token)
+    with transaction.atomic():
+        fence_check(alice.session.pk, fresh.token)
+    with pytest.raises(LeaseLost):
+        stale.renew()
+
+
+def test_a_lease_whose_holder_died_is_recovered_after_expiry(alice: Persona) -> None:
+    with override_settings(AGENTS={"LEASE_SECONDS": 0.2}):
+        assert lease_try_acquire(alice.session) is not None  # never released
+        assert lease_try_acquire(alice.session) is None
+        time.sleep(0.3)
+        assert lease_try_acquire(alice.session) is not None
