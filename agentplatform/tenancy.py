@@ -37,12 +37,19 @@ class TenantOwned(models.Model):
         abstract = True
 
 
-def access_object(model: type[M], *, tenant: Tenant, id: uuid.UUID | str | int) -> M:
+def access_object(
+    model: type[M],
+    *,
+    tenant: Tenant,
+    id: uuid.UUID | str | int,
+    queryset: models.QuerySet[M] | None = None,
+) -> M:
     """The tenant's row with this id, or one uniform NotFound (missing or foreign alike).
 
     A malformed id is "not found" too: telling it apart would only help someone probing ids.
     """
     try:
-        return cast(M, model.objects.for_tenant(tenant).get(pk=id))
+        rows = model.objects.all() if queryset is None else queryset
+        return cast(M, rows.filter(tenant=tenant).get(pk=id))
     except (model.DoesNotExist, ValueError, ValidationError):
         raise NotFound(f"No {model._meta.verbose_name} with this id.") from None

@@ -101,8 +101,9 @@ class Session(TenantOwned):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     # The next message seq to hand out; bumped under the row lock so seqs never gap or repeat.
     next_seq = models.PositiveBigIntegerField(default=1)
-    # Fencing token of the latest turn lease; a turn writes only while it still holds it.
-    lease_fence = models.PositiveBigIntegerField(default=0)
+    # Fencing token of the latest turn lease (unique per lease): a turn's writes check that it
+    # is still theirs, so a holder that stalled past its lease can no longer write.
+    lease_holder = models.UUIDField(null=True, blank=True, editable=False)
     last_activity_at = models.DateTimeField(auto_now_add=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

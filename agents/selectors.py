@@ -36,7 +36,13 @@ def session_list(
 
 
 def access_session(*, tenant: Tenant, id: object) -> Session:
-    return access_object(Session, tenant=tenant, id=id)  # type: ignore[arg-type]
+    """The tenant's session with its agent loaded (every turn needs both)."""
+    return access_object(
+        Session,
+        tenant=tenant,
+        id=id,  # type: ignore[arg-type]
+        queryset=Session.objects.select_related("agent"),
+    )
 
 
 def message_list(*, session: Session, include_inactive: bool = True) -> QuerySet[Message]:

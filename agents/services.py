@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F
-from django.utils import timezone
+from django.db import connection, transaction
 
 from agentplatform.models import Tenant
 from agents.models import Agent, Message, Session
@@ -61,6 +60,10 @@ def session_delete(*, session: Session) -> None:
     session.delete()
 
 
+class StaleLease(Exception):
+    """The writer's lease was taken over: its fencing token no longer matches the session."""
+
+
 @dataclass(frozen=True)
 class NewMessage:
     role: str
@@ -70,20 +73,33 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
 
 
-def messages_append(*, session: Session, messages: Sequence[NewMessage]) -> list[Message]:
+_RESERVE_SEQS = """
+UPDATE agents_session SET next_seq = next_seq + %s, last_activity_at = now()
+WHERE id = %s {fence} RETURNING next_seq
+"""
+
+
+def messages_append(
+    *, session: Session, messages: Sequence[NewMessage], fence: uuid.UUID | None = None
+) -> list[Message]:
     """Append messages with the next `seq` numbers, gapless and strictly increasing.
 
-    The seqs are reserved by an UPDATE on the session row, which serialises concurrent
-    appenders on that row; it must run inside the caller's transaction when the caller has
-    other writes that must commit with the messages.
+    The seqs are reserved by one UPDATE on the session row, which serialises concurrent
+    appenders on that row. With `fence` (a turn's lease token) the same statement is the
+    fencing check: it matches no row, and StaleLease is raised, once another lease took
+    over. Call it inside the caller's transaction when other writes must commit with it.
     """
-    with transaction.atomic():
+    with transaction.atomic(), connection.cursor() as cursor:
         count = len(messages)
-        Session.objects.filter(pk=session.pk).update(
-            next_seq=F("next_seq") + count, last_activity_at=timezone.now()
-        )
-        next_seq = Session.objects.values_list("next_seq", flat=True).get(pk=session.pk)
-        first = next_seq - count
+        if fence is None:
+            cursor.execute(_RESERVE_SEQS.format(fence=""), [count, session.pk])
+        else:
+            sql = _RESERVE_SEQS.format(fence="AND lease_holder = %s")
+            cursor.execute(sql, [count, session.pk, fence])
+        row = cursor.fetchone()
+        if row is None:
+            raise StaleLease("the session's lease was taken over by another turn")
+        first = row[0] - count
         rows = [
             Message(
                 tenant_id=session.tenant_id,

@@ -16,7 +16,7 @@ class PlatformState:
         memory = wm_read(session)
         if memory is not None:
             return memory
-        memory = wm_rebuild(session, working_memory_budget(agent), _latest_task_state(session))
+        memory = rebuild_working_memory(session, agent)
         wm_write(session, memory, agent.working_memory_ttl_seconds)
         return memory
 
@@ -35,13 +35,10 @@ class PlatformState:
         messages: list[Message],
         metadata: dict[str, Any],
     ) -> CheckpointRecord:
-        parent = (
-            Checkpoint.objects.filter(session=session).order_by("-created_at").values("pk").first()
-        )
         checkpoint = Checkpoint.objects.create(
             tenant_id=session.tenant_id,
             session=session,
-            parent_id=parent["pk"] if parent else None,
+            parent_id=memory.checkpoint_id,
             kind=kind,
             high_water_seq=memory.high_water_seq,
             memory_first_seq=memory.messages[0].seq if memory.messages else None,
@@ -52,11 +49,22 @@ class PlatformState:
         return CheckpointRecord(checkpoint.pk, checkpoint.kind, checkpoint.high_water_seq)
 
 
-def _latest_task_state(session: Session) -> dict[str, Any]:
-    state = (
+def _latest_checkpoint(session: Session) -> dict[str, Any] | None:
+    row = (
         Checkpoint.objects.filter(session=session)
         .order_by("-created_at")
-        .values_list("task_state", flat=True)
+        .values("pk", "task_state")
         .first()
     )
-    return state or {}
+    return dict(row) if row else None
+
+
+def rebuild_working_memory(session: Session, agent: Agent) -> WorkingMemory:
+    """Working memory as PostgreSQL alone says it is (what a Redis miss rebuilds)."""
+    latest = _latest_checkpoint(session)
+    return wm_rebuild(
+        session,
+        working_memory_budget(agent),
+        latest["task_state"] if latest else {},
+        str(latest["pk"]) if latest else None,
+    )

@@ -8,6 +8,7 @@ working memory equals the one that was lost.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import cast
 
 from agentplatform import keys
@@ -44,12 +45,12 @@ def wm_fit(memory: WorkingMemory, budget: int) -> WorkingMemory:
         kept.append(message)
         used += message.tokens
     kept.reverse()
-    return WorkingMemory(
-        messages=kept, task_state=memory.task_state, high_water_seq=memory.high_water_seq
-    )
+    return replace(memory, messages=kept)
 
 
-def wm_rebuild(session: Session, budget: int, task_state: dict) -> WorkingMemory:
+def wm_rebuild(
+    session: Session, budget: int, task_state: dict, checkpoint_id: str | None = None
+) -> WorkingMemory:
     """Read the newest context messages from PostgreSQL, newest first, until `budget`.
 
     It reads in batches so its cost depends on the budget, not on the conversation's length.
@@ -73,9 +74,9 @@ def wm_rebuild(session: Session, budget: int, task_state: dict) -> WorkingMemory
                 continue
             if used + tokens > budget:
                 kept.reverse()
-                return WorkingMemory(kept, task_state, high_water)
+                return WorkingMemory(kept, task_state, high_water, checkpoint_id)
             kept.append(WorkingMessage(seq, role, content, tokens))
             used += tokens
         offset += REBUILD_BATCH
     kept.reverse()
-    return WorkingMemory(kept, task_state, high_water)
+    return WorkingMemory(kept, task_state, high_water, checkpoint_id)

@@ -112,6 +112,14 @@ class TurnResultSerializer(serializers.Serializer):
     checkpoint = serializers.UUIDField(allow_null=True, source="checkpoint.id", default=None)
     usage = UsageSerializer(allow_null=True)
     context_tokens = serializers.IntegerField()
+    timings = serializers.SerializerMethodField()
+
+    def get_timings(self, result: Any) -> dict[str, float]:
+        """Where the turn's time went: waiting for the LLM, and everything else."""
+        return {
+            "llm_ms": round(result.llm_seconds * 1000, 3),
+            "platform_ms": round(result.platform_seconds * 1000, 3),
+        }
 
 
 class InvokeMessageSerializer(StrictSerializer):

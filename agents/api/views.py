@@ -35,11 +35,12 @@ from agents.api.serializers import (
     TurnResultSerializer,
 )
 from agents.api.sse import EventStreamRenderer, stream_in_thread
-from agents.engine.concurrency import LeaseLost, QueueTimeout, SessionBusy
+from agents.engine.concurrency import QueueTimeout, SessionBusy
 from agents.engine.invoke import invoke_stateless
 from agents.engine.turn import TurnFailed, turn_run
 from agents.llm import LLMError
 from agents.models import Agent, Message, Session
+from agents.services import StaleLease
 
 
 class TenantViewSet(viewsets.GenericViewSet):
@@ -183,7 +184,7 @@ class InvokeView(APIView):
         return Response(InvokeResultSerializer(result).data)
 
 
-TURN_ERRORS = (SessionBusy, QueueTimeout, LeaseLost, TurnFailed, ValueError)
+TURN_ERRORS = (SessionBusy, QueueTimeout, StaleLease, TurnFailed, ValueError)
 
 
 def turn_problem(error: Exception) -> APIException:
@@ -192,7 +193,7 @@ def turn_problem(error: Exception) -> APIException:
         return Conflict(str(error), code="session_busy")
     if isinstance(error, QueueTimeout):
         return ServiceUnavailable(str(error), code="queue_timeout")
-    if isinstance(error, LeaseLost):
+    if isinstance(error, StaleLease):
         return Conflict("The session was taken over by another turn.", code="lease_lost")
     if isinstance(error, TurnFailed):
         detail = f"The LLM failed: {error}. The message was kept as seq {error.user_message.seq}."

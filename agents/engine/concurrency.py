@@ -2,10 +2,14 @@
 agent's double-text policy.
 
 The lease (`SET NX PX`) says who runs the session's turn now; it is renewed while the turn
-streams and expires by itself when its holder dies. Acquiring it also bumps the session's
-`lease_fence` in PostgreSQL and keeps the new value as the holder's fencing token: every
-write of the turn re-checks that the fence still equals its token, so a holder that stalled
-past its lease (and was replaced) can no longer write, whatever Redis says.
+streams and expires by itself when its holder dies. Acquiring it also writes the lease's
+unique token into the session row (`lease_holder`); every PostgreSQL write of the turn is
+conditional on the row still holding that token, so a holder that stalled past its lease
+(and was replaced) can no longer write, whatever it believes about Redis.
+
+The token write skips the WAL flush (`synchronous_commit = off`, ~0.1 ms instead of a
+~4 ms fsync here): if a crash loses it, the row keeps an older token and the turn's own
+write is refused, which is safe. The turn's messages commit durably.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from django.db.models import F
+from django.db import connection
 
 from agentplatform import keys
 from agentplatform.redis import get_redis
 from agents.conf import agents_settings
 from agents.models import Agent, Session
+from agents.services import StaleLease
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -67,15 +72,14 @@ class QueueTimeout(Exception):
     """The session stayed busy longer than AGENTS["QUEUE_WAIT_SECONDS"]."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(StaleLease):
     """The turn's lease expired or was taken over; its writes are refused."""
 
 
 @dataclass
 class Lease:
     session_id: uuid.UUID
-    holder: str
-    token: int
+    holder: str  # also the fencing token written into the session row
     ttl_ms: int
     renewed_at: float = field(default_factory=time.monotonic)
 
@@ -105,23 +109,31 @@ class Lease:
         return mode if holder == self.holder else None
 
 
+_CLAIM_ROW = """
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE agents_session SET lease_holder = %s FROM async WHERE id = %s
+"""
+
+
 def lease_try_acquire(session: Session) -> Lease | None:
     ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
-    holder = uuid.uuid4().hex
-    if not get_redis().set(keys.lease(session.pk), holder, nx=True, px=ttl_ms):
+    holder = uuid.uuid4()
+    if not get_redis().set(keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
         return None
-    Session.objects.filter(pk=session.pk).update(lease_fence=F("lease_fence") + 1)
-    token = Session.objects.values_list("lease_fence", flat=True).get(pk=session.pk)
-    return Lease(session_id=session.pk, holder=holder, token=token, ttl_ms=ttl_ms)
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_ROW, [holder, session.pk])
+    return Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms)
 
 
-def fence_check(session_id: uuid.UUID, token: int) -> None:
-    """Inside the turn's transaction: lock the session row and refuse a stale token."""
+def fence_check(session_id: uuid.UUID, holder: str) -> None:
+    """Inside a transaction: lock the session row; refuse a holder whose lease was taken."""
     current = (
-        Session.objects.select_for_update().values_list("lease_fence", flat=True).get(pk=session_id)
+        Session.objects.select_for_update()
+        .values_list("lease_holder", flat=True)
+        .get(pk=session_id)
     )
-    if current != token:
-        raise LeaseLost(f"fencing token {token} is stale (current {current})")
+    if current is None or current.hex != holder:
+        raise LeaseLost("the session's lease was taken over by another turn")
 
 
 def admit(

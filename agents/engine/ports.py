@@ -36,6 +36,7 @@ class WorkingMemory:
     messages: list[WorkingMessage] = field(default_factory=list)
     task_state: dict[str, Any] = field(default_factory=dict)
     high_water_seq: int = 0
+    checkpoint_id: str | None = None  # the session's latest checkpoint (the next one's parent)
 
     @property
     def tokens(self) -> int:
@@ -46,6 +47,7 @@ class WorkingMemory:
             "messages": [message.as_dict() for message in self.messages],
             "task_state": self.task_state,
             "high_water_seq": self.high_water_seq,
+            "checkpoint_id": self.checkpoint_id,
         }
 
     @classmethod
@@ -54,6 +56,7 @@ class WorkingMemory:
             messages=[WorkingMessage(**item) for item in data.get("messages", [])],
             task_state=data.get("task_state", {}),
             high_water_seq=int(data.get("high_water_seq", 0)),
+            checkpoint_id=data.get("checkpoint_id"),
         )
 
 

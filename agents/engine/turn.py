@@ -9,7 +9,8 @@ interrupts) -> one transaction: fence check, messages, checkpoint -> save workin
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,11 +18,11 @@ from django.db import transaction
 
 from agentplatform import idempotency
 from agents.conf import agents_settings
-from agents.engine.concurrency import Lease, LeaseLost, admit, fence_check
+from agents.engine.concurrency import Lease, LeaseLost, admit
 from agents.engine.context import llm_messages, working_memory_budget
 from agents.engine.ports import CheckpointRecord, WorkingMemory, WorkingMessage, state_backend
 from agents.llm import backend_for, options_for
-from agents.llm.base import Delta, Done, LLMBackend, LLMError, ToolCall, Usage
+from agents.llm.base import Delta, Done, LLMBackend, LLMError, LLMEvent, ToolCall, Usage
 from agents.models import Agent, Message, Session
 from agents.services import NewMessage, messages_append
 
@@ -44,6 +45,8 @@ class TurnResult:
     checkpoint: CheckpointRecord | None
     usage: Usage | None
     context_tokens: int
+    llm_seconds: float = 0.0
+    platform_seconds: float = 0.0  # the turn's wall time minus llm_seconds
 
 
 class TurnFailed(Exception):
@@ -61,6 +64,20 @@ class _Generation:
     model: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     cancelled: str | None = None  # "interrupt" / "rollback"
+    llm_seconds: float = 0.0  # time spent waiting on the backend
+
+
+def _timed(events: Iterator[LLMEvent], result: _Generation) -> Iterator[LLMEvent]:
+    """Yield the backend's events, adding the time spent waiting for each to `result`."""
+    while True:
+        started = time.perf_counter()
+        try:
+            event = next(events)
+        except StopIteration:
+            result.llm_seconds += time.perf_counter() - started
+            return
+        result.llm_seconds += time.perf_counter() - started
+        yield event
 
 
 def _ignore(event: str, payload: dict[str, Any]) -> None:
@@ -80,14 +97,17 @@ def turn_run(
     *, session: Session, content: str, emit: Emit = _ignore, metadata: dict | None = None
 ) -> TurnResult:
     """Run one turn of `session` for the user's `content`; see the module docstring."""
+    started = time.perf_counter()
     validate_content(content)
     agent: Agent = session.agent
     emit("accepted", {"session": str(session.pk)})
     lease = admit(session=session, agent=agent, on_queued=lambda n: emit("queued", {"position": n}))
     try:
-        return _run_holding_lease(session, agent, content, lease, emit, metadata or {})
+        result = _run_holding_lease(session, agent, content, lease, emit, metadata or {})
     finally:
         lease.release()
+    result.platform_seconds = time.perf_counter() - started - result.llm_seconds
+    return result
 
 
 def _run_holding_lease(
@@ -123,7 +143,8 @@ def _generate(
     result = _Generation()
     parts: list[str] = []
     checked_at = time.monotonic()
-    for event in backend.stream(llm_messages(agent, context), options_for(agent)):
+    events = iter(backend.stream(llm_messages(agent, context), options_for(agent)))
+    for event in _timed(events, result):
         if isinstance(event, Delta):
             parts.append(event.text)
             emit("token", {"delta": event.text})
@@ -166,9 +187,9 @@ def _persist(
     reply_tokens = backend.count_tokens(generation.text)
     usage_meta = _usage_meta(generation)
     with transaction.atomic():
-        fence_check(session.pk, lease.token)
         user_row, reply_row = messages_append(
             session=session,
+            fence=uuid.UUID(lease.holder),
             messages=[
                 NewMessage(Message.Role.USER, user.content, user.tokens, user_status, metadata),
                 NewMessage(
@@ -181,10 +202,20 @@ def _persist(
         checkpoint = _maybe_checkpoint(
             session, agent, context, memory, [user_row, reply_row], usage_meta, outcome
         )
+        if checkpoint is not None:
+            memory = replace(memory, checkpoint_id=str(checkpoint.id))
         transaction.on_commit(lambda: _announce(user_row, reply_row, checkpoint, emit))
     # Still holding the lease, so the next turn of this session reads this working memory.
     state.save_working_memory(session=session, agent=agent, memory=memory)
-    return TurnResult(outcome, user_row, reply_row, checkpoint, generation.usage, context.tokens)
+    return TurnResult(
+        outcome,
+        user_row,
+        reply_row,
+        checkpoint,
+        generation.usage,
+        context.tokens,
+        llm_seconds=generation.llm_seconds,
+    )
 
 
 def _statuses(cancelled: str | None) -> tuple[str, str, str]:
@@ -215,14 +246,14 @@ def _next_memory(
 ) -> WorkingMemory:
     previous = [m for m in context.messages if m.seq != 0]
     if outcome == Outcome.ROLLED_BACK:  # the discarded turn leaves no trace in the context
-        return WorkingMemory(previous, context.task_state, reply_row.seq)
+        return WorkingMemory(previous, context.task_state, reply_row.seq, context.checkpoint_id)
     messages = [
         *previous,
         WorkingMessage(user_row.seq, user_row.role, user_row.content, user_row.token_count),
         WorkingMessage(reply_row.seq, reply_row.role, reply_row.content, reply_row.token_count),
     ]
     task_state = _apply_tool_calls(context.task_state, generation.tool_calls)
-    return WorkingMemory(messages, task_state, reply_row.seq)
+    return WorkingMemory(messages, task_state, reply_row.seq, context.checkpoint_id)
 
 
 def _maybe_checkpoint(
@@ -257,9 +288,9 @@ def _persist_failure(
     metadata: dict[str, Any],
 ) -> Message:
     with transaction.atomic():
-        fence_check(session.pk, lease.token)
         (row,) = messages_append(
             session=session,
+            fence=uuid.UUID(lease.holder),
             messages=[
                 NewMessage(Message.Role.USER, content, tokens, Message.Status.FAILED, metadata)
             ],

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -9,10 +10,11 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 from agents.engine.concurrency import LeaseLost, fence_check, lease_try_acquire
-from agents.engine.context import working_memory_budget
 from agents.llm.scripted import ScriptedBackend
 from agents.models import Agent, Message
-from memory.working import wm_read, wm_rebuild
+from agents.services import NewMessage, StaleLease, messages_append
+from memory.state import rebuild_working_memory
+from memory.working import wm_read
 from tests.conftest import Persona
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,7 +51,7 @@ def _assert_consistent(persona: Persona) -> list[Message]:
     assert all(count == 1 for count in user_contents.values()), "a message was duplicated"
     persona.session.refresh_from_db()
     cached = wm_read(persona.session)
-    rebuilt = wm_rebuild(persona.session, working_memory_budget(persona.agent), {})
+    rebuilt = rebuild_working_memory(persona.session, persona.agent)
     assert cached is not None
     assert cached.as_dict() == rebuilt.as_dict()
     return messages
@@ -127,9 +129,16 @@ def test_a_stale_lease_holder_cannot_write(alice: Persona) -> None:
         fresh = lease_try_acquire(alice.session)
         assert fresh is not None
     with pytest.raises(LeaseLost), transaction.atomic():
-        fence_check(alice.session.pk, stale.token)
+        fence_check(alice.session.pk, stale.holder)
     with transaction.atomic():
-        fence_check(alice.session.pk, fresh.token)
+        fence_check(alice.session.pk, fresh.holder)
+    # The turn's own write is the fencing check: the stale holder's append is refused.
+    late = [NewMessage("user", "late")]
+    with pytest.raises(StaleLease):
+        messages_append(session=alice.session, messages=late, fence=uuid.UUID(stale.holder))
+    assert not Message.objects.filter(session=alice.session).exists()
+    ok = [NewMessage("user", "ok")]
+    messages_append(session=alice.session, messages=ok, fence=uuid.UUID(fresh.holder))
     with pytest.raises(LeaseLost):
         stale.renew()
 

@@ -87,13 +87,12 @@ def test_working_memory_stays_within_the_budget(alice: Persona, llm: ScriptedBac
 
 
 def test_working_memory_in_redis_equals_the_rebuild_from_postgres(alice: Persona) -> None:
-    from agents.engine.context import working_memory_budget
-    from memory.working import wm_rebuild
+    from memory.state import rebuild_working_memory
 
     for index in range(8):
         _post(alice, f"turn {index}")
     cached = wm_read(alice.session)
-    rebuilt = wm_rebuild(alice.session, working_memory_budget(alice.agent), {})
+    rebuilt = rebuild_working_memory(alice.session, alice.agent)
     assert cached is not None
     assert cached.as_dict() == rebuilt.as_dict()
 

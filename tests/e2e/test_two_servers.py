@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from agentplatform.testing import Server
 from agents.models import Message
 from tests.conftest import Persona
-from tests.e2e.servers import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -23,6 +23,7 @@ SLOW_REPLY = " ".join(f"word{i}" for i in range(60))
 @pytest.fixture
 def servers() -> Iterator[tuple[Server, Server]]:
     env = {
+        "CELERY_TASK_ALWAYS_EAGER": "1",
         "SCRIPTED_LLM_DELAY": "0.03",
         "SCRIPTED_LLM_REPLY": SLOW_REPLY,
         "AGENTS_LEASE_SECONDS": "2",

@@ -1,4 +1,6 @@
-"""Real server processes on loopback for end-to-end tests, sharing the test database."""
+"""Real server processes on loopback, for end-to-end tests and benchmarks.
+
+Imported only by tests and bench scripts (it needs the dev extra's `requests`)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_database_url() -> str:
-    """The URL of the database pytest-django created (test_<name>)."""
+def current_database_url() -> str:
+    """The URL of the database this process uses now (under pytest: test_<name>)."""
     parsed = urlparse(os.environ["DATABASE_URL"])
     return urlunparse(parsed._replace(path="/" + settings.DATABASES["default"]["NAME"]))
 
@@ -36,14 +38,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {
             **os.environ,
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": current_database_url(),
             "REDIS_URL": settings.REDIS_URL,
             "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
             "AGENTS_LLM_BACKEND": "scripted",
-            "CELERY_TASK_ALWAYS_EAGER": "1",
             **env,
         }
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
             web_command(self.port),
             cwd=ROOT,
             env=full_env,
