@@ -35,8 +35,17 @@ if _database_url is None:
         "DATABASE_URL is not set. Run through `make run`, `make test` or `manage.py`, which "
         "start the embedded PostgreSQL, or set DATABASE_URL=postgresql://user:pass@host/db."
     )
+# A psycopg connection pool per process: opening a connection costs a PostgreSQL backend
+# fork (milliseconds), and under ASGI every request runs in a new thread, so Django's
+# per-thread persistent connections (CONN_MAX_AGE) would leak instead of being reused.
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["OPTIONS"] = {
+    "pool": {
+        "min_size": env_int("DB_POOL_MIN_SIZE", 2, minimum=0),
+        "max_size": env_int("DB_POOL_MAX_SIZE", 20, minimum=1),
+        "timeout": 10,
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL: str = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix")) or ""

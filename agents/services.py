@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 
 from agentplatform.models import Tenant
 from agents.models import Agent, Message, Session
@@ -73,9 +74,25 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
 
 
-_RESERVE_SEQS = """
-UPDATE agents_session SET next_seq = next_seq + %s, last_activity_at = now()
-WHERE id = %s {fence} RETURNING next_seq
+# One statement, one round trip: reserve the seqs on the session row (the row lock orders
+# concurrent appenders) and insert the messages with them. With a fence, a taken-over lease
+# matches no session row, so nothing is inserted.
+_APPEND = """
+WITH reserved AS (
+    UPDATE agents_session SET next_seq = next_seq + %(count)s, last_activity_at = now()
+    WHERE id = %(session)s {fence}
+    RETURNING next_seq - %(count)s AS first_seq
+)
+INSERT INTO agents_message
+    (tenant_id, session_id, seq, role, content, token_count, status, metadata, created_at)
+SELECT %(tenant)s, %(session)s, reserved.first_seq + m.ord - 1, m.role, m.content, m.tokens,
+       m.status, m.metadata::jsonb, now()
+FROM reserved, unnest(
+    %(roles)s::text[], %(contents)s::text[], %(tokens)s::int[], %(statuses)s::text[],
+    %(metadata)s::text[]
+) WITH ORDINALITY AS m(role, content, tokens, status, metadata, ord)
+ORDER BY m.ord
+RETURNING id, seq, created_at
 """
 
 
@@ -84,33 +101,41 @@ def messages_append(
 ) -> list[Message]:
     """Append messages with the next `seq` numbers, gapless and strictly increasing.
 
-    The seqs are reserved by one UPDATE on the session row, which serialises concurrent
-    appenders on that row. With `fence` (a turn's lease token) the same statement is the
-    fencing check: it matches no row, and StaleLease is raised, once another lease took
-    over. Call it inside the caller's transaction when other writes must commit with it.
+    The seqs are reserved by an UPDATE of the session row in the same statement as the
+    insert, which serialises concurrent appenders on that row. With `fence` (a turn's lease
+    token) that UPDATE is also the fencing check: once another lease took over it matches
+    no row, nothing is written and StaleLease is raised. Run it inside the caller's
+    transaction when other writes must commit with the messages.
     """
-    with transaction.atomic(), connection.cursor() as cursor:
-        count = len(messages)
-        if fence is None:
-            cursor.execute(_RESERVE_SEQS.format(fence=""), [count, session.pk])
-        else:
-            sql = _RESERVE_SEQS.format(fence="AND lease_holder = %s")
-            cursor.execute(sql, [count, session.pk, fence])
-        row = cursor.fetchone()
-        if row is None:
-            raise StaleLease("the session's lease was taken over by another turn")
-        first = row[0] - count
-        rows = [
-            Message(
-                tenant_id=session.tenant_id,
-                session=session,
-                seq=first + offset,
-                role=item.role,
-                content=item.content,
-                token_count=item.token_count,
-                status=item.status,
-                metadata=item.metadata or {},
-            )
-            for offset, item in enumerate(messages)
-        ]
-        return Message.objects.bulk_create(rows)
+    params = {
+        "count": len(messages),
+        "session": session.pk,
+        "tenant": session.tenant_id,
+        "fence": fence,
+        "roles": [m.role for m in messages],
+        "contents": [m.content for m in messages],
+        "tokens": [m.token_count for m in messages],
+        "statuses": [m.status for m in messages],
+        "metadata": [json.dumps(m.metadata or {}) for m in messages],
+    }
+    sql = _APPEND.format(fence="AND lease_holder = %(fence)s" if fence else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        inserted = sorted(cursor.fetchall(), key=lambda row: row[1])
+    if len(inserted) != len(messages):
+        raise StaleLease("the session's lease was taken over by another turn")
+    return [
+        Message(
+            id=row_id,
+            tenant_id=session.tenant_id,
+            session=session,
+            seq=seq,
+            role=item.role,
+            content=item.content,
+            token_count=item.token_count,
+            status=item.status,
+            metadata=item.metadata or {},
+            created_at=created_at,
+        )
+        for (row_id, seq, created_at), item in zip(inserted, messages, strict=True)
+    ]

@@ -10,14 +10,13 @@ Prints and saves bench/results/turn_overhead.json (+ .png):
 
 from __future__ import annotations
 
-import operator
 import statistics
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import save, setup_django, summary_ms
@@ -163,19 +162,17 @@ def _our_storage(session: Any) -> dict[str, int]:
     }
 
 
-class GraphState(TypedDict):
-    messages: Annotated[list[dict[str, str]], operator.add]
-
-
 def _langgraph(url: str) -> tuple[float, list[float], dict[str, int]]:
+    from langchain_core.messages import AIMessage, HumanMessage
     from langgraph.checkpoint.postgres import PostgresSaver
-    from langgraph.graph import END, START, StateGraph
+    from langgraph.graph import END, START, MessagesState, StateGraph
 
-    def reply(state: GraphState) -> dict[str, Any]:
-        last = state["messages"][-1]["content"]
-        return {"messages": [{"role": "assistant", "content": f"You said: {last}"}]}
+    # The idiomatic LangGraph chat graph: MessagesState (add_messages) and one node that
+    # appends the same scripted reply our turns get.
+    def reply(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"You said: {state['messages'][-1].content}")]}
 
-    builder = StateGraph(GraphState)
+    builder = StateGraph(MessagesState)
     builder.add_node("reply", reply)
     builder.add_edge(START, "reply")
     builder.add_edge("reply", END)
@@ -187,7 +184,7 @@ def _langgraph(url: str) -> tuple[float, list[float], dict[str, int]]:
         started = time.perf_counter()
         for i in range(TURNS):
             turn_started = time.perf_counter()
-            graph.invoke({"messages": [{"role": "user", "content": USER_TEXT.format(i=i)}]}, thread)
+            graph.invoke({"messages": [HumanMessage(USER_TEXT.format(i=i))]}, thread)
             per_turn.append(time.perf_counter() - turn_started)
         elapsed = time.perf_counter() - started
         storage = _langgraph_storage(saver, thread["configurable"]["thread_id"])

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
+
+from django.db import connection
 
 from agents.engine.context import working_memory_budget
 from agents.engine.ports import CheckpointRecord, WorkingMemory
 from agents.models import Agent, Message, Session
 from memory.models import Checkpoint
 from memory.working import wm_fit, wm_read, wm_rebuild, wm_write
+
+# On every turn's path: one statement, no model instance (see bench/turn_overhead.py).
+_INSERT_CHECKPOINT = """
+INSERT INTO memory_checkpoint (id, tenant_id, session_id, parent_id, kind, high_water_seq,
+    memory_first_seq, memory_tokens, task_state, metadata, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, clock_timestamp())
+"""
 
 
 class PlatformState:
@@ -35,18 +46,24 @@ class PlatformState:
         messages: list[Message],
         metadata: dict[str, Any],
     ) -> CheckpointRecord:
-        checkpoint = Checkpoint.objects.create(
-            tenant_id=session.tenant_id,
-            session=session,
-            parent_id=memory.checkpoint_id,
-            kind=kind,
-            high_water_seq=memory.high_water_seq,
-            memory_first_seq=memory.messages[0].seq if memory.messages else None,
-            memory_tokens=memory.tokens,
-            task_state=memory.task_state,
-            metadata=metadata,
-        )
-        return CheckpointRecord(checkpoint.pk, checkpoint.kind, checkpoint.high_water_seq)
+        checkpoint_id = uuid.uuid4()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _INSERT_CHECKPOINT,
+                [
+                    checkpoint_id,
+                    session.tenant_id,
+                    session.pk,
+                    memory.checkpoint_id,
+                    kind,
+                    memory.high_water_seq,
+                    memory.messages[0].seq if memory.messages else None,
+                    memory.tokens,
+                    json.dumps(memory.task_state),
+                    json.dumps(metadata),
+                ],
+            )
+        return CheckpointRecord(checkpoint_id, kind, memory.high_water_seq)
 
 
 def _latest_checkpoint(session: Session) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ Install with `make local-llm` (llama-cpp-python compiles from source, ~5 minutes
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import threading
 from collections.abc import Iterator
@@ -61,6 +62,8 @@ class LocalBackend:
             from llama_cpp import Llama
 
             self._model = Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, verbose=False)
+            # Free it before interpreter teardown, when llama.cpp's finalizer would fail.
+            atexit.register(self._model.close)
         return self._model
 
     def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[LLMEvent]:
@@ -73,6 +76,7 @@ class LocalBackend:
                     stream=True,
                     max_tokens=min(options.max_tokens, 256),
                     temperature=0.2 if options.temperature is None else options.temperature,
+                    repeat_penalty=1.15,  # the 135M model loops without it
                 )
                 for chunk in chunks:
                     piece = chunk["choices"][0]["delta"].get("content")
