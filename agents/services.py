@@ -107,7 +107,7 @@ def messages_append(
     no row, nothing is written and StaleLease is raised. Run it inside the caller's
     transaction when other writes must commit with the messages.
     """
-    params = {
+    params: dict[str, Any] = {
         "count": len(messages),
         "session": session.pk,
         "tenant": session.tenant_id,
