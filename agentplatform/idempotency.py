@@ -55,6 +55,62 @@ _current: contextvars.ContextVar[_Running | None] = contextvars.ContextVar(
 )
 
 
+class KeyReused(Exception):
+    """The key was already used for a different request."""
+
+
+class InProgress(Exception):
+    """A request with this key is still running."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    record_id: int
+    replay: tuple[int, Any] | None  # (status, body) of the first request, when it finished
+
+
+def idempotency_claim(
+    *, tenant: Tenant, key: str, method: str, path: str, fingerprint: str
+) -> Claim:
+    """Claim `key` for a request, or return the first request's result to replay.
+
+    Raises KeyReused for another request under the same key, InProgress while the first
+    still runs (and its lock is fresh). A lock that lapsed (its holder died) is taken over.
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            record = IdempotencyRecord.objects.create(
+                tenant=tenant,
+                key=key,
+                method=method,
+                path=path[:500],
+                fingerprint=fingerprint,
+                locked_until=now + _lock(),
+                expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS),
+            )
+        return Claim(record.pk, None)
+    except IntegrityError:
+        pass
+    with transaction.atomic():
+        record = IdempotencyRecord.objects.select_for_update().get(tenant=tenant, key=key)
+        live = record.expires_at > now
+        if live and record.fingerprint != fingerprint:
+            raise KeyReused("This key was already used for a different request.")
+        if live and record.status_code is not None:
+            return Claim(record.pk, (record.status_code, record.response_body))
+        if live and record.locked_until and record.locked_until > now:
+            raise InProgress("A request with this Idempotency-Key is still in progress.")
+        # Expired, or the first holder died: take it over.
+        record.fingerprint = fingerprint
+        record.status_code = None
+        record.response_body = None
+        record.locked_until = now + _lock()
+        record.expires_at = now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
+        record.save()
+        return Claim(record.pk, None)
+
+
 def idempotent(handler: H) -> H:
     """Decorate a DRF POST handler (`def post(self, request, ...)`) to honour the header."""
 
@@ -65,22 +121,34 @@ def idempotent(handler: H) -> H:
             return handler(view, request, *args, **kwargs)
         if not key or len(key) > MAX_KEY_LENGTH:
             raise ValidationError({HEADER: [f"Must be 1 to {MAX_KEY_LENGTH} characters."]})
-        tenant = request_tenant(request)
-        fingerprint = request_fingerprint(request.method or "POST", request.path, request.data)
-        record, replay = _claim(tenant=tenant, key=key, request=request, fingerprint=fingerprint)
-        if replay is not None:
-            return replay
-        running = _Running(record.pk)
+        method = request.method or "POST"
+        try:
+            claim = idempotency_claim(
+                tenant=request_tenant(request),
+                key=key,
+                method=method,
+                path=request.path,
+                fingerprint=request_fingerprint(method, request.path, request.data),
+            )
+        except KeyReused as error:
+            raise ValidationError({HEADER: [str(error)]}) from None
+        except InProgress as error:
+            raise Conflict(str(error)) from None
+        if claim.replay is not None:
+            return _replay(*claim.replay)
+        running = _Running(claim.record_id)
         token = _current.set(running)
         try:
             response = handler(view, request, *args, **kwargs)
         except BaseException:
-            _release(record.pk)
+            idempotency_release(claim.record_id)
             raise
         finally:
             _current.reset(token)
         if not running.deferred:
-            _complete(record.pk, response.status_code, getattr(response, "data", None))
+            idempotency_complete(
+                claim.record_id, response.status_code, getattr(response, "data", None)
+            )
         return response
 
     return cast(H, wrapper)
@@ -91,53 +159,17 @@ def request_fingerprint(method: str, path: str, data: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n{body}".encode()).hexdigest()
 
 
-def _claim(
-    *, tenant: Tenant, key: str, request: Request, fingerprint: str
-) -> tuple[IdempotencyRecord, Response | None]:
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            record = IdempotencyRecord.objects.create(
-                tenant=tenant,
-                key=key,
-                method=request.method or "POST",
-                path=request.path[:500],
-                fingerprint=fingerprint,
-                locked_until=now + _lock(),
-                expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS),
-            )
-        return record, None
-    except IntegrityError:
-        pass
-    with transaction.atomic():
-        record = IdempotencyRecord.objects.select_for_update().get(tenant=tenant, key=key)
-        if record.fingerprint != fingerprint and record.expires_at > now:
-            raise ValidationError({HEADER: ["This key was already used for a different request."]})
-        if record.status_code is not None and record.expires_at > now:
-            return record, _replay(record)
-        if record.locked_until and record.locked_until > now and record.expires_at > now:
-            raise Conflict("A request with this Idempotency-Key is still in progress.")
-        # Expired, or the first holder died: take it over.
-        record.fingerprint = fingerprint
-        record.status_code = None
-        record.response_body = None
-        record.locked_until = now + _lock()
-        record.expires_at = now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
-        record.save()
-        return record, None
-
-
-def _replay(record: IdempotencyRecord) -> Response:
-    response = Response(record.response_body, status=record.status_code)
+def _replay(status_code: int, body: Any) -> Response:
+    response = Response(body, status=status_code)
     response["Idempotent-Replayed"] = "true"
     return response
 
 
-def _complete(record_id: int, status_code: int, data: Any) -> None:
+def idempotency_complete(record_id: int, status_code: int, data: Any) -> None:
     # Server errors, conflicts and throttling are not remembered: the request did not run,
     # so a retry with the same key must be able to run it (Stripe does the same).
     if status_code in RETRYABLE or status_code >= 500 or data is None:
-        _release(record_id)
+        idempotency_release(record_id)
         return
     IdempotencyRecord.objects.filter(pk=record_id).update(
         status_code=status_code,
@@ -146,7 +178,7 @@ def _complete(record_id: int, status_code: int, data: Any) -> None:
     )
 
 
-def _release(record_id: int) -> None:
+def idempotency_release(record_id: int) -> None:
     IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True).delete()
 
 
@@ -158,7 +190,7 @@ def defer_completion() -> Callable[[int, Any], None] | None:
         return None
     running.deferred = True
     record_id = running.record_id
-    return lambda status_code, data: _complete(record_id, status_code, data)
+    return lambda status_code, data: idempotency_complete(record_id, status_code, data)
 
 
 def heartbeat() -> None:

@@ -46,3 +46,18 @@ def cancel(session_id: object) -> str:
 def session_prefix(session_id: object) -> str:
     """Pattern matching every key of one session (used by erasure and tests)."""
     return _key("*", session_id) + "*"
+
+
+def frame_seq(session_id: object) -> str:
+    """Counter of the session's frame seqs (long TTL, refreshed on every frame)."""
+    return _key("frameseq", session_id)
+
+
+def frame_stream(session_id: object) -> str:
+    """Redis Stream of the session's frames, entry id `<seq>-1`, capped, with a TTL."""
+    return _key("frames", session_id)
+
+
+def listeners(session_id: object) -> str:
+    """Set of channel names of sockets open on the session (skip fan-out when empty)."""
+    return _key("listeners", session_id)

@@ -1,7 +1,11 @@
-"""Websocket routes (the session consumer joins here)."""
+"""Websocket routes."""
 
 from __future__ import annotations
 
-from typing import Any
+from django.urls import path
 
-websocket_urlpatterns: list[Any] = []
+from agents.consumers import SessionConsumer
+
+websocket_urlpatterns = [
+    path("ws/sessions/<str:session_id>/", SessionConsumer.as_asgi()),
+]

@@ -210,6 +210,9 @@ AGENTS = {
     "LEASE_SECONDS": float(env_int("AGENTS_LEASE_SECONDS", 10, minimum=1)),
     "QUEUE_WAIT_SECONDS": float(env_int("AGENTS_QUEUE_WAIT_SECONDS", 120, minimum=1)),
     "INVOKE_MAX_BODY_BYTES": env_int("AGENTS_INVOKE_MAX_BODY_BYTES", 262_144, minimum=1024),
+    "FRAME_RETENTION_SECONDS": env_int("AGENTS_FRAME_RETENTION_SECONDS", 900, minimum=60),
+    "CLIENT_TOKEN_SECONDS": env_int("AGENTS_CLIENT_TOKEN_SECONDS", 900, minimum=30),
+    "WS_RATE_MESSAGES": env_int("AGENTS_WS_RATE_MESSAGES", 20, minimum=1),
 }
 if AGENTS["LLM_BACKEND"] not in {"auto", "openai", "local", "scripted"}:
     raise ConfigError(

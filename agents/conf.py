@@ -29,6 +29,17 @@ class AgentsSettings:
     INVOKE_MAX_BODY_BYTES: int = 262_144
     # Bound on one message's content.
     MAX_MESSAGE_CHARS: int = 32_000
+    # Frames of a session stay replayable (`resume`) at least this long, up to this many.
+    FRAME_RETENTION_SECONDS: int = 900
+    FRAME_STREAM_MAXLEN: int = 5_000
+    # Token deltas are sent in batches at most this far apart (one fan-out per batch).
+    TOKEN_FLUSH_SECONDS: float = 0.03
+    # Websockets: largest accepted frame, and messages allowed per connection per window.
+    WS_MAX_FRAME_BYTES: int = 65_536
+    WS_RATE_MESSAGES: int = 20
+    WS_RATE_WINDOW_SECONDS: float = 10.0
+    # Lifetime of a client token minted for a browser's websocket.
+    CLIENT_TOKEN_SECONDS: int = 900
 
 
 def agents_settings() -> AgentsSettings:

@@ -69,3 +69,25 @@ def _clean_redis() -> Iterator[None]:
     yield
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_database(django_db_setup: None, django_db_blocker) -> Iterator[None]:
+    """Before pytest-django drops the test database, close the connection pool and end the
+    connections that worker threads of async tests (consumers) left idle, which would
+    otherwise keep the database "in use"."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        name = connections["default"].settings_dict["NAME"]
+        for connection in connections.all():
+            close_pool = getattr(connection, "close_pool", None)
+            if close_pool is not None:
+                close_pool()
+        with connections["default"]._nodb_cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [name],
+            )

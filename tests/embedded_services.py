@@ -26,6 +26,8 @@ def _with_db(url: str, db: int) -> str:
 
 os.environ["REDIS_URL"] = _with_db(os.environ["REDIS_URL"], TEST_REDIS_DB)
 os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")
+# No idle pooled connections, so the test database can be dropped at the end.
+os.environ.setdefault("DB_POOL_MIN_SIZE", "0")
 os.environ.setdefault("REDIS_KEY_PREFIX", "test")
 # The LLM is the one part replaced in tests: a deterministic scripted backend.
 os.environ.setdefault("AGENTS_LLM_BACKEND", "scripted")

@@ -147,3 +147,13 @@ class InvokeResultSerializer(serializers.Serializer):
     messages = InvokeMessageSerializer(many=True)
     task_state = serializers.JSONField()
     usage = UsageSerializer(allow_null=True)
+
+
+class ClientTokenSerializer(serializers.Serializer):
+    token = serializers.CharField(read_only=True)
+    session = serializers.UUIDField(source="session_id", read_only=True)
+    expires_at = serializers.DateTimeField(read_only=True)
+    websocket_path = serializers.SerializerMethodField()
+
+    def get_websocket_path(self, minted: Any) -> str:
+        return f"/ws/sessions/{minted.session_id}/?token={minted.token}"

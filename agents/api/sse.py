@@ -32,11 +32,11 @@ class EventStreamRenderer(BaseRenderer):
 
 def replay_events(result: dict[str, Any]) -> bytes:
     """A stored turn result as the events its stream ended with."""
-    events = [format_event("message", result["user_message"], 1)]
+    events = [format_event("message", {"message": result["user_message"]})]
     if result.get("assistant_message"):
-        events.append(format_event("message", result["assistant_message"], 2))
+        events.append(format_event("message", {"message": result["assistant_message"]}))
     if result.get("checkpoint"):
-        events.append(format_event("checkpoint", {"id": result["checkpoint"]}, len(events) + 1))
+        events.append(format_event("checkpoint", {"checkpoint": {"id": result["checkpoint"]}}))
     return b"".join(events)
 
 
@@ -44,7 +44,8 @@ def format_event(event: str, payload: dict[str, Any], seq: int | None = None) ->
     body = {"type": event, **payload}
     if seq is not None:
         body["seq"] = seq
-    return f"event: {event}\ndata: {json.dumps(body, default=str)}\n\n".encode()
+    data = json.dumps(body, separators=(",", ":"), default=str)
+    return f"id: {body.get('seq', '')}\nevent: {event}\ndata: {data}\n\n".encode()
 
 
 def stream_in_thread(
@@ -67,10 +68,8 @@ def stream_in_thread(
             events.put(_END)
 
     threading.Thread(target=target, daemon=True, name="sse-turn").start()
-    seq = 0
     while True:
-        event, payload = events.get()
-        if (event, payload) == _END:
+        event, frame = events.get()
+        if (event, frame) == _END:
             return
-        seq += 1
-        yield format_event(event, payload, seq)
+        yield format_event(event, frame)  # frames carry the session's seq already

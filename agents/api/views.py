@@ -12,6 +12,7 @@ from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -27,6 +28,7 @@ from agentplatform.problems import BadGateway, Conflict, ServiceUnavailable
 from agents import selectors, services
 from agents.api.serializers import (
     AgentSerializer,
+    ClientTokenSerializer,
     InvokeResultSerializer,
     InvokeSerializer,
     MessageCreateSerializer,
@@ -35,9 +37,10 @@ from agents.api.serializers import (
     TurnResultSerializer,
 )
 from agents.api.sse import EventStreamRenderer, stream_in_thread
-from agents.engine.concurrency import QueueTimeout, SessionBusy
+from agents.client_tokens import client_token_mint
+from agents.engine.concurrency import QueueTimeout
 from agents.engine.invoke import invoke_stateless
-from agents.engine.turn import TurnFailed, turn_run
+from agents.engine.turn import TURN_FAILURES, TurnFailed, failure_code, turn_run
 from agents.llm import LLMError
 from agents.models import Agent, Message, Session
 from agents.services import StaleLease
@@ -125,6 +128,13 @@ class SessionViewSet(
     def perform_destroy(self, instance: Session) -> None:
         services.session_delete(session=instance)
 
+    @extend_schema(request=None, responses={201: ClientTokenSerializer})
+    @action(detail=True, methods=["post"], url_path="client-token")
+    def client_token(self, request: Request, pk: str | None = None) -> Response:
+        """A short-lived token for a browser's websocket on this session (`?token=`)."""
+        minted = client_token_mint(session=self.get_object())
+        return Response(ClientTokenSerializer(minted).data, status=201)
+
 
 class SeqCursorPagination(CreatedCursorPagination):
     ordering = "seq"
@@ -184,21 +194,22 @@ class InvokeView(APIView):
         return Response(InvokeResultSerializer(result).data)
 
 
-TURN_ERRORS = (SessionBusy, QueueTimeout, StaleLease, TurnFailed, ValueError)
+TURN_ERRORS = (*TURN_FAILURES, ValueError)
 
 
 def turn_problem(error: Exception) -> APIException:
-    """The problem a failed turn answers with (REST); SSE and websockets use its code."""
-    if isinstance(error, SessionBusy):
-        return Conflict(str(error), code="session_busy")
+    """The problem a failed turn answers with; its type ends with the `error` frame's code."""
+    if isinstance(error, ValueError):
+        return ValidationError({"content": [str(error)]})
+    code = failure_code(error)
     if isinstance(error, QueueTimeout):
-        return ServiceUnavailable(str(error), code="queue_timeout")
-    if isinstance(error, StaleLease):
-        return Conflict("The session was taken over by another turn.", code="lease_lost")
+        return ServiceUnavailable(str(error), code=code)
     if isinstance(error, TurnFailed):
         detail = f"The LLM failed: {error}. The message was kept as seq {error.user_message.seq}."
-        return BadGateway(detail, code="llm_failed")
-    return ValidationError({"content": [str(error)]})
+        return BadGateway(detail, code=code)
+    if isinstance(error, StaleLease):
+        return Conflict("The session was taken over by another turn.", code=code)
+    return Conflict(str(error), code=code)
 
 
 def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
@@ -216,19 +227,9 @@ def _turn_event_stream(
     def run(emit: Callable[[str, dict[str, Any]], None]) -> None:
         try:
             result = turn_run(session=session, content=content, emit=emit, metadata=metadata)
-        except TURN_ERRORS as error:
-            problem = turn_problem(error)
+        except TURN_ERRORS as error:  # the turn already published its `error` frame
             if complete is not None:
-                complete(problem.status_code, None)
-            emit(
-                "error",
-                {
-                    "code": problem.get_codes(),
-                    "detail": str(problem.detail),
-                    "status": problem.status_code,
-                },
-            )
-
+                complete(turn_problem(error).status_code, None)
         else:
             if complete is not None:
                 complete(201, TurnResultSerializer(result).data)

@@ -18,13 +18,14 @@ from django.db import transaction
 
 from agentplatform import idempotency
 from agents.conf import agents_settings
-from agents.engine.concurrency import Lease, LeaseLost, admit
+from agents.engine.concurrency import Lease, LeaseLost, QueueTimeout, SessionBusy, admit
 from agents.engine.context import llm_messages, working_memory_budget
 from agents.engine.ports import CheckpointRecord, WorkingMemory, WorkingMessage, state_backend
+from agents.live import FramePublisher
 from agents.llm import backend_for, options_for
 from agents.llm.base import Delta, Done, LLMBackend, LLMError, LLMEvent, ToolCall, Usage
 from agents.models import Agent, Message, Session
-from agents.services import NewMessage, messages_append
+from agents.services import NewMessage, StaleLease, messages_append
 
 Emit = Callable[[str, dict[str, Any]], None]
 CANCEL_CHECK_SECONDS = 0.02
@@ -57,6 +58,9 @@ class TurnFailed(Exception):
         self.user_message = user_message
 
 
+TURN_FAILURES = (SessionBusy, QueueTimeout, StaleLease, TurnFailed)
+
+
 @dataclass
 class _Generation:
     text: str = ""
@@ -80,10 +84,6 @@ def _timed(events: Iterator[LLMEvent], result: _Generation) -> Iterator[LLMEvent
         yield event
 
 
-def _ignore(event: str, payload: dict[str, Any]) -> None:
-    return None
-
-
 def validate_content(content: object) -> str:
     if not isinstance(content, str) or not content.strip():
         raise ValueError("content must be a non-empty string")
@@ -94,20 +94,53 @@ def validate_content(content: object) -> str:
 
 
 def turn_run(
-    *, session: Session, content: str, emit: Emit = _ignore, metadata: dict | None = None
+    *,
+    session: Session,
+    content: str,
+    emit: Emit | None = None,
+    metadata: dict[str, Any] | None = None,
+    client_message_id: str | None = None,
 ) -> TurnResult:
-    """Run one turn of `session` for the user's `content`; see the module docstring."""
+    """Run one turn of `session` for the user's `content`; see the module docstring.
+
+    Every frame of the turn is published to the session (stream + open sockets); `emit`
+    also receives them, numbered (the SSE response of this request).
+    """
     started = time.perf_counter()
     validate_content(content)
     agent: Agent = session.agent
-    emit("accepted", {"session": str(session.pk)})
-    lease = admit(session=session, agent=agent, on_queued=lambda n: emit("queued", {"position": n}))
+    publisher = FramePublisher(session.pk, local=emit)
+    metadata = dict(metadata or {})
+    if client_message_id:
+        publisher.extra = {"client_message_id": client_message_id}
+        metadata["client_message_id"] = client_message_id
     try:
-        result = _run_holding_lease(session, agent, content, lease, emit, metadata or {})
+        publisher("accepted", {})
+        lease = admit(
+            session=session, agent=agent, on_queued=lambda n: publisher("queued", {"position": n})
+        )
+        try:
+            result = _run_holding_lease(session, agent, content, lease, publisher, metadata)
+        finally:
+            lease.release()
+    except TURN_FAILURES as error:
+        publisher("error", {"code": failure_code(error), "detail": str(error)})
+        raise
     finally:
-        lease.release()
+        publisher.flush()
     result.platform_seconds = time.perf_counter() - started - result.llm_seconds
     return result
+
+
+def failure_code(error: Exception) -> str:
+    """The `code` of an `error` frame (and of the REST problem's type) for a failed turn."""
+    if isinstance(error, SessionBusy):
+        return "session_busy"
+    if isinstance(error, QueueTimeout):
+        return "queue_timeout"
+    if isinstance(error, TurnFailed):
+        return "llm_failed"
+    return "lease_lost"
 
 
 def _run_holding_lease(
@@ -301,17 +334,20 @@ def _persist_failure(
 def _announce(
     user_row: Message, reply_row: Message, checkpoint: CheckpointRecord | None, emit: Emit
 ) -> None:
-    emit("message", message_payload(user_row))
-    emit("message", message_payload(reply_row))
+    # Payloads are nested: the frame's own `seq` is the session's frame number, while a
+    # message's `seq` is its place in the conversation.
+    emit("message", {"message": message_payload(user_row)})
+    emit("message", {"message": message_payload(reply_row)})
     if checkpoint is not None:
-        emit(
-            "checkpoint",
-            {
-                "id": str(checkpoint.id),
-                "kind": checkpoint.kind,
-                "high_water_seq": checkpoint.high_water_seq,
-            },
-        )
+        emit("checkpoint", {"checkpoint": checkpoint_payload(checkpoint)})
+
+
+def checkpoint_payload(checkpoint: CheckpointRecord) -> dict[str, Any]:
+    return {
+        "id": str(checkpoint.id),
+        "kind": checkpoint.kind,
+        "high_water_seq": checkpoint.high_water_seq,
+    }
 
 
 def message_payload(message: Message) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""The session websocket: `/ws/sessions/{session_id}/`.
+
+A router: connect authenticates (API key header or client token), checks the origin and
+the session's tenant, joins the session's group; `receive_json` dispatches on `type`; each
+channel-layer event has one handler. Turns run through the same turn service as REST, in a
+worker thread, so this socket keeps forwarding frames while its own turn streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections
+from django.http.request import validate_host
+
+from agentplatform import keys
+from agentplatform.redis import get_redis
+from agents import live
+from agents.client_tokens import client_token_verify
+from agents.conf import agents_settings
+from agents.engine.turn import TURN_FAILURES, turn_run, validate_content
+from agents.models import Session
+
+CLOSE_BAD_CREDENTIAL = 4401
+CLOSE_BAD_ORIGIN = 4403
+CLOSE_NOT_FOUND = 4404
+LISTENER_TTL_SECONDS = 86_400
+
+
+class SessionConsumer(AsyncWebsocketConsumer):
+    session: Session | None = None
+
+    async def connect(self) -> None:
+        self.session = None
+        self.last_seq = 0
+        self.sent_at: deque[float] = deque()
+        self.turns: set[asyncio.Task[None]] = set()
+        # A close code reaches the client only after the handshake is accepted.
+        await self.accept()
+        if not _origin_allowed(self.scope):
+            await self.close(code=CLOSE_BAD_ORIGIN)
+            return
+        tenant_id, scoped_session = await _authenticate(self.scope)
+        if tenant_id is None:
+            await self.close(code=CLOSE_BAD_CREDENTIAL)
+            return
+        session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
+        if scoped_session is not None and scoped_session != session_id:
+            await self.close(code=CLOSE_NOT_FOUND)  # a token for another session
+            return
+        self.session = await _load_session(tenant_id, session_id)
+        if self.session is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.group = live.group_name(self.session.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await _listener(self.session.pk, self.channel_name, add=True)
+
+    async def disconnect(self, code: int) -> None:
+        if self.session is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await _listener(self.session.pk, self.channel_name, add=False)
+        # Running turns go on in their threads: a dropped socket loses nothing.
+
+    # --- client -> server ----------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.session is None:
+            return
+        if bytes_data is not None or text_data is None:
+            await self._error("bad_frame", "Frames are JSON text.")
+            return
+        if len(text_data.encode()) > agents_settings().WS_MAX_FRAME_BYTES:
+            await self._error("frame_too_large", "The frame is over the size limit.")
+            return
+        try:
+            frame = json.loads(text_data)
+        except json.JSONDecodeError:
+            await self._error("bad_frame", "The frame is not valid JSON.")
+            return
+        if not isinstance(frame, dict):
+            await self._error("bad_frame", "A frame is a JSON object with a `type`.")
+            return
+        handler = {
+            "message": self.on_message,
+            "resume": self.on_resume,
+            "ping": self.on_ping,
+        }.get(frame.get("type"))  # type: ignore[arg-type]
+        if handler is None:
+            await self._error("unknown_type", f"Unknown frame type {frame.get('type')!r}.")
+            return
+        await handler(frame)
+
+    async def on_message(self, frame: dict[str, Any]) -> None:
+        content, client_id = frame.get("content"), frame.get("client_message_id")
+        try:
+            validate_content(content)
+        except ValueError as error:
+            await self._error("bad_message", str(error), client_message_id=client_id)
+            return
+        if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 100):
+            await self._error("bad_message", "client_message_id must be a string of <= 100.")
+            return
+        if not self._within_rate():
+            await self._error("rate_limited", "Too many messages; slow down.", client_id)
+            return
+        task = asyncio.create_task(self._run_turn(str(content), client_id))
+        self.turns.add(task)
+        task.add_done_callback(self.turns.discard)
+
+    async def on_resume(self, frame: dict[str, Any]) -> None:
+        after = frame.get("after_seq")
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            await self._error("bad_frame", "after_seq must be a non-negative integer.")
+            return
+        assert self.session is not None
+        self.last_seq = after
+        for seq, text in await _frames_after(self.session.pk, after):
+            await self._forward(seq, text)
+
+    async def on_ping(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        seq = await _current_seq(self.session.pk)
+        await self.send(text_data=json.dumps({"type": "pong", "seq": seq}))
+
+    # --- channel layer -> client ---------------------------------------------------------
+
+    async def session_frame(self, event: dict[str, Any]) -> None:
+        await self._forward(int(event["seq"]), event["text"])
+
+    # --- helpers --------------------------------------------------------------------------
+
+    async def _forward(self, seq: int, text: str) -> None:
+        """Send a session frame once, in order: anything at or below last_seq was sent."""
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        await self.send(text_data=text)
+
+    async def _error(self, code: str, detail: str, client_message_id: Any = None) -> None:
+        """An error for this socket only (a bad frame); it carries the session's seq so far."""
+        seq = await _current_seq(self.session.pk) if self.session else 0
+        frame = {"type": "error", "code": code, "detail": detail, "seq": seq}
+        if isinstance(client_message_id, str):
+            frame["client_message_id"] = client_message_id
+        await self.send(text_data=json.dumps(frame))
+
+    def _within_rate(self) -> bool:
+        conf, now = agents_settings(), time.monotonic()
+        while self.sent_at and now - self.sent_at[0] > conf.WS_RATE_WINDOW_SECONDS:
+            self.sent_at.popleft()
+        if len(self.sent_at) >= conf.WS_RATE_MESSAGES:
+            return False
+        self.sent_at.append(now)
+        return True
+
+    async def _run_turn(self, content: str, client_message_id: str | None) -> None:
+        assert self.session is not None
+        # Frames reach this socket through the session group, like every other socket's.
+        await database_sync_to_async(_turn_in_thread, thread_sensitive=False)(
+            self.session, content, client_message_id
+        )
+
+
+def _turn_in_thread(session: Session, content: str, client_message_id: str | None) -> None:
+    try:
+        turn_run(session=session, content=content, client_message_id=client_message_id)
+    except TURN_FAILURES:
+        pass  # the turn published its `error` frame to the session
+    finally:
+        close_old_connections()
+
+
+def _origin_allowed(scope: dict[str, Any]) -> bool:
+    """Browsers send Origin: it must be one of ALLOWED_HOSTS. Programs send none and are
+    authenticated by their API key or token alone."""
+    origin = next((v for k, v in scope.get("headers", []) if k == b"origin"), None)
+    if origin is None:
+        return True
+    host = urlparse(origin.decode("latin-1")).hostname or ""
+    return bool(validate_host(host, settings.ALLOWED_HOSTS))
+
+
+async def _authenticate(scope: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(tenant id, the session a client token is scoped to) or (None, None)."""
+    from agentplatform.authentication import bearer_token
+
+    header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
+    if header is not None:
+        token = bearer_token(header)
+        tenant_id = await _tenant_for_key(token) if token else None
+        return tenant_id, None
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    client_token = (query.get("token") or [""])[0]
+    scope_ = client_token_verify(client_token) if client_token else None
+    if scope_ is None:
+        return None, None
+    return scope_.tenant_id, scope_.session_id
+
+
+@database_sync_to_async
+def _tenant_for_key(raw: str) -> str | None:
+    from agentplatform.services import api_key_authenticate
+
+    key = api_key_authenticate(raw)
+    return str(key.tenant_id) if key else None
+
+
+@database_sync_to_async
+def _load_session(tenant_id: str, session_id: str) -> Session | None:
+    from agentplatform.models import Tenant
+
+    tenant = Tenant.objects.filter(pk=tenant_id, status=Tenant.Status.ACTIVE).first()
+    if tenant is None:
+        return None
+    try:
+        return Session.objects.select_related("agent").filter(tenant=tenant).get(pk=session_id)
+    except (Session.DoesNotExist, ValueError, ValidationError):  # missing or malformed id
+        return None
+
+
+async def _listener(session_id: Any, channel: str, *, add: bool) -> None:
+    def update() -> None:
+        client = get_redis()
+        key = keys.listeners(session_id)
+        if add:
+            client.sadd(key, channel)
+            client.expire(key, LISTENER_TTL_SECONDS)
+        else:
+            client.srem(key, channel)
+
+    await asyncio.to_thread(update)
+
+
+async def _frames_after(session_id: Any, after: int) -> list[tuple[int, str]]:
+    return await asyncio.to_thread(live.frames_after, session_id, after)
+
+
+async def _current_seq(session_id: Any) -> int:
+    return await asyncio.to_thread(live.current_seq, session_id)
