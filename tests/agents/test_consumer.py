@@ -181,7 +181,8 @@ async def test_two_sockets_and_a_rest_call_see_the_same_conversation(
         )
     )()
     rest_frames = await _frames_until(second, "checkpoint")
-    assert next(f["message"]["content"] for f in rest_frames if f["type"] == "message") == "via REST"
+    messages = [f["message"]["content"] for f in rest_frames if f["type"] == "message"]
+    assert messages[0] == "via REST"
     await first.disconnect()
     await second.disconnect()
 
