@@ -85,6 +85,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "agentplatform.urls"
+LOGIN_URL = "/admin/login/"
 ASGI_APPLICATION = "agentplatform.asgi.application"
 WSGI_APPLICATION = None
 
@@ -130,6 +131,9 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+
+# Who may embed the chat page in a frame (CSP frame-ancestors): "*" or a space-separated list.
+CHAT_FRAME_ANCESTORS = env_str("CHAT_FRAME_ANCESTORS", "*")
 
 # --- request limits ------------------------------------------------------------------------
 # Bodies above this size are refused with 413 before anything reads them.

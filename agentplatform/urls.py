@@ -7,6 +7,7 @@ from rest_framework.routers import SimpleRouter
 
 from agentplatform.health import healthz, readyz
 from agents.api.views import AgentViewSet, InvokeView, SessionMessagesViewSet, SessionViewSet
+from agents.web import chat_page, chat_token
 
 router = SimpleRouter()
 router.register("agents", AgentViewSet, basename="agent")
@@ -37,6 +38,8 @@ api_urls = [
 urlpatterns = [
     path("api/v1/", include(api_urls)),
     path("admin/", admin.site.urls),
+    path("chat/<str:session_id>/", chat_page, name="chat"),
+    path("chat/<str:session_id>/token/", chat_token, name="chat-token"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
 ]

@@ -110,12 +110,14 @@ def turn_run(
     validate_content(content)
     agent: Agent = session.agent
     publisher = FramePublisher(session.pk, local=emit)
+    # Every frame of this turn names it, so a page can pair replies with their message.
+    publisher.extra = {"turn": uuid.uuid4().hex}
     metadata = dict(metadata or {})
     if client_message_id:
-        publisher.extra = {"client_message_id": client_message_id}
+        publisher.extra["client_message_id"] = client_message_id
         metadata["client_message_id"] = client_message_id
     try:
-        publisher("accepted", {})
+        publisher("accepted", {"content": content})
         lease = admit(
             session=session, agent=agent, on_queued=lambda n: publisher("queued", {"position": n})
         )
