@@ -9,6 +9,7 @@ worker thread, so this socket keeps forwarding frames while its own turn streams
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections import deque
@@ -23,6 +24,13 @@ from django.db import close_old_connections
 from django.http.request import validate_host
 
 from agentplatform import keys
+from agentplatform.idempotency import (
+    InProgress,
+    KeyReused,
+    idempotency_claim,
+    idempotency_complete,
+    idempotency_release,
+)
 from agentplatform.redis import get_redis
 from agents import live
 from agents.client_tokens import client_token_verify
@@ -166,16 +174,44 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def _run_turn(self, content: str, client_message_id: str | None) -> None:
         assert self.session is not None
         # Frames reach this socket through the session group, like every other socket's.
-        await database_sync_to_async(_turn_in_thread, thread_sensitive=False)(
+        refused = await database_sync_to_async(_turn_in_thread, thread_sensitive=False)(
             self.session, content, client_message_id
         )
+        if refused is not None:
+            await self._error(*refused, client_message_id=client_message_id)
 
 
-def _turn_in_thread(session: Session, content: str, client_message_id: str | None) -> None:
+def _turn_in_thread(
+    session: Session, content: str, client_message_id: str | None
+) -> tuple[str, str] | None:
+    """Run the turn once per client_message_id (the websocket's idempotency key): a resend
+    after a reconnect never runs a turn twice. Returns (code, detail) when it did not run."""
     try:
-        turn_run(session=session, content=content, client_message_id=client_message_id)
-    except TURN_FAILURES:
-        pass  # the turn published its `error` frame to the session
+        claim = None
+        if client_message_id:
+            claim = idempotency_claim(
+                tenant=session.tenant,
+                key=f"ws:{session.pk}:{client_message_id}",
+                method="WS",
+                path=f"/ws/sessions/{session.pk}/",
+                fingerprint=hashlib.sha256(content.encode()).hexdigest(),
+            )
+            if claim.replay is not None:
+                return "duplicate", "This client_message_id already ran; see its frames."
+        try:
+            result = turn_run(session=session, content=content, client_message_id=client_message_id)
+        except TURN_FAILURES:  # the turn published its `error` frame to the session
+            if claim is not None:
+                idempotency_release(claim.record_id)
+            return None
+        if claim is not None:
+            seqs = {"user_seq": result.user_message.seq, "outcome": result.outcome}
+            idempotency_complete(claim.record_id, 201, seqs)
+        return None
+    except KeyReused:
+        return "client_message_id_reused", "This client_message_id was used for another message."
+    except InProgress:
+        return "in_progress", "This message is still being processed; retry shortly."
     finally:
         close_old_connections()
 

@@ -249,3 +249,22 @@ async def test_messages_over_the_rate_limit_get_an_error(alice: Persona) -> None
     frames = await _frames_until(ws, "checkpoint", count=2)
     codes = [f.get("code") for f in frames if f["type"] == "error"]
     assert "rate_limited" in codes
+
+
+async def test_a_resent_client_message_id_never_runs_twice(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    ws = _socket(alice)
+    await _open(ws)
+    await ws.send_json_to({"type": "message", "content": "once", "client_message_id": "m-1"})
+    await _frames_until(ws, "checkpoint")
+    await ws.send_json_to({"type": "message", "content": "once", "client_message_id": "m-1"})
+    duplicate = await ws.receive_json_from(timeout=5)
+    assert (duplicate["type"], duplicate["code"]) == ("error", "duplicate")
+    await ws.send_json_to({"type": "message", "content": "other", "client_message_id": "m-1"})
+    reused = await ws.receive_json_from(timeout=5)
+    assert reused["code"] == "client_message_id_reused"
+    assert len(llm.calls) == 1
+    count = await database_sync_to_async(Message.objects.count)()
+    assert count == 2
+    await ws.disconnect()
