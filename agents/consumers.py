@@ -178,7 +178,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             self.session, content, client_message_id
         )
         if refused is not None:
-            await self._error(*refused, client_message_id=client_message_id)
+            code, detail = refused
+            await self._error(code, detail, client_message_id)
 
 
 def _turn_in_thread(

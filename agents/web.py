@@ -7,7 +7,7 @@ for whom the page mints the token itself (and refreshes it at `/chat/{id}/token/
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
@@ -82,7 +82,7 @@ def _session_for_operator(request: HttpRequest, session_id: str) -> Session:
         return _get_session(session_id, tenant_ids=None)
     tenant_ids = [
         str(t)
-        for t in Membership.objects.filter(user_id=request.user.pk).values_list(
+        for t in Membership.objects.filter(user_id=cast(int, request.user.pk)).values_list(
             "tenant_id", flat=True
         )
     ]
