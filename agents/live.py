@@ -40,8 +40,31 @@ def group_name(session_id: uuid.UUID | str) -> str:
     return f"session.{session_id}"
 
 
-def publish(session_id: uuid.UUID | str, frame_type: str, payload: dict[str, Any]) -> dict:
-    """Number, store and fan out one frame; returns it (with its `seq`)."""
+Fanout = Callable[[int, str], None]
+
+
+def group_send_now(session_id: uuid.UUID | str) -> Fanout:
+    """Fan-out from synchronous code (REST turns): one group_send per frame."""
+
+    def send(seq: int, text: str) -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            event = {"type": "session.frames", "frames": [[seq, text]]}
+            async_to_sync(layer.group_send)(group_name(session_id), event)
+
+    return send
+
+
+def publish(
+    session_id: uuid.UUID | str,
+    frame_type: str,
+    payload: dict[str, Any],
+    fanout: Fanout | None = None,
+) -> dict:
+    """Number, store and fan out one frame; returns it (with its `seq`).
+
+    `fanout` delivers it to the session's sockets when any listens (default: a group_send
+    right away; the websocket consumer passes one that batches on its event loop)."""
     conf = agents_settings()
     body = json.dumps({"type": frame_type, **payload}, separators=(",", ":"), default=str)
     seq, frame, listening = cast(
@@ -60,10 +83,7 @@ def publish(session_id: uuid.UUID | str, frame_type: str, payload: dict[str, Any
     )
     text = frame.decode() if isinstance(frame, bytes) else frame
     if int(listening):
-        layer = get_channel_layer()
-        if layer is not None:
-            event = {"type": "session.frame", "seq": int(seq), "text": text}
-            async_to_sync(layer.group_send)(group_name(session_id), event)
+        (fanout or group_send_now(session_id))(int(seq), text)
     return cast(dict, json.loads(text))
 
 
@@ -86,9 +106,15 @@ class FramePublisher:
     `local` also receives every published frame (the SSE response of the same turn).
     """
 
-    def __init__(self, session_id: uuid.UUID | str, local: LocalSink | None = None) -> None:
+    def __init__(
+        self,
+        session_id: uuid.UUID | str,
+        local: LocalSink | None = None,
+        fanout: Fanout | None = None,
+    ) -> None:
         self.session_id = session_id
         self.local = local
+        self.fanout = fanout
         self.flush_seconds = agents_settings().TOKEN_FLUSH_SECONDS
         self._pending: list[str] = []
         self._flushed_at = time.monotonic()
@@ -110,6 +136,6 @@ class FramePublisher:
         self._flushed_at = time.monotonic()
 
     def _send(self, frame_type: str, payload: dict[str, Any]) -> None:
-        frame = publish(self.session_id, frame_type, {**payload, **self.extra})
+        frame = publish(self.session_id, frame_type, {**payload, **self.extra}, self.fanout)
         if self.local is not None:
             self.local(frame_type, frame)

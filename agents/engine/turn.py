@@ -21,7 +21,7 @@ from agents.conf import agents_settings
 from agents.engine.concurrency import Lease, LeaseLost, QueueTimeout, SessionBusy, admit
 from agents.engine.context import llm_messages, working_memory_budget
 from agents.engine.ports import CheckpointRecord, WorkingMemory, WorkingMessage, state_backend
-from agents.live import FramePublisher
+from agents.live import Fanout, FramePublisher
 from agents.llm import backend_for, options_for
 from agents.llm.base import Delta, Done, LLMBackend, LLMError, LLMEvent, ToolCall, Usage
 from agents.models import Agent, Message, Session
@@ -100,6 +100,7 @@ def turn_run(
     emit: Emit | None = None,
     metadata: dict[str, Any] | None = None,
     client_message_id: str | None = None,
+    fanout: Fanout | None = None,
 ) -> TurnResult:
     """Run one turn of `session` for the user's `content`; see the module docstring.
 
@@ -109,7 +110,7 @@ def turn_run(
     started = time.perf_counter()
     validate_content(content)
     agent: Agent = session.agent
-    publisher = FramePublisher(session.pk, local=emit)
+    publisher = FramePublisher(session.pk, local=emit, fanout=fanout)
     # Every frame of this turn names it, so a page can pair replies with their message.
     publisher.extra = {"turn": uuid.uuid4().hex}
     metadata = dict(metadata or {})
