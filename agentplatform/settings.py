@@ -209,6 +209,10 @@ LLM_BASE_URL = env_url("LLM_BASE_URL", None, schemes=("http", "https"))
 LLM_API_KEY = env_str("LLM_API_KEY", "")
 LLM_MODEL = env_str("LLM_MODEL", "")
 
+# Embeddings: unset EMBEDDINGS_BASE_URL = the bundled all-MiniLM-L6-v2 (384 dimensions).
+EMBEDDINGS_BASE_URL = env_url("EMBEDDINGS_BASE_URL", None, schemes=("http", "https"))
+EMBEDDINGS_MODEL = env_str("EMBEDDINGS_MODEL", "text-embedding-3-small")
+
 # --- app settings (defaults in agents/conf.py and memory/conf.py) ---------------------------
 AGENTS = {
     "LLM_BACKEND": env_str("AGENTS_LLM_BACKEND", "auto"),
