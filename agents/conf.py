@@ -25,6 +25,9 @@ class AgentsSettings:
     QUEUE_WAIT_SECONDS: float = 120.0
     # Tokens kept free for the reply when fitting the context into the agent's budget.
     REPLY_RESERVE_TOKENS: int = 256
+    # Share of the budget kept for summaries and semantic memories (the rest, after the
+    # system prompt and the reply reserve, is working memory's).
+    CONTEXT_EXTRAS_SHARE: float = 0.25
     # Bodies of POST /invoke/ (stateless mode) may be this large.
     INVOKE_MAX_BODY_BYTES: int = 262_144
     # Bound on one message's content.

@@ -1,10 +1,14 @@
-"""Memory tiers: checkpoints (and, later, summaries and semantic memories)."""
+"""Memory tiers in PostgreSQL: checkpoints, episodic summaries, semantic memories."""
 
 from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.constraints import ExclusionConstraint
+from django.contrib.postgres.fields import RangeOperators
 from django.db import models
+from django.db.models import Func
+from pgvector.django import HnswIndex, VectorField
 
 from agentplatform.tenancy import TenantOwned
 
@@ -43,3 +47,112 @@ class Checkpoint(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.kind} @ {self.session_id}#{self.high_water_seq}"
+
+
+class Memory(TenantOwned):
+    """A fact or preference about one end user, similarity-searched per end user.
+
+    Writes deduplicate: a near-identical statement updates the existing row and adds its
+    source, so `sources` says every place the platform learned it (why the agent believes
+    it). Retracted memories (by a rollback or an operator) stay for the audit trail but are
+    never retrieved.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        RETRACTED = "retracted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.CharField(max_length=255)
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, blank=True, on_delete=models.CASCADE, related_name="memories"
+    )
+    text = models.TextField()
+    embedding = VectorField(dimensions=384)
+    embedding_model = models.CharField(max_length=100)
+    # [{"kind": "message" | "api" | "operator", "message_id", "session_id", "author", "at"}]
+    sources = models.JSONField(default=list)
+    author = models.CharField(max_length=100, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_retrieved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Filtered searches scan one end user's rows exactly through this index.
+            models.Index(fields=["tenant", "user_id", "status"], name="memory_tenant_user"),
+            HnswIndex(
+                name="memory_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Summary(TenantOwned):
+    """A summary of a contiguous range of one session's messages (`first_seq`..`last_seq`).
+
+    Ranges of one kind never overlap in a session: the database refuses it (an exclusion
+    constraint over int8range). The source messages stay where they are.
+    """
+
+    class Kind(models.TextChoices):
+        COMPACTION = "compaction"  # older messages that fell out of working memory
+        SESSION = "session"  # the whole session, written when it goes idle or closes
+
+    class Method(models.TextChoices):
+        LLM = "llm"
+        EXTRACTIVE = "extractive"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(
+        "agents.Session", on_delete=models.CASCADE, related_name="summaries"
+    )
+    user_id = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    first_seq = models.PositiveBigIntegerField()
+    last_seq = models.PositiveBigIntegerField()
+    text = models.TextField()
+    method = models.CharField(max_length=16, choices=Method.choices)
+    model = models.CharField(max_length=100, blank=True, default="")
+    prompt_version = models.CharField(max_length=20)
+    source_tokens = models.PositiveIntegerField()
+    summary_tokens = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "user_id", "-created_at"], name="summary_user_recent"),
+            models.Index(fields=["session", "kind", "first_seq"], name="summary_session_range"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(first_seq__lte=models.F("last_seq")), name="summary_range_order"
+            ),
+            models.CheckConstraint(condition=~models.Q(text=""), name="summary_not_empty"),
+            ExclusionConstraint(
+                name="summary_ranges_disjoint",
+                expressions=[
+                    ("session", RangeOperators.EQUAL),
+                    ("kind", RangeOperators.EQUAL),
+                    (
+                        Func(
+                            models.F("first_seq"),
+                            models.F("last_seq"),
+                            models.Value("[]"),
+                            function="int8range",
+                        ),
+                        RangeOperators.OVERLAPS,
+                    ),
+                ],
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.session_id} {self.first_seq}-{self.last_seq}"

@@ -6,12 +6,15 @@ import json
 import uuid
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 from agents.engine.context import working_memory_budget
-from agents.engine.ports import CheckpointRecord, WorkingMemory
+from agents.engine.ports import CheckpointRecord, ContextExtras, WorkingMemory
 from agents.models import Agent, Message, Session
+from memory.context import compile_extras
 from memory.models import Checkpoint
+from memory.summaries import compaction_due
+from memory.tasks import compact_session, extract_memories
 from memory.working import wm_fit, wm_read, wm_rebuild, wm_write
 
 # On every turn's path: one statement, no model instance (see bench/turn_overhead.py).
@@ -23,6 +26,25 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, clock_timestamp())
 
 
 class PlatformState:
+    def context_extras(
+        self, *, session: Session, agent: Agent, query: str, budget: int, memory: WorkingMemory
+    ) -> ContextExtras:
+        first = next((m.seq for m in memory.messages if m.seq), None)
+        return compile_extras(
+            session=session, agent=agent, query=query, budget=budget, first_in_memory=first
+        )
+
+    def after_turn(
+        self, *, session: Session, agent: Agent, messages: list[Message], memory: WorkingMemory
+    ) -> None:
+        user_ids = [m.pk for m in messages if m.role == Message.Role.USER]
+        transaction.on_commit(lambda: extract_memories.delay(user_ids))
+        first = next((m.seq for m in memory.messages), memory.high_water_seq + 1)
+        due = compaction_due(session, first)
+        if due is not None:
+            session_id = str(session.pk)
+            transaction.on_commit(lambda: compact_session.delay(session_id, *due))
+
     def load_working_memory(self, *, session: Session, agent: Agent) -> WorkingMemory:
         memory = wm_read(session)
         if memory is not None:

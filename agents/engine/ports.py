@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from django.utils.module_loading import import_string
 
 from agents.conf import agents_settings
+from agents.llm.base import ChatMessage
 from agents.models import Agent, Message, Session
 
 
@@ -60,6 +61,15 @@ class WorkingMemory:
         )
 
 
+@dataclass
+class ContextExtras:
+    """What the memory tiers add to a turn's context, and the record of it."""
+
+    messages: list[ChatMessage] = field(default_factory=list)
+    tokens: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class CheckpointRecord:
     id: uuid.UUID
@@ -78,6 +88,19 @@ class StateBackend(Protocol):
 
     def fit_working_memory(self, *, memory: WorkingMemory, budget: int) -> WorkingMemory:
         """Keep the newest messages whose tokens fit `budget` (stop at the first misfit)."""
+        ...
+
+    def context_extras(
+        self, *, session: Session, agent: Agent, query: str, budget: int, memory: WorkingMemory
+    ) -> ContextExtras:
+        """Summaries and semantic memories for this turn, within `budget` tokens."""
+        ...
+
+    def after_turn(
+        self, *, session: Session, agent: Agent, messages: list[Message], memory: WorkingMemory
+    ) -> None:
+        """Inside the turn's transaction: schedule what follows it (extraction,
+        compaction) for after the commit."""
         ...
 
     def write_checkpoint(

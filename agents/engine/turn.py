@@ -19,11 +19,26 @@ from django.db import transaction
 from agentplatform import idempotency
 from agents.conf import agents_settings
 from agents.engine.concurrency import Lease, LeaseLost, QueueTimeout, SessionBusy, admit
-from agents.engine.context import llm_messages, working_memory_budget
-from agents.engine.ports import CheckpointRecord, WorkingMemory, WorkingMessage, state_backend
+from agents.engine.context import extras_budget, llm_messages, working_memory_budget
+from agents.engine.ports import (
+    CheckpointRecord,
+    ContextExtras,
+    WorkingMemory,
+    WorkingMessage,
+    state_backend,
+)
 from agents.live import Fanout, FramePublisher
 from agents.llm import backend_for, options_for
-from agents.llm.base import Delta, Done, LLMBackend, LLMError, LLMEvent, ToolCall, Usage
+from agents.llm.base import (
+    Delta,
+    Done,
+    LLMBackend,
+    LLMError,
+    LLMEvent,
+    ToolCall,
+    Usage,
+    estimate_tokens,
+)
 from agents.models import Agent, Message, Session
 from agents.services import NewMessage, StaleLease, messages_append
 
@@ -162,24 +177,37 @@ def _run_holding_lease(
     context = state.fit_working_memory(
         memory=replace(memory, messages=[*memory.messages, user]), budget=budget
     )
+    if not context.messages:  # a message larger than the budget still goes to the LLM
+        context = replace(context, messages=[user])
+    extras = state.context_extras(
+        session=session, agent=agent, query=content, budget=extras_budget(agent), memory=context
+    )
     try:
-        generation = _generate(backend, agent, context, lease, emit)
+        generation = _generate(backend, agent, context, extras, lease, emit)
     except LLMError as error:
         user_message = _persist_failure(session, lease, content, user.tokens, memory, metadata)
         state.save_working_memory(
             session=session, agent=agent, memory=replace(memory, high_water_seq=user_message.seq)
         )
         raise TurnFailed(str(error), user_message) from error
-    return _persist(session, agent, lease, context, user, generation, emit, metadata, backend)
+    return _persist(
+        session, agent, lease, context, extras, user, generation, emit, metadata, backend
+    )
 
 
 def _generate(
-    backend: LLMBackend, agent: Agent, context: WorkingMemory, lease: Lease, emit: Emit
+    backend: LLMBackend,
+    agent: Agent,
+    context: WorkingMemory,
+    extras: ContextExtras,
+    lease: Lease,
+    emit: Emit,
 ) -> _Generation:
     result = _Generation()
     parts: list[str] = []
     checked_at = time.monotonic()
-    events = iter(backend.stream(llm_messages(agent, context), options_for(agent)))
+    prompt = llm_messages(agent, context, extras.messages)
+    events = iter(backend.stream(prompt, options_for(agent)))
     for event in _timed(events, result):
         if isinstance(event, Delta):
             parts.append(event.text)
@@ -212,6 +240,7 @@ def _persist(
     agent: Agent,
     lease: Lease,
     context: WorkingMemory,
+    extras: ContextExtras,
     user: WorkingMessage,
     generation: _Generation,
     emit: Emit,
@@ -222,6 +251,8 @@ def _persist(
     outcome, user_status, reply_status = _statuses(generation.cancelled)
     reply_tokens = backend.count_tokens(generation.text)
     usage_meta = _usage_meta(generation)
+    compiled = compiled_record(agent, context, extras)
+    usage_meta["context"] = compiled
     with transaction.atomic():
         user_row, reply_row = messages_append(
             session=session,
@@ -241,6 +272,9 @@ def _persist(
         if checkpoint is not None:
             memory = replace(memory, checkpoint_id=str(checkpoint.id))
         transaction.on_commit(lambda: _announce(user_row, reply_row, checkpoint, emit))
+        state.after_turn(
+            session=session, agent=agent, messages=[user_row, reply_row], memory=memory
+        )
     # Still holding the lease, so the next turn of this session reads this working memory.
     state.save_working_memory(session=session, agent=agent, memory=memory)
     return TurnResult(
@@ -249,9 +283,27 @@ def _persist(
         reply_row,
         checkpoint,
         generation.usage,
-        context.tokens,
+        compiled["total_tokens"],
         llm_seconds=generation.llm_seconds,
     )
+
+
+def compiled_record(agent: Agent, context: WorkingMemory, extras: ContextExtras) -> dict[str, Any]:
+    """What the LLM received on this turn, by part, for the operators' inspector."""
+    system = estimate_tokens(agent.system_prompt)
+    seqs = [m.seq for m in context.messages if m.seq]
+    return {
+        "system_prompt_tokens": system,
+        "working_memory": {
+            "tokens": context.tokens,
+            "messages": len(context.messages),
+            "first_seq": min(seqs) if seqs else None,
+            "last_seq": max(seqs) if seqs else None,
+        },
+        "extras_tokens": extras.tokens,
+        **extras.record,
+        "total_tokens": system + context.tokens + extras.tokens,
+    }
 
 
 def _statuses(cancelled: str | None) -> tuple[str, str, str]:

@@ -6,6 +6,7 @@ import uuid
 from collections import Counter
 
 import pytest
+from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 
@@ -122,7 +123,7 @@ def test_rollback_discards_the_running_turn_but_keeps_its_rows(
 
 
 def test_a_stale_lease_holder_cannot_write(alice: Persona) -> None:
-    with override_settings(AGENTS={"LEASE_SECONDS": 0.2}):
+    with override_settings(AGENTS={**settings.AGENTS, "LEASE_SECONDS": 0.2}):
         stale = lease_try_acquire(alice.session)
         assert stale is not None
         time.sleep(0.3)  # the holder pauses past its lease
@@ -144,7 +145,7 @@ def test_a_stale_lease_holder_cannot_write(alice: Persona) -> None:
 
 
 def test_a_lease_whose_holder_died_is_recovered_after_expiry(alice: Persona) -> None:
-    with override_settings(AGENTS={"LEASE_SECONDS": 0.2}):
+    with override_settings(AGENTS={**settings.AGENTS, "LEASE_SECONDS": 0.2}):
         assert lease_try_acquire(alice.session) is not None  # never released
         assert lease_try_acquire(alice.session) is None
         time.sleep(0.3)

@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.test import override_settings
 
 from agentplatform.asgi import application
@@ -240,7 +241,7 @@ async def test_reject_policy_answers_an_error_frame(alice: Persona, llm: Scripte
     assert errors[0]["client_message_id"] == "b"
 
 
-@override_settings(AGENTS={"WS_RATE_MESSAGES": 2})
+@override_settings(AGENTS={**settings.AGENTS, "WS_RATE_MESSAGES": 2})
 async def test_messages_over_the_rate_limit_get_an_error(alice: Persona) -> None:
     ws = _socket(alice)
     await _open(ws)

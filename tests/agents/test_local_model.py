@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 
 from agents.engine.turn import turn_run
@@ -17,7 +18,7 @@ pytestmark = [
 ]
 
 
-@override_settings(AGENTS={"LLM_BACKEND": "local"})
+@override_settings(AGENTS={**settings.AGENTS, "LLM_BACKEND": "local"})
 def test_a_turn_with_the_bundled_local_model_streams_and_stores_a_reply(alice: Persona) -> None:
     tokens: list[str] = []
     result = turn_run(

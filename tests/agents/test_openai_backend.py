@@ -95,12 +95,13 @@ def test_an_unreachable_endpoint_becomes_llm_error() -> None:
 
 @pytest.mark.django_db
 def test_an_agent_with_its_own_endpoint_runs_turns_through_it(endpoint: str, alice) -> None:
+    from django.conf import settings
     from django.test import override_settings
 
     from agents.models import Agent, Message
 
     Agent.objects.filter(pk=alice.agent.pk).update(llm={"model": "m", "base_url": endpoint})
-    with override_settings(AGENTS={"LLM_BACKEND": "auto"}):
+    with override_settings(AGENTS={**settings.AGENTS, "LLM_BACKEND": "auto"}):
         ok = alice.client().post(
             f"/api/v1/sessions/{alice.session.pk}/messages/", {"content": "hi"}, format="json"
         )

@@ -1,0 +1,97 @@
+"""Rule-based extraction of explicit statements an end user makes about themselves.
+
+Each rule turns a statement into a canonical sentence ("my name is Ada", "call me Ada" and
+"I'm called Ada" all become "The user's name is Ada."), so the same fact said in different
+words lands on the same memory. It only extracts what the user said explicitly: no guesses,
+no small talk, which keeps the store free of the junk other memory layers accumulate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
+_END = r"(?=[.!?\n;]|,\s|\s+(?:and|but|so)\s|$)"
+
+
+def _clean(value: str) -> str:
+    return re.sub(r"\s+", " ", value).strip(" \t\"'").rstrip(".,!?")
+
+
+def _rule(pattern: str, render: Callable[[re.Match[str]], str], *, names: bool = False) -> Rule:
+    """Case-insensitive, except for names: those must be capitalised ("call me Ada")."""
+    return re.compile(pattern, 0 if names else re.IGNORECASE), render
+
+
+RULES: list[Rule] = [
+    _rule(
+        r"\b(?:please\s+)?remember(?:\s+that)?\s+(?P<fact>[^.!?\n]{3,200})",
+        lambda m: _sentence(_first_person(_clean(m["fact"]))),
+    ),
+    _rule(
+        r"(?i:\b(?:i'm|i am)\s+(?:called|named))\s+(?P<v>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?)",
+        lambda m: f"The user's name is {_clean(m['v'])}.",
+        names=True,
+    ),
+    _rule(
+        r"(?i:\bcall me)\s+(?P<v>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?)",
+        lambda m: f"The user's name is {_clean(m['v'])}.",
+        names=True,
+    ),
+    _rule(
+        rf"\bmy\s+(?P<attr>[a-z][a-z -]{{1,40}}?)\s+(?:is|are|was)\s+"
+        rf"(?P<v>[^.!?\n]{{1,120}}?){_END}",
+        lambda m: f"The user's {_clean(m['attr']).lower()} is {_clean(m['v'])}.",
+    ),
+    _rule(
+        rf"\bi\s+(?:really\s+)?(?P<verb>like|love|prefer|enjoy|hate|dislike)\s+"
+        rf"(?P<v>[^.!?\n]{{1,120}}?){_END}",
+        lambda m: f"The user {m['verb'].lower()}s {_clean(m['v'])}.",
+    ),
+    _rule(
+        rf"\bi\s+live\s+in\s+(?P<v>[^.!?\n]{{1,80}}?){_END}",
+        lambda m: f"The user lives in {_clean(m['v'])}.",
+    ),
+    _rule(
+        rf"\bi\s+work\s+(?:at|for)\s+(?P<v>[^.!?\n]{{1,80}}?){_END}",
+        lambda m: f"The user works at {_clean(m['v'])}.",
+    ),
+    _rule(
+        rf"\b(?:i'm|i am)\s+allergic\s+to\s+(?P<v>[^.!?\n]{{1,80}}?){_END}",
+        lambda m: f"The user is allergic to {_clean(m['v'])}.",
+    ),
+]
+
+
+def _first_person(fact: str) -> str:
+    """ "my order is 4411" -> "the user's order is 4411" (a memory is about the user)."""
+    fact = re.sub(r"\bmy\b", "the user's", fact, flags=re.IGNORECASE)
+    fact = re.sub(r"\bi am\b|\bi'm\b", "the user is", fact, flags=re.IGNORECASE)
+    return re.sub(r"\bI\b", "the user", fact)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def extract_facts(text: str) -> list[str]:
+    """The canonical facts stated in `text`, without repeats, in order of appearance."""
+    found: list[tuple[int, str]] = []
+    for pattern, render in RULES:
+        found.extend((m.start(), render(m)) for m in pattern.finditer(text))
+    facts: list[str] = []
+    for _, fact in sorted(found):
+        if fact not in facts and len(fact) <= 300:
+            facts.append(fact)
+    return _drop_contained(facts)
+
+
+def _drop_contained(facts: list[str]) -> list[str]:
+    """ "Remember that my name is Ada" matches two rules; keep the canonical one."""
+    canonical = [f for f in facts if f.startswith("The user")]
+    return [
+        f
+        for f in facts
+        if f in canonical or not any(c[:-1].lower() in f.lower() for c in canonical)
+    ]
