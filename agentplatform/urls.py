@@ -8,10 +8,12 @@ from rest_framework.routers import SimpleRouter
 from agentplatform.health import healthz, readyz
 from agents.api.views import AgentViewSet, InvokeView, SessionMessagesViewSet, SessionViewSet
 from agents.web import chat_page, chat_token
+from memory.api.views import MemoryViewSet, SessionContextView, SessionSummariesViewSet
 
 router = SimpleRouter()
 router.register("agents", AgentViewSet, basename="agent")
 router.register("sessions", SessionViewSet, basename="session")
+router.register("memories", MemoryViewSet, basename="memory")
 
 api_urls = [
     path(
@@ -19,6 +21,12 @@ api_urls = [
         SessionMessagesViewSet.as_view({"get": "list", "post": "create"}),
         name="session-messages",
     ),
+    path(
+        "sessions/<str:session_pk>/summaries/",
+        SessionSummariesViewSet.as_view({"get": "list"}),
+        name="session-summaries",
+    ),
+    path("sessions/<str:session_pk>/context/", SessionContextView.as_view(), name="context"),
     path("invoke/", InvokeView.as_view(), name="invoke"),
     path(
         "schema/",

@@ -80,3 +80,9 @@ def wm_rebuild(
         offset += REBUILD_BATCH
     kept.reverse()
     return WorkingMemory(kept, task_state, high_water, checkpoint_id)
+
+
+def wm_ttl(session: Session) -> int | None:
+    """Seconds the cached working memory has left (None when it is not cached)."""
+    ttl = cast(int, get_redis().ttl(keys.working_memory(session.pk)))
+    return ttl if ttl >= 0 else None

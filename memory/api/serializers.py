@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from agentplatform.serializers import StrictCharField, StrictSerializer
+from memory.models import Memory, Summary
+
+
+class MemorySerializer(serializers.ModelSerializer):
+    agent = serializers.UUIDField(source="agent_id", allow_null=True, read_only=True)
+
+    class Meta:
+        model = Memory
+        fields = [
+            "id", "user_id", "agent", "text", "sources", "author", "status",
+            "embedding_model", "created_at", "updated_at", "last_retrieved_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class MemoryCreateSerializer(StrictSerializer):
+    user_id = StrictCharField(min_length=1, max_length=255)
+    text = StrictCharField(min_length=1, max_length=2000)
+    agent = serializers.UUIDField(required=False, allow_null=True)
+
+
+class MemorySearchSerializer(StrictSerializer):
+    user_id = StrictCharField(min_length=1, max_length=255)
+    query = StrictCharField(min_length=1, max_length=2000)
+    k = serializers.IntegerField(min_value=1, max_value=50, default=5)
+    agent = serializers.UUIDField(required=False, allow_null=True)
+
+
+class MemoryHitSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="memory.id")
+    text = serializers.CharField(source="memory.text")
+    score = serializers.FloatField()
+    user_id = serializers.CharField(source="memory.user_id")
+    sources = serializers.JSONField(source="memory.sources")
+    created_at = serializers.DateTimeField(source="memory.created_at")
+
+
+class SummarySerializer(serializers.ModelSerializer):
+    session = serializers.UUIDField(source="session_id", read_only=True)
+
+    class Meta:
+        model = Summary
+        fields = [
+            "id", "session", "user_id", "kind", "first_seq", "last_seq", "text", "method",
+            "model", "prompt_version", "source_tokens", "summary_tokens", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
