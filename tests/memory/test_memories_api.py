@@ -139,3 +139,24 @@ def test_filtered_search_returns_k_rows_whenever_k_exist_across_many_tenants(db:
         hits = memory_search(tenant=tenant, user_id="same-user", query="order number", k=5)
         assert len(hits) == 5
         assert {h.memory.tenant_id for h in hits} == {tenant.pk}
+
+
+def test_reembed_updates_vectors_made_by_another_model(alice: Persona) -> None:
+    from io import StringIO
+
+    import numpy as np
+    from django.core.management import call_command
+
+    memory, _ = memory_upsert(
+        tenant=alice.tenant, user_id="u1", text="The user's name is Ada.", source=Source("api")
+    )
+    Memory.objects.filter(pk=memory.pk).update(
+        embedding=np.ones(384, dtype=np.float32) / np.sqrt(384), embedding_model="old-model"
+    )
+    out, err = StringIO(), StringIO()
+    call_command("reembed", "alice", stdout=out, stderr=err)
+    memory.refresh_from_db()
+    assert memory.embedding_model == "all-MiniLM-L6-v2-int8"
+    assert "100.0%" in err.getvalue() and "Re-embedded 1" in out.getvalue()
+    hits = memory_search(tenant=alice.tenant, user_id="u1", query="my name is Ada", k=1)
+    assert hits[0].score > 0.6  # a real embedding again, not the constant vector
