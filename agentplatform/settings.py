@@ -172,6 +172,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:"}
+# Beat copies these into django-celery-beat's tables, where operators can edit them.
+CELERY_BEAT_SCHEDULE = {
+    "memory.summarize_idle_sessions": {
+        "task": "memory.summarize_idle_sessions",
+        "schedule": 300.0,
+    },
+    "agentplatform.purge_idempotency_records": {
+        "task": "agentplatform.purge_idempotency_records",
+        "schedule": 3600.0,
+    },
+}
 
 # --- REST ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -152,3 +152,36 @@ def test_each_reply_records_the_context_it_was_given(alice: Persona) -> None:
     assert record["memories"][0]["text"] == "The user lives in Lisbon."
     assert record["working_memory"]["messages"] == 3
     assert record["total_tokens"] == result.context_tokens
+
+
+@pytest.mark.django_db
+def test_idle_sessions_get_a_session_summary_that_later_sessions_see(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from memory.context import compile_extras
+    from memory.tasks import summarize_idle_sessions
+
+    messages_append(
+        session=alice.session,
+        messages=[
+            NewMessage("user", "I booked room 512 at the Hotel Aurora.", 9),
+            NewMessage("assistant", "Room 512 at Hotel Aurora, noted.", 8),
+        ],
+    )
+    Session.objects.filter(pk=alice.session.pk).update(
+        last_activity_at=timezone.now() - timedelta(hours=2)
+    )
+    llm.script(Step(reply="The user booked room 512 at the Hotel Aurora."))
+    assert summarize_idle_sessions() == 1
+    summary = Summary.objects.get(session=alice.session, kind="session")
+    assert (summary.first_seq, summary.last_seq) == (1, 2)
+    later = session_open(tenant=alice.tenant, agent=alice.agent, user_id=alice.user_id)
+    extras = compile_extras(
+        session=later, agent=alice.agent, query="which room?", budget=500, first_in_memory=None
+    )
+    assert "512" in extras.messages[0].content
+    assert extras.record["summaries"][0]["id"] == str(summary.pk)
