@@ -61,7 +61,10 @@ def main() -> None:
         for question, fact in conversation["questions"]:
             turn_run(session=later, content=question)
             prompt = "\n".join(m.content for m in scripted_backend.calls[-1])
-            recalled += fact.lower() in prompt.lower()
+            hit = fact.lower() in prompt.lower()
+            recalled += hit
+            if not hit:
+                print(f"  missed {fact!r} for {question!r}")
             asked += 1
         texts = list(
             Memory.objects.filter(tenant=tenant, user_id=user).values_list("text", flat=True)

@@ -24,6 +24,7 @@ from agentplatform.models import Tenant
 from agents.models import Agent
 from memory.conf import memory_settings
 from memory.embeddings import get_embedder
+from memory.extraction import about_the_user
 from memory.facts import key_facts
 from memory.models import Memory
 
@@ -137,7 +138,7 @@ def memory_search(
 
     With `agent`, memories of that agent and the user's agent-independent ones.
     """
-    vector = get_embedder().embed([query])[0]
+    vector = get_embedder().embed([about_the_user(query)])[0]
     size = _partition_size(tenant, user_id)
     if size <= memory_settings().EXACT_SCAN_LIMIT:
         hits = _exact_search(tenant, user_id, vector, k=k, agent=agent)
