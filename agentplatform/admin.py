@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from agentplatform.models import ApiKey, Membership, Tenant
+from agentplatform.models import ApiKey, AuditEvent, Membership, Tenant
 from agentplatform.services import api_key_revoke
 
 
@@ -47,3 +47,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
 class MembershipAdmin(admin.ModelAdmin):
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the trail is append-only in the database too."""
+
+    list_display = ["created_at", "tenant", "actor_kind", "actor_id", "action", "target_type",
+                    "target_id"]  # fmt: skip
+    list_filter = ["action", "actor_kind", "tenant"]
+    search_fields = ["target_id", "actor_id", "action"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -99,3 +99,35 @@ class IdempotencyRecord(TenantOwned):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_unique_key")
         ]
+
+
+class AuditEvent(models.Model):
+    """An append-only, hash-chained record of a change (see agentplatform/audit.py).
+
+    Each tenant's events form a chain: `hash` covers the event's fields and the previous
+    event's hash, so editing or deleting any event breaks every later link. A database
+    trigger refuses UPDATE and DELETE; `manage.py verify_audit` checks the chains. Events
+    outlive their tenant (no foreign-key cascade), as a compliance record should.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(
+        Tenant, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=True
+    )
+    actor_kind = models.CharField(max_length=16)  # api_key | operator | system
+    actor_id = models.CharField(max_length=100)
+    action = models.CharField(max_length=100)
+    target_type = models.CharField(max_length=100)
+    target_id = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict)
+    payload_digest = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["tenant", "id"], name="audit_tenant_chain")]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor_kind}:{self.actor_id}"

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol
+
+
+class Writable(Protocol):
+    def write(self, text: str, /) -> object: ...
+    def flush(self) -> None: ...
 
 
 class ProgressBar:
-    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr, width: int = 30):
+    def __init__(self, total: int, label: str, stream: Writable = sys.stderr, width: int = 30):
         self.total, self.label, self.stream, self.width = total, label, stream, width
         self.done = 0
         self.started = time.monotonic()

@@ -8,12 +8,21 @@ from rest_framework.routers import SimpleRouter
 from agentplatform.health import healthz, readyz
 from agents.api.views import AgentViewSet, InvokeView, SessionMessagesViewSet, SessionViewSet
 from agents.web import chat_page, chat_token
-from memory.api.views import MemoryViewSet, SessionContextView, SessionSummariesViewSet
+from memory.api.views import (
+    CheckpointViewSet,
+    MemoryViewSet,
+    SessionCheckpointsViewSet,
+    SessionContextView,
+    SessionForkView,
+    SessionRollbackView,
+    SessionSummariesViewSet,
+)
 
 router = SimpleRouter()
 router.register("agents", AgentViewSet, basename="agent")
 router.register("sessions", SessionViewSet, basename="session")
 router.register("memories", MemoryViewSet, basename="memory")
+router.register("checkpoints", CheckpointViewSet, basename="checkpoint")
 
 api_urls = [
     path(
@@ -27,6 +36,13 @@ api_urls = [
         name="session-summaries",
     ),
     path("sessions/<str:session_pk>/context/", SessionContextView.as_view(), name="context"),
+    path(
+        "sessions/<str:session_pk>/checkpoints/",
+        SessionCheckpointsViewSet.as_view({"get": "list"}),
+        name="session-checkpoints",
+    ),
+    path("sessions/<str:session_pk>/rollback/", SessionRollbackView.as_view(), name="rollback"),
+    path("sessions/<str:session_pk>/fork/", SessionForkView.as_view(), name="fork"),
     path("invoke/", InvokeView.as_view(), name="invoke"),
     path(
         "schema/",

@@ -12,7 +12,7 @@ from agents.engine.context import extras_budget, working_memory_budget
 from agents.engine.turn import compiled_record
 from agents.models import Message, Session
 from memory import working
-from memory.models import Memory, Summary
+from memory.models import Checkpoint, Memory, Summary
 from memory.state import PlatformState
 
 
@@ -25,6 +25,14 @@ def memory_list(*, tenant: Tenant, user_id: str | None = None) -> QuerySet[Memor
 
 def access_memory(*, tenant: Tenant, id: object) -> Memory:
     return access_object(Memory, tenant=tenant, id=id)  # type: ignore[arg-type]
+
+
+def checkpoint_list(*, session: Session) -> QuerySet[Checkpoint]:
+    return Checkpoint.objects.filter(session=session, tenant_id=session.tenant_id)
+
+
+def access_checkpoint(*, tenant: Tenant, id: object) -> Checkpoint:
+    return access_object(Checkpoint, tenant=tenant, id=id)  # type: ignore[arg-type]
 
 
 def summary_list(*, session: Session) -> QuerySet[Summary]:

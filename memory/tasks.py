@@ -9,6 +9,7 @@ from celery import shared_task
 from django.db.models import Max
 from django.utils import timezone
 
+from agentplatform.audit import SYSTEM, audit_record
 from agents.models import Message, Session
 from memory.conf import memory_settings
 from memory.extraction import extract_facts
@@ -27,11 +28,18 @@ def extract_memories(message_ids: list[int]) -> int:
     for message in messages:
         session = message.session
         for fact in extract_facts(message.content):
-            memory_upsert(
+            memory, created = memory_upsert(
                 tenant=session.tenant,
                 user_id=session.user_id,
                 text=fact,
                 source=Source("message", message_id=message.pk, session_id=str(session.pk)),
+            )
+            audit_record(
+                tenant=session.tenant,
+                actor=SYSTEM,
+                action="memory.learned" if created else "memory.source_added",
+                target=memory,
+                payload={"message_id": message.pk, "text": memory.text},
             )
             stored += 1
     return stored

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
+from agentplatform.audit import actor_of, audit_record
 from agentplatform.authentication import request_tenant
 from agentplatform.idempotency import defer_completion, idempotent
 from agentplatform.models import Tenant
@@ -47,11 +48,29 @@ from agents.services import StaleLease
 
 
 class TenantViewSet(viewsets.GenericViewSet):
-    """A viewset whose every query is scoped to the tenant of the request's API key."""
+    """A viewset whose every query is scoped to the tenant of the request's API key, and
+    whose every successful write is recorded in the tenant's audit trail."""
 
     @property
     def tenant(self) -> Tenant:
         return request_tenant(self.request)
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        written = request.method in {"POST", "PATCH", "PUT", "DELETE"}
+        replayed = response.has_header("Idempotent-Replayed")
+        if written and 200 <= response.status_code < 300 and not replayed:
+            data = getattr(response, "data", None)
+            target = data.get("id") if isinstance(data, dict) else self.kwargs.get("pk")
+            audit_record(
+                tenant=self.tenant,
+                actor=actor_of(request),
+                action=f"api.{self.basename}.{self.action}",
+                payload={"path": request.path, "status": response.status_code, "id": target},
+            )
+        return response
 
 
 class AgentViewSet(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from agentplatform.serializers import StrictCharField, StrictSerializer
-from memory.models import Memory, Summary
+from memory.models import Checkpoint, Memory, Summary
 
 
 class MemorySerializer(serializers.ModelSerializer):
@@ -50,3 +50,31 @@ class SummarySerializer(serializers.ModelSerializer):
             "model", "prompt_version", "source_tokens", "summary_tokens", "created_at",
         ]  # fmt: skip
         read_only_fields = fields
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    session = serializers.UUIDField(source="session_id", read_only=True)
+    parent = serializers.UUIDField(  # type: ignore[assignment]  # `parent` is also a Field attribute
+        source="parent_id", read_only=True, allow_null=True
+    )
+
+    class Meta:
+        model = Checkpoint
+        fields = [
+            "id", "session", "parent", "kind", "high_water_seq", "memory_first_seq",
+            "memory_tokens", "task_state", "metadata", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class CheckpointRefSerializer(StrictSerializer):
+    checkpoint = serializers.UUIDField()
+
+
+class RollbackReceiptSerializer(serializers.Serializer):
+    checkpoint = serializers.UUIDField(source="checkpoint.pk")
+    head = serializers.UUIDField(source="head.pk")
+    rolled_back_seqs = serializers.ListField(child=serializers.IntegerField())
+    retracted_memories = serializers.ListField(child=serializers.UUIDField())
+    removed_summaries = serializers.ListField(child=serializers.UUIDField())
+    side_effects = serializers.ListField(child=serializers.JSONField())

@@ -9,24 +9,34 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agentplatform.audit import actor_of, audit_record
 from agentplatform.authentication import request_tenant
 from agentplatform.idempotency import idempotent
 from agentplatform.pagination import CreatedCursorPagination
+from agentplatform.problems import Conflict
+from agents.api.serializers import SessionSerializer
 from agents.api.views import TenantViewSet
+from agents.engine.concurrency import SessionBusy
+from agents.models import Session
 from agents.selectors import access_agent, access_session
 from memory import selectors
 from memory.api.serializers import (
+    CheckpointRefSerializer,
+    CheckpointSerializer,
     MemoryCreateSerializer,
     MemoryHitSerializer,
     MemorySearchSerializer,
     MemorySerializer,
+    RollbackReceiptSerializer,
     SummarySerializer,
 )
-from memory.models import Memory, Summary
+from memory.checkpoints import checkpoint_fork, checkpoint_rollback
+from memory.models import Checkpoint, Memory, Summary
 from memory.semantic import Source, memory_search, memory_upsert
 
 
@@ -116,3 +126,69 @@ class SessionContextView(APIView):
         session = access_session(tenant=request_tenant(request), id=session_pk)
         query = request.query_params.get("query")
         return Response(selectors.next_turn_context(session=session, query=query))
+
+
+class SessionCheckpointsViewSet(mixins.ListModelMixin, TenantViewSet):
+    """The session's checkpoint timeline, newest first."""
+
+    serializer_class = CheckpointSerializer
+
+    def get_queryset(self) -> QuerySet[Checkpoint]:
+        session = access_session(tenant=self.tenant, id=self.kwargs["session_pk"])
+        return selectors.checkpoint_list(session=session)
+
+
+class CheckpointViewSet(mixins.RetrieveModelMixin, TenantViewSet):
+    serializer_class = CheckpointSerializer
+
+    def get_object(self) -> Checkpoint:
+        return selectors.access_checkpoint(tenant=self.tenant, id=self.kwargs["pk"])
+
+
+class SessionRollbackView(APIView):
+    @extend_schema(request=CheckpointRefSerializer, responses={200: RollbackReceiptSerializer})
+    def post(self, request: Request, session_pk: str) -> Response:
+        """Make the checkpoint the session's head; later messages are kept as rolled back."""
+        tenant = request_tenant(request)
+        session, checkpoint = _session_and_checkpoint(request, tenant, session_pk)
+        try:
+            receipt = checkpoint_rollback(session=session, checkpoint=checkpoint)
+        except SessionBusy as error:
+            raise Conflict(str(error), code="session_busy") from error
+        audit_record(
+            tenant=tenant,
+            actor=actor_of(request),
+            action="session.rollback",
+            target=session,
+            payload=RollbackReceiptSerializer(receipt).data,
+        )
+        return Response(RollbackReceiptSerializer(receipt).data)
+
+
+class SessionForkView(APIView):
+    @extend_schema(request=CheckpointRefSerializer, responses={201: SessionSerializer})
+    def post(self, request: Request, session_pk: str) -> Response:
+        """A new session whose history is the checkpoint's."""
+        tenant = request_tenant(request)
+        session, checkpoint = _session_and_checkpoint(request, tenant, session_pk)
+        fork = checkpoint_fork(session=session, checkpoint=checkpoint)
+        audit_record(
+            tenant=tenant,
+            actor=actor_of(request),
+            action="session.fork",
+            target=session,
+            payload={"checkpoint": str(checkpoint.pk), "fork": str(fork.pk)},
+        )
+        return Response(SessionSerializer(fork).data, status=201)
+
+
+def _session_and_checkpoint(
+    request: Request, tenant: Any, session_pk: str
+) -> tuple[Session, Checkpoint]:
+    session = access_session(tenant=tenant, id=session_pk)
+    data = CheckpointRefSerializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    checkpoint = selectors.access_checkpoint(tenant=tenant, id=data.validated_data["checkpoint"])
+    if checkpoint.session_id != session.pk:
+        raise NotFound("No checkpoint with this id in this session.")
+    return session, checkpoint

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from agentplatform.audit import audit_verify
+from agentplatform.models import AuditEvent
+from agentplatform.progress import ProgressBar
+
+
+class Command(BaseCommand):
+    help = "Check every tenant's audit chain; report the first break of each (exit 1 if any)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        progress = ProgressBar(AuditEvent.objects.count(), "verifying audit chains", self.stderr)
+        breaks, last = [], 0
+        for checked, found in audit_verify():
+            progress.advance(checked - last)
+            last = checked
+            if found is not None:
+                breaks.append(found)
+        progress.finish()
+        for found in breaks:
+            self.stdout.write(
+                f"BROKEN chain of tenant {found.tenant_id or '(platform)'} at event "
+                f"{found.event_id}: {found.reason}"
+            )
+        if breaks:
+            raise CommandError(f"{len(breaks)} audit chain(s) broken.")
+        self.stdout.write(self.style.SUCCESS(f"All audit chains verify ({last} events)."))

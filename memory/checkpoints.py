@@ -1,0 +1,155 @@
+"""Rollback and fork: the operator's undo, and a branch to try something else.
+
+Rollback makes a checkpoint the session's head: later messages are kept but marked
+rolled back (out of every later context), memories learned only from them are retracted,
+summaries that covered them are removed, working memory is rebuilt, and open sockets get a
+`rollback` frame. It takes the session's lease, so it never races a running turn. Fork
+starts a new session whose history is the checkpoint's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+
+from agentplatform import keys
+from agentplatform.redis import get_redis
+from agents.engine.concurrency import SessionBusy, lease_try_acquire
+from agents.live import publish
+from agents.models import Message, Session
+from agents.services import session_open
+from memory.models import Checkpoint, Memory, Summary
+from memory.state import rebuild_working_memory
+from memory.working import wm_write
+
+REVERSIBLE = (Message.Status.ACTIVE, Message.Status.INTERRUPTED)
+
+
+@dataclass
+class RollbackReceipt:
+    checkpoint: Checkpoint
+    head: Checkpoint
+    rolled_back_seqs: list[int] = field(default_factory=list)
+    retracted_memories: list[str] = field(default_factory=list)
+    removed_summaries: list[str] = field(default_factory=list)
+    # Side effects run after the checkpoint: the platform cannot undo these.
+    side_effects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def checkpoint_rollback(*, session: Session, checkpoint: Checkpoint) -> RollbackReceipt:
+    """Make `checkpoint` the head of `session` (see the module docstring).
+
+    Raises SessionBusy while a turn runs on the session.
+    """
+    lease = lease_try_acquire(session)
+    if lease is None:
+        raise SessionBusy("A turn is running on this session; roll back when it ends.")
+    try:
+        with transaction.atomic():
+            receipt = _rollback(session, checkpoint)
+        memory = rebuild_working_memory(session, session.agent)
+        wm_write(session, memory, session.agent.working_memory_ttl_seconds)
+    finally:
+        lease.release()
+    publish(
+        session.pk,
+        "rollback",
+        {"checkpoint": str(checkpoint.pk), "high_water_seq": checkpoint.high_water_seq},
+    )
+    return receipt
+
+
+def _rollback(session: Session, checkpoint: Checkpoint) -> RollbackReceipt:
+    high_water = checkpoint.high_water_seq
+    later = Message.objects.filter(session=session, seq__gt=high_water, status__in=REVERSIBLE)
+    rolled_back = list(later.values_list("pk", "seq"))
+    later.update(status=Message.Status.ROLLED_BACK)
+    undone_ids = {pk for pk, _ in rolled_back}
+    receipt = RollbackReceipt(checkpoint=checkpoint, head=checkpoint)
+    receipt.rolled_back_seqs = [seq for _, seq in rolled_back]
+    receipt.retracted_memories = _retract_memories(session, undone_ids)
+    summaries = Summary.objects.filter(session=session, last_seq__gt=high_water)
+    receipt.removed_summaries = [str(pk) for pk in summaries.values_list("pk", flat=True)]
+    summaries.delete()
+    receipt.side_effects = _side_effects_after(session, checkpoint)
+    last_seq = session.messages.order_by("-seq").values_list("seq", flat=True).first() or 0
+    receipt.head = Checkpoint.objects.create(
+        tenant_id=session.tenant_id,
+        session=session,
+        parent=checkpoint,
+        kind=Checkpoint.Kind.MANUAL,
+        high_water_seq=last_seq,
+        memory_first_seq=checkpoint.memory_first_seq,
+        memory_tokens=checkpoint.memory_tokens,
+        task_state=checkpoint.task_state,
+        metadata={"rollback_to": str(checkpoint.pk), "restored_seq": high_water},
+    )
+    return receipt
+
+
+def _retract_memories(session: Session, undone: set[int]) -> list[str]:
+    """Memories every source of which is an undone message of this session."""
+    retracted = []
+    candidates = Memory.objects.filter(
+        tenant_id=session.tenant_id, user_id=session.user_id, status=Memory.Status.ACTIVE
+    )
+    for memory in candidates:
+        ids = {s.get("message_id") for s in memory.sources if s.get("kind") == "message"}
+        if ids and ids <= undone and len(ids) == len(memory.sources):
+            memory.status = Memory.Status.RETRACTED
+            memory.save(update_fields=["status", "updated_at"])
+            retracted.append(str(memory.pk))
+    return retracted
+
+
+def _side_effects_after(session: Session, checkpoint: Checkpoint) -> list[dict[str, Any]]:
+    effects: list[dict[str, Any]] = []
+    later = Checkpoint.objects.filter(session=session, created_at__gt=checkpoint.created_at)
+    for metadata in later.values_list("metadata", flat=True):
+        effects.extend(metadata.get("side_effects", []))
+    return effects
+
+
+def checkpoint_fork(*, session: Session, checkpoint: Checkpoint) -> Session:
+    """A new session of the same agent and end user whose history is the checkpoint's."""
+    with transaction.atomic():
+        fork = session_open(
+            tenant=session.tenant,
+            agent=session.agent,
+            user_id=session.user_id,
+            metadata={
+                **session.metadata,
+                "forked_from": {"session": str(session.pk), "checkpoint": str(checkpoint.pk)},
+            },
+        )
+        history = Message.objects.filter(
+            session=session, seq__lte=checkpoint.high_water_seq, status__in=REVERSIBLE
+        ).order_by("seq")
+        copies = [
+            Message(
+                tenant_id=session.tenant_id,
+                session=fork,
+                seq=index,
+                role=m.role,
+                content=m.content,
+                token_count=m.token_count,
+                status=m.status,
+                metadata={**m.metadata, "forked_from_seq": m.seq},
+            )
+            for index, m in enumerate(history, start=1)
+        ]
+        Message.objects.bulk_create(copies)
+        Session.objects.filter(pk=fork.pk).update(next_seq=len(copies) + 1)
+        Checkpoint.objects.create(
+            tenant_id=session.tenant_id,
+            session=fork,
+            kind=Checkpoint.Kind.MANUAL,
+            high_water_seq=len(copies),
+            task_state=checkpoint.task_state,
+            metadata={"forked_from": str(checkpoint.pk)},
+        )
+    fork.refresh_from_db()
+    get_redis().delete(keys.working_memory(fork.pk))
+    return fork
