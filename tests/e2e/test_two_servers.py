@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -16,23 +15,6 @@ from agents.models import Message
 from tests.conftest import Persona
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-SLOW_REPLY = " ".join(f"word{i}" for i in range(60))
-
-
-@pytest.fixture
-def servers() -> Iterator[tuple[Server, Server]]:
-    env = {
-        "CELERY_TASK_ALWAYS_EAGER": "1",
-        "SCRIPTED_LLM_DELAY": "0.03",
-        "SCRIPTED_LLM_REPLY": SLOW_REPLY,
-        "AGENTS_LEASE_SECONDS": "2",
-        "IDEMPOTENCY_LOCK_SECONDS": "2",
-    }
-    first, second = Server(env), Server(env)
-    yield first, second
-    first.stop()
-    second.stop()
 
 
 def _turn(server: Server, persona: Persona, content: str, key: str) -> requests.Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 
 import pytest
 from channels.db import database_sync_to_async
@@ -15,24 +14,9 @@ from websockets.exceptions import ConnectionClosed
 from agentplatform.testing import Server
 from agents.models import Message
 from tests.conftest import Persona
+from tests.e2e.conftest import SLOW_REPLY
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-REPLY = " ".join(f"part{i}" for i in range(80))
-
-
-@pytest.fixture
-def servers() -> Iterator[tuple[Server, Server]]:
-    env = {
-        "CELERY_TASK_ALWAYS_EAGER": "1",
-        "SCRIPTED_LLM_DELAY": "0.03",
-        "SCRIPTED_LLM_REPLY": REPLY,
-        "AGENTS_LEASE_SECONDS": "2",
-        "IDEMPOTENCY_LOCK_SECONDS": "2",
-    }
-    first, second = Server(env), Server(env)
-    yield first, second
-    first.stop()
-    second.stop()
 
 
 def _ws_url(server: Server, persona: Persona) -> str:
@@ -110,7 +94,7 @@ async def test_sigkill_mid_stream_then_resume_on_another_server(
         if f["type"] == "message"
     ]
     assert seen == stored
-    assert stored == [(1, "user", "tell me a long story"), (2, "assistant", REPLY)]
+    assert stored == [(1, "user", "tell me a long story"), (2, "assistant", SLOW_REPLY)]
 
 
 async def _receive_one_of(
