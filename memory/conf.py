@@ -24,6 +24,10 @@ class MemorySettings:
     CONTEXT_SUMMARIES: int = 5
     # Share of the agent's context budget kept for memories and summaries.
     CONTEXT_SHARE: float = 0.25
+    # Extract facts with the agent's LLM: "auto" (only when it is an OpenAI-compatible
+    # endpoint: the bundled 135M model cannot follow the prompt), "always", or "never"
+    # (rules only). A reply that is not a JSON list of grounded facts falls back to rules.
+    LLM_EXTRACTION: str = "auto"
     # Messages that fell out of working memory are compacted in batches of at least this.
     COMPACTION_MIN_MESSAGES: int = 8
     SUMMARY_PROMPT_VERSION: str = "v1"

@@ -8,6 +8,7 @@ no small talk, which keeps the store free of the junk other memory layers accumu
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -116,3 +117,35 @@ def _drop_contained(facts: list[str]) -> list[str]:
         for f in facts
         if f in canonical or not any(c[:-1].lower() in f.lower() for c in canonical)
     ]
+
+
+EXTRACTION_PROMPT = (
+    "List the facts the user states about themselves in the message below (name, numbers, "
+    "preferences, places, plans). Write each as a short sentence starting with 'The user'. "
+    "Answer with a JSON array of strings only, [] if there are none.\n\nMessage: {message}"
+)
+
+
+def parse_llm_facts(reply: str, source: str) -> list[str] | None:
+    """The facts of an LLM's extraction reply, or None when it did not follow the prompt
+    (not a JSON array of strings) or invented something: every number and name in a fact
+    must appear in the source message."""
+    from memory.facts import key_facts
+
+    start, end = reply.find("["), reply.rfind("]")
+    if start < 0 or end < start:
+        return None
+    try:
+        items = json.loads(reply[start : end + 1])
+    except ValueError:
+        return None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        return None
+    allowed = key_facts(source) | {"the", "user"}
+    facts = []
+    for item in items:
+        text = re.sub(r"\s+", " ", item).strip()
+        if not text or len(text) > 300 or not key_facts(text) <= allowed:
+            return None
+        facts.append(text if text.endswith(".") else text + ".")
+    return facts

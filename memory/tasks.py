@@ -10,9 +10,12 @@ from django.db.models import Max
 from django.utils import timezone
 
 from agentplatform.audit import SYSTEM, audit_record
+from agents.llm import backend_for, options_for
+from agents.llm.base import ChatMessage, Done, LLMError
+from agents.llm.openai_compat import OpenAICompatibleBackend
 from agents.models import Message, Session
 from memory.conf import memory_settings
-from memory.extraction import extract_facts
+from memory.extraction import EXTRACTION_PROMPT, extract_facts, parse_llm_facts
 from memory.models import Summary
 from memory.semantic import Source, memory_upsert
 from memory.summaries import summary_create
@@ -27,7 +30,7 @@ def extract_memories(message_ids: list[int]) -> int:
     )
     for message in messages:
         session = message.session
-        for fact in extract_facts(message.content):
+        for fact in facts_of(message):
             memory, created = memory_upsert(
                 tenant=session.tenant,
                 user_id=session.user_id,
@@ -43,6 +46,30 @@ def extract_memories(message_ids: list[int]) -> int:
             )
             stored += 1
     return stored
+
+
+def facts_of(message: Message) -> list[str]:
+    """The LLM's extraction when the agent's LLM can do it and its answer holds up;
+    otherwise the rules'."""
+    agent = message.session.agent
+    mode = memory_settings().LLM_EXTRACTION
+    uses_llm = mode == "always" or (
+        mode == "auto" and isinstance(backend_for(agent), OpenAICompatibleBackend)
+    )
+    if uses_llm:
+        prompt = [ChatMessage("user", EXTRACTION_PROMPT.format(message=message.content))]
+        try:
+            done = next(
+                e
+                for e in backend_for(agent).stream(prompt, options_for(agent))
+                if isinstance(e, Done)
+            )
+        except (LLMError, StopIteration):
+            done = None
+        facts = parse_llm_facts(done.text, message.content) if done else None
+        if facts is not None:
+            return facts
+    return extract_facts(message.content)
 
 
 @shared_task(name="memory.compact_session", acks_late=True)
