@@ -1,0 +1,137 @@
+"""Admin for the memory tiers, with rollback and fork behind a confirmation page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from agentplatform.audit import Actor, audit_record
+from agents.engine.concurrency import SessionBusy
+from agents.models import Message, Session
+from memory.checkpoints import REVERSIBLE, checkpoint_fork, checkpoint_rollback
+from memory.models import Checkpoint, Memory, Summary
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "session",
+        "kind",
+        "high_water_seq",
+        "memory_tokens",
+        "undo_links",
+    ]
+    list_filter = ["kind", "tenant"]
+    raw_id_fields = ["session", "parent"]
+    readonly_fields = ["session", "parent", "kind", "high_water_seq", "memory_first_seq",
+                       "memory_tokens", "task_state", "metadata", "created_at"]  # fmt: skip
+    show_full_result_count = False
+
+    @admin.display(description="")
+    def undo_links(self, checkpoint: Checkpoint) -> str:
+        rollback = reverse("admin:memory_checkpoint_rollback", args=[checkpoint.pk])
+        fork = reverse("admin:memory_checkpoint_fork", args=[checkpoint.pk])
+        return format_html(
+            '<a href="{}">Roll back to here</a> · <a href="{}">Fork</a>', rollback, fork
+        )
+
+    def get_urls(self) -> list[Any]:
+        own = [
+            path("<uuid:pk>/rollback/", self.admin_site.admin_view(self.rollback_view),
+                 name="memory_checkpoint_rollback"),
+            path("<uuid:pk>/fork/", self.admin_site.admin_view(self.fork_view),
+                 name="memory_checkpoint_fork"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def rollback_view(self, request: HttpRequest, pk: str) -> HttpResponse:
+        checkpoint = get_object_or_404(self.get_queryset(request), pk=pk)
+        session = Session.objects.select_related("agent", "tenant").get(pk=checkpoint.session_id)
+        if request.method == "POST":
+            try:
+                receipt = checkpoint_rollback(session=session, checkpoint=checkpoint)
+            except SessionBusy as error:
+                self.message_user(request, str(error), messages.ERROR)
+                return HttpResponseRedirect(request.path)
+            audit_record(
+                tenant=session.tenant,
+                actor=_operator(request),
+                action="session.rollback",
+                target=session,
+                payload={
+                    "checkpoint": str(checkpoint.pk),
+                    "rolled_back_seqs": receipt.rolled_back_seqs,
+                },
+            )
+            self.message_user(
+                request, f"Rolled back: {len(receipt.rolled_back_seqs)} message(s) undone."
+            )
+            return HttpResponseRedirect(reverse("admin:agents_session_change", args=[session.pk]))
+        undone = Message.objects.filter(
+            session=session, seq__gt=checkpoint.high_water_seq, status__in=REVERSIBLE
+        ).order_by("seq")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Roll back this session?",
+            "checkpoint": checkpoint,
+            "session": session,
+            "undone": undone,
+            "summaries": Summary.objects.filter(
+                session=session, last_seq__gt=checkpoint.high_water_seq
+            ),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/memory/confirm_rollback.html", context)
+
+    def fork_view(self, request: HttpRequest, pk: str) -> HttpResponse:
+        checkpoint = get_object_or_404(self.get_queryset(request), pk=pk)
+        session = Session.objects.select_related("agent", "tenant").get(pk=checkpoint.session_id)
+        if request.method == "POST":
+            fork = checkpoint_fork(session=session, checkpoint=checkpoint)
+            audit_record(
+                tenant=session.tenant,
+                actor=_operator(request),
+                action="session.fork",
+                target=session,
+                payload={"checkpoint": str(checkpoint.pk), "fork": str(fork.pk)},
+            )
+            self.message_user(request, f"Forked into session {fork.pk}.")
+            return HttpResponseRedirect(reverse("admin:agents_session_change", args=[fork.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Fork this session?",
+            "checkpoint": checkpoint,
+            "session": session,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/memory/confirm_fork.html", context)
+
+
+def _operator(request: HttpRequest) -> Actor:
+    return Actor("operator", str(request.user.pk))
+
+
+@admin.register(Memory)
+class MemoryAdmin(admin.ModelAdmin):
+    list_display = ["text", "tenant", "user_id", "status", "updated_at", "last_retrieved_at"]
+    list_filter = ["status", "tenant"]
+    search_fields = ["text", "user_id"]
+    exclude = ["embedding"]
+    readonly_fields = ["sources", "embedding_model", "created_at", "updated_at",
+                       "last_retrieved_at"]  # fmt: skip
+    show_full_result_count = False
+
+
+@admin.register(Summary)
+class SummaryAdmin(admin.ModelAdmin):
+    list_display = ["session", "kind", "first_seq", "last_seq", "method", "created_at"]
+    list_filter = ["kind", "method", "tenant"]
+    raw_id_fields = ["session"]
+    show_full_result_count = False
