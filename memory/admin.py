@@ -128,6 +128,9 @@ class MemoryAdmin(admin.ModelAdmin):
                        "last_retrieved_at"]  # fmt: skip
     show_full_result_count = False
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # memories are embedded on write: add them through the API
+
 
 @admin.register(Summary)
 class SummaryAdmin(admin.ModelAdmin):
