@@ -16,6 +16,7 @@ from memory.api.views import (
     SessionForkView,
     SessionRollbackView,
     SessionSummariesViewSet,
+    UserEraseView,
 )
 
 router = SimpleRouter()
@@ -43,6 +44,7 @@ api_urls = [
     ),
     path("sessions/<str:session_pk>/rollback/", SessionRollbackView.as_view(), name="rollback"),
     path("sessions/<str:session_pk>/fork/", SessionForkView.as_view(), name="fork"),
+    path("users/<str:user_id>/erase/", UserEraseView.as_view(), name="user-erase"),
     path("invoke/", InvokeView.as_view(), name="invoke"),
     path(
         "schema/",

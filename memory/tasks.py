@@ -42,7 +42,8 @@ def extract_memories(message_ids: list[int]) -> int:
                 actor=SYSTEM,
                 action="memory.learned" if created else "memory.source_added",
                 target=memory,
-                payload={"message_id": message.pk, "text": memory.text},
+                # No text: the trail outlives erasure, so it keeps no personal data.
+                payload={"message_id": message.pk},
             )
             stored += 1
     return stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from django.db.models import QuerySet
@@ -36,6 +37,7 @@ from memory.api.serializers import (
     SummarySerializer,
 )
 from memory.checkpoints import checkpoint_fork, checkpoint_rollback
+from memory.erasure import user_erase
 from memory.models import Checkpoint, Memory, Summary
 from memory.semantic import Source, memory_search, memory_upsert
 
@@ -192,3 +194,13 @@ def _session_and_checkpoint(
     if checkpoint.session_id != session.pk:
         raise NotFound("No checkpoint with this id in this session.")
     return session, checkpoint
+
+
+class UserEraseView(APIView):
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request: Request, user_id: str) -> Response:
+        """Delete everything kept about this end user in every store; a receipt of counts."""
+        receipt = user_erase(
+            tenant=request_tenant(request), user_id=user_id, actor=actor_of(request)
+        )
+        return Response(asdict(receipt))
