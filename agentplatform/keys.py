@@ -61,3 +61,22 @@ def frame_stream(session_id: object) -> str:
 def listeners(session_id: object) -> str:
     """Set of channel names of sockets open on the session (skip fan-out when empty)."""
     return _key("listeners", session_id)
+
+
+def session_keys(session_id: object) -> list[str]:
+    """Every fixed-name key of one session (erasure deletes these, plus queue tickets)."""
+    return [
+        working_memory(session_id),
+        lease(session_id),
+        turn_queue(session_id),
+        turn_queue(session_id) + ":n",
+        cancel(session_id),
+        frame_seq(session_id),
+        frame_stream(session_id),
+        listeners(session_id),
+    ]
+
+
+def ticket_pattern(session_id: object) -> str:
+    """SCAN pattern of the session's queue-ticket heartbeats."""
+    return ticket_alive(session_id, "*")

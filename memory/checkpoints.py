@@ -19,7 +19,7 @@ from agentplatform.redis import get_redis
 from agents.engine.concurrency import SessionBusy, lease_try_acquire
 from agents.live import publish
 from agents.models import Message, Session
-from agents.services import session_open
+from agents.services import NewMessage, messages_append, session_open
 from memory.models import Checkpoint, Memory, Summary
 from memory.state import rebuild_working_memory
 from memory.working import wm_write
@@ -127,21 +127,14 @@ def checkpoint_fork(*, session: Session, checkpoint: Checkpoint) -> Session:
         history = Message.objects.filter(
             session=session, seq__lte=checkpoint.high_water_seq, status__in=REVERSIBLE
         ).order_by("seq")
-        copies = [
-            Message(
-                tenant_id=session.tenant_id,
-                session=fork,
-                seq=index,
-                role=m.role,
-                content=m.content,
-                token_count=m.token_count,
-                status=m.status,
-                metadata={**m.metadata, "forked_from_seq": m.seq},
-            )
-            for index, m in enumerate(history, start=1)
-        ]
-        Message.objects.bulk_create(copies)
-        Session.objects.filter(pk=fork.pk).update(next_seq=len(copies) + 1)
+        copies = messages_append(
+            session=fork,
+            messages=[
+                NewMessage(m.role, m.content, m.token_count, m.status,
+                           {**m.metadata, "forked_from_seq": m.seq})
+                for m in history
+            ],
+        )  # fmt: skip
         Checkpoint.objects.create(
             tenant_id=session.tenant_id,
             session=fork,

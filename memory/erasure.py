@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass
 from django.db import transaction
 from django.db.models import Q
 
+from agentplatform import keys
 from agentplatform.audit import Actor, audit_record
 from agentplatform.models import IdempotencyRecord, Tenant
 from agentplatform.redis import get_redis
 from agents.models import Message, Session
 from memory.models import Checkpoint, Memory, Summary
-
-SESSION_KEY_KINDS = ("wm", "lease", "queue", "cancel", "frameseq", "frames", "listeners")
 
 
 @dataclass
@@ -76,14 +75,10 @@ def _erase_idempotency(tenant: Tenant, session_ids: list[uuid.UUID]) -> int:
 
 
 def _erase_redis(session_ids: list[uuid.UUID]) -> int:
-    from django.conf import settings
-
     client = get_redis()
-    prefix = settings.REDIS_KEY_PREFIX
     erased = 0
     for session_id in session_ids:
-        keys = [f"{prefix}:{kind}:{session_id}" for kind in SESSION_KEY_KINDS]
-        keys += [f"{prefix}:queue:{session_id}:n"]
-        keys += [k.decode() for k in client.scan_iter(match=f"{prefix}:queue:{session_id}:alive:*")]
-        erased += int(client.delete(*keys))  # type: ignore[arg-type]
+        names = keys.session_keys(session_id)
+        names += [k.decode() for k in client.scan_iter(match=keys.ticket_pattern(session_id))]
+        erased += int(client.delete(*names))  # type: ignore[arg-type]
     return erased

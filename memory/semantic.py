@@ -138,8 +138,10 @@ def memory_search(
 
     With `agent`, memories of that agent and the user's agent-independent ones.
     """
-    vector = get_embedder().embed([about_the_user(query)])[0]
     size = _partition_size(tenant, user_id)
+    if size == 0:  # every turn asks; most end users have nothing yet: skip the embedding
+        return []
+    vector = get_embedder().embed([about_the_user(query)])[0]
     if size <= memory_settings().EXACT_SCAN_LIMIT:
         hits = _exact_search(tenant, user_id, vector, k=k, agent=agent)
     else:
