@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import Q
+
 from agentplatform.models import Tenant
 from agents.engine.ports import ContextExtras
 from agents.llm.base import ChatMessage, estimate_tokens
@@ -101,13 +103,13 @@ def _when(summary: Summary, session: Session) -> str:
 def _recent_summaries(session: Session, first_in_memory: int | None, limit: int) -> list[Summary]:
     """This session's compactions of messages no longer in working memory, and the end
     user's other sessions' summaries: the newest `limit`."""
-    own = Summary.objects.filter(session=session, kind=Summary.Kind.COMPACTION)
+    own = Q(session=session, kind=Summary.Kind.COMPACTION)
     if first_in_memory is not None:
-        own = own.filter(last_seq__lt=first_in_memory)
-    others = Summary.objects.filter(
-        tenant_id=session.tenant_id, user_id=session.user_id, kind=Summary.Kind.SESSION
-    ).exclude(session=session)
-    recent = list(own.order_by("-created_at")[:limit]) + list(
-        others.order_by("-created_at")[:limit]
+        own &= Q(last_seq__lt=first_in_memory)
+    others = Q(kind=Summary.Kind.SESSION) & ~Q(session=session)
+    # One query on every turn, through the (tenant, user_id, -created_at) index.
+    return list(
+        Summary.objects.filter(tenant_id=session.tenant_id, user_id=session.user_id)
+        .filter(own | others)
+        .order_by("-created_at")[:limit]
     )
-    return sorted(recent, key=lambda s: s.created_at, reverse=True)[:limit]

@@ -115,6 +115,8 @@ def extractive_summary(transcript: str, facts: set[str]) -> str:
 
 def compaction_due(session: Session, first_in_memory: int) -> tuple[int, int] | None:
     """The range to compact when enough messages fell out of working memory unsummarised."""
+    if first_in_memory - 1 < memory_settings().COMPACTION_MIN_MESSAGES:
+        return None  # nothing can be due yet: spare the turn a query
     covered = (
         Summary.objects.filter(session=session, kind=Summary.Kind.COMPACTION)
         .order_by("-last_seq")
