@@ -63,6 +63,26 @@ def listeners(session_id: object) -> str:
     return _key("listeners", session_id)
 
 
+def compaction_scheduled(session_id: object) -> str:
+    """Set while a compaction task of the session is queued or running (TTL: minutes)."""
+    return _key("compacting", session_id)
+
+
+def pending_extraction(tenant_id: object) -> str:
+    """List of the tenant's user-message ids awaiting memory extraction (TTL: a day)."""
+    return _key("extract", tenant_id)
+
+
+def extraction_scheduled(tenant_id: object) -> str:
+    """Set while an extraction task of the tenant is queued (TTL: a minute)."""
+    return _key("extract", tenant_id, "scheduled")
+
+
+def extraction_running(tenant_id: object) -> str:
+    """Held by the extraction task draining the tenant's list (TTL: minutes)."""
+    return _key("extract", tenant_id, "running")
+
+
 def session_keys(session_id: object) -> list[str]:
     """Every fixed-name key of one session (erasure deletes these, plus queue tickets)."""
     return [
@@ -74,6 +94,7 @@ def session_keys(session_id: object) -> list[str]:
         frame_seq(session_id),
         frame_stream(session_id),
         listeners(session_id),
+        compaction_scheduled(session_id),
     ]
 
 

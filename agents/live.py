@@ -26,13 +26,20 @@ from agents.conf import agents_settings
 LocalSink = Callable[[str, dict[str, Any]], None]
 SEQ_TTL_SECONDS = 30 * 86_400
 
+# One call numbers and stores a batch of ARGV[4] frames: ARGV[5..] are frame bodies without
+# their closing brace, each completed with its seq.
 _PUBLISH = """
-local seq = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local frame = ARGV[1] .. ',"seq":' .. seq .. '}'
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'f', frame)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {seq, frame, redis.call('SCARD', KEYS[3])}
+local before = redis.call('INCRBY', KEYS[1], ARGV[4]) - ARGV[4]
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local frames = {}
+for i = 5, #ARGV do
+  local seq = before + i - 4
+  local frame = ARGV[i] .. ',"seq":' .. seq .. '}'
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-1', 'f', frame)
+  frames[#frames + 1] = frame
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {before + 1, redis.call('SCARD', KEYS[3]), frames}
 """
 
 
@@ -65,9 +72,21 @@ def publish(
 
     `fanout` delivers it to the session's sockets when any listens (default: a group_send
     right away; the websocket consumer passes one that batches on its event loop)."""
+    return publish_many(session_id, [(frame_type, payload)], fanout)[0]
+
+
+def publish_many(
+    session_id: uuid.UUID | str,
+    frames: list[tuple[str, dict[str, Any]]],
+    fanout: Fanout | None = None,
+) -> list[dict]:
+    """Number, store and fan out several frames in one Redis round trip, in order."""
     conf = agents_settings()
-    body = json.dumps({"type": frame_type, **payload}, separators=(",", ":"), default=str)
-    seq, frame, listening = cast(
+    bodies = [
+        json.dumps({"type": frame_type, **payload}, separators=(",", ":"), default=str)[:-1]
+        for frame_type, payload in frames
+    ]
+    first, listening, stored = cast(
         list[Any],
         get_redis().eval(
             _PUBLISH,
@@ -75,16 +94,19 @@ def publish(
             keys.frame_seq(session_id),
             keys.frame_stream(session_id),
             keys.listeners(session_id),
-            body[:-1],
             conf.FRAME_STREAM_MAXLEN,
             SEQ_TTL_SECONDS,
             conf.FRAME_RETENTION_SECONDS,
+            len(bodies),
+            *bodies,
         ),
     )
-    text = frame.decode() if isinstance(frame, bytes) else frame
+    texts = [frame.decode() if isinstance(frame, bytes) else frame for frame in stored]
     if int(listening):
-        (fanout or group_send_now(session_id))(int(seq), text)
-    return cast(dict, json.loads(text))
+        send = fanout or group_send_now(session_id)
+        for offset, text in enumerate(texts):
+            send(int(first) + offset, text)
+    return [cast(dict, json.loads(text)) for text in texts]
 
 
 def frames_after(session_id: uuid.UUID | str, after_seq: int) -> list[tuple[int, str]]:
@@ -126,16 +148,27 @@ class FramePublisher:
             if time.monotonic() - self._flushed_at >= self.flush_seconds:
                 self.flush()
             return
-        self.flush()
-        self._send(frame_type, payload)
+        self.many([(frame_type, payload)])
+
+    def many(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish these frames, after any pending tokens, in one round trip."""
+        self._send([*self._take_tokens(), *frames])
 
     def flush(self) -> None:
-        if self._pending:
-            delta, self._pending = "".join(self._pending), []
-            self._send("token", {"delta": delta})
-        self._flushed_at = time.monotonic()
+        self._send(self._take_tokens())
 
-    def _send(self, frame_type: str, payload: dict[str, Any]) -> None:
-        frame = publish(self.session_id, frame_type, {**payload, **self.extra}, self.fanout)
+    def _take_tokens(self) -> list[tuple[str, dict[str, Any]]]:
+        self._flushed_at = time.monotonic()
+        if not self._pending:
+            return []
+        delta, self._pending = "".join(self._pending), []
+        return [("token", {"delta": delta})]
+
+    def _send(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
+        if not frames:
+            return
+        stamped = [(frame_type, {**payload, **self.extra}) for frame_type, payload in frames]
+        published = publish_many(self.session_id, stamped, self.fanout)
         if self.local is not None:
-            self.local(frame_type, frame)
+            for (frame_type, _), frame in zip(frames, published, strict=True):
+                self.local(frame_type, frame)

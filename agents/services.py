@@ -74,30 +74,74 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class SeqRef:
+    """A value of a companion row: the seq the `index`-th appended message receives."""
+
+    index: int
+
+
+NOW = object()  # a companion row's value: the time it is written (ordered within a transaction)
+
+
+@dataclass(frozen=True)
+class CompanionRow:
+    """A row written by the same statement as the messages, so that it commits with them
+    without a transaction's extra round trips (a turn's checkpoint). Its values may be
+    SeqRefs or NOW; it is written only when the messages are (the fence holds)."""
+
+    table: str
+    values: dict[str, Any]
+
+
 # One statement, one round trip: reserve the seqs on the session row (the row lock orders
-# concurrent appenders) and insert the messages with them. With a fence, a taken-over lease
-# matches no session row, so nothing is inserted.
+# concurrent appenders) and insert the messages with them (and the companion row). With a
+# fence, a taken-over lease matches no session row, so nothing is inserted.
 _APPEND = """
 WITH reserved AS (
     UPDATE agents_session SET next_seq = next_seq + %(count)s, last_activity_at = now()
     WHERE id = %(session)s {fence}
     RETURNING next_seq - %(count)s AS first_seq
-)
-INSERT INTO agents_message
-    (tenant_id, session_id, seq, role, content, token_count, status, metadata, created_at)
-SELECT %(tenant)s, %(session)s, reserved.first_seq + m.ord - 1, m.role, m.content, m.tokens,
-       m.status, m.metadata::jsonb, now()
-FROM reserved, unnest(
-    %(roles)s::text[], %(contents)s::text[], %(tokens)s::int[], %(statuses)s::text[],
-    %(metadata)s::text[]
-) WITH ORDINALITY AS m(role, content, tokens, status, metadata, ord)
-ORDER BY m.ord
-RETURNING id, seq, created_at
+), appended AS (
+    INSERT INTO agents_message
+        (tenant_id, session_id, seq, role, content, token_count, status, metadata, created_at)
+    SELECT %(tenant)s, %(session)s, reserved.first_seq + m.ord - 1, m.role, m.content,
+           m.tokens, m.status, m.metadata::jsonb, now()
+    FROM reserved, unnest(
+        %(roles)s::text[], %(contents)s::text[], %(tokens)s::int[], %(statuses)s::text[],
+        %(metadata)s::text[]
+    ) WITH ORDINALITY AS m(role, content, tokens, status, metadata, ord)
+    ORDER BY m.ord
+    RETURNING id, seq, created_at
+){companion}
+SELECT id, seq, created_at FROM appended
 """
 
 
+def _companion_sql(row: CompanionRow, params: dict[str, Any]) -> str:
+    columns, values = [], []
+    for index, (column, value) in enumerate(row.values.items()):
+        columns.append(column)
+        if isinstance(value, SeqRef):
+            values.append(f"reserved.first_seq + {int(value.index)}")
+        elif value is NOW:
+            values.append("clock_timestamp()")
+        else:
+            params[f"c{index}"] = value
+            values.append(f"%(c{index})s")
+    # Table and column names come from code, values travel as parameters.
+    return (
+        f", companion AS (INSERT INTO {row.table} ({', '.join(columns)}) "  # noqa: S608
+        f"SELECT {', '.join(values)} FROM reserved)"
+    )
+
+
 def messages_append(
-    *, session: Session, messages: Sequence[NewMessage], fence: uuid.UUID | None = None
+    *,
+    session: Session,
+    messages: Sequence[NewMessage],
+    fence: uuid.UUID | None = None,
+    companion: CompanionRow | None = None,
 ) -> list[Message]:
     """Append messages with the next `seq` numbers, gapless and strictly increasing.
 
@@ -118,7 +162,10 @@ def messages_append(
         "statuses": [m.status for m in messages],
         "metadata": [json.dumps(m.metadata or {}) for m in messages],
     }
-    sql = _APPEND.format(fence="AND lease_holder = %(fence)s" if fence else "")
+    sql = _APPEND.format(
+        fence="AND lease_holder = %(fence)s" if fence else "",
+        companion=_companion_sql(companion, params) if companion else "",
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         inserted = sorted(cursor.fetchall(), key=lambda row: row[1])

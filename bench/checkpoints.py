@@ -1,6 +1,8 @@
 """Checkpoint cost and storage, against LangGraph's PostgresSaver on the same PostgreSQL.
 
-- write cost p50/p99 of one checkpoint per granularity policy (the insert inside a turn);
+- write cost p50/p99 per granularity policy: a checkpoint is written by the statement that
+  appends the turn's messages, so this times that statement, and the checkpoint's own share
+  as the difference to the same statement without one (policy `transitions`, no step change);
 - storage bytes (messages + checkpoints) after 100, 500 and 1,000 turns of one session, and
   bytes per turn in each stretch (linear: constant within 10%);
 - LangGraph (MessagesState, one node) over the same 1,000-turn conversation: its checkpoint
@@ -24,19 +26,19 @@ MARKS = (100, 500, 1_000)
 TEXT = "turn {i}: please keep note of order number {i} and the delivery window we discussed"
 
 
-def _timed_checkpoints(times: list[float]) -> None:
-    from memory.state import PlatformState
+def _timed_writes(times: list[float]) -> None:
+    from agents.engine import turn
 
-    original = PlatformState.write_checkpoint
+    original = turn.messages_append
 
-    def timed(self: Any, **kwargs: Any) -> Any:
+    def timed(**kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
-            return original(self, **kwargs)
+            return original(**kwargs)
         finally:
             times.append(time.perf_counter() - started)
 
-    PlatformState.write_checkpoint = timed  # type: ignore[method-assign]
+    turn.messages_append = timed  # type: ignore[assignment]
 
 
 def _ours(tenant: Any, agent_for: Any) -> tuple[dict[str, Any], dict[str, Any], list[int]]:
@@ -46,14 +48,17 @@ def _ours(tenant: Any, agent_for: Any) -> tuple[dict[str, Any], dict[str, Any], 
 
     writes: dict[str, Any] = {}
     times: list[float] = []
-    _timed_checkpoints(times)
-    for policy in ("every_llm_call", "every_turn"):
+    _timed_writes(times)
+    for policy in ("every_llm_call", "every_turn", "transitions"):
         times.clear()
         session = session_open(tenant=tenant, agent=agent_for(policy), user_id=policy)
         session = Session.objects.select_related("agent").get(pk=session.pk)
         for i in range(200):
             turn_run(session=session, content=TEXT.format(i=i))
         writes[policy] = summary_ms(times)
+    writes["checkpoint_share_p50_ms"] = round(
+        writes["every_turn"]["p50_ms"] - writes["transitions"]["p50_ms"], 3
+    )
     times.clear()
     session = session_open(tenant=tenant, agent=agent_for("every_turn"), user_id="growth")
     session = Session.objects.select_related("agent").get(pk=session.pk)
@@ -142,7 +147,7 @@ def main() -> None:
         policy: agent_create(
             tenant=tenant, name=policy, system_prompt="Be brief.", checkpoint_policy=policy
         )
-        for policy in ("every_llm_call", "every_turn")
+        for policy in ("every_llm_call", "every_turn", "transitions")
     }
     writes, sizes, curve = _ours(tenant, agents.__getitem__)
     per_turn = {

@@ -28,6 +28,9 @@ class MemorySettings:
     # endpoint: the bundled 135M model cannot follow the prompt), "always", or "never"
     # (rules only). A reply that is not a JSON list of grounded facts falls back to rules.
     LLM_EXTRACTION: str = "auto"
+    # Memory extraction starts this long after a turn, so a busy tenant's turns share one
+    # Celery task (memory/followups.py).
+    EXTRACTION_DELAY_SECONDS: float = 2.0
     # Messages that fell out of working memory are compacted in batches of at least this.
     COMPACTION_MIN_MESSAGES: int = 8
     SUMMARY_PROMPT_VERSION: str = "v1"

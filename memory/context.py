@@ -9,18 +9,38 @@ summaries newest first. What each turn used is recorded on its reply for the ins
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from django.db.models import Q
+from django.db import connection
 
 from agentplatform.models import Tenant
 from agents.engine.ports import ContextExtras
 from agents.llm.base import ChatMessage, estimate_tokens
 from agents.models import Agent, Session
 from memory.conf import memory_settings
-from memory.models import Summary
 from memory.semantic import memory_search
+
+
+class SummaryRow(NamedTuple):
+    id: str
+    session_id: str
+    kind: str
+    first_seq: int
+    last_seq: int
+    text: str
+    created_at: datetime
+
+
+@dataclass
+class Lookup:
+    """What a turn needs from PostgreSQL before it calls the LLM, read in one round trip."""
+
+    memories: int  # the end user's active memories, counted up to EXACT_SCAN_LIMIT + 1
+    compacted_through: int  # this session's messages up to here are summarised
+    summaries: list[SummaryRow]
 
 
 @dataclass
@@ -37,13 +57,15 @@ def compile_extras(
     parts = Parts()
     conf = memory_settings()
     tenant = Tenant(pk=session.tenant_id)
-    if query.strip():
+    lookup = turn_lookup(session, first_in_memory)
+    if query.strip() and lookup.memories:
         hits = memory_search(
             tenant=tenant,
             user_id=session.user_id,
             query=query,
             k=conf.CONTEXT_MEMORIES,
             agent=agent,
+            partition_size=lookup.memories,
         )
         for hit in hits:
             if hit.score < conf.MIN_SCORE:
@@ -54,13 +76,13 @@ def compile_extras(
             parts.memories.append(
                 {"id": str(hit.memory.pk), "score": round(hit.score, 4), "text": hit.memory.text}
             )
-    for summary in _recent_summaries(session, first_in_memory, conf.CONTEXT_SUMMARIES):
+    for summary in lookup.summaries:
         line = f"- ({_when(summary, session)}) {summary.text}"
         if not _fits(parts, line, budget):
             break
         parts.summaries.append(
             {
-                "id": str(summary.pk),
+                "id": summary.id,
                 "session": str(summary.session_id),
                 "kind": summary.kind,
                 "first_seq": summary.first_seq,
@@ -71,6 +93,7 @@ def compile_extras(
         messages=_render(parts),
         tokens=parts.tokens,
         record={"memories": parts.memories, "summaries": parts.summaries},
+        compacted_through=lookup.compacted_through,
     )
 
 
@@ -94,22 +117,55 @@ def _render(parts: Parts) -> list[ChatMessage]:
     return [ChatMessage("system", "\n\n".join(blocks))] if blocks else []
 
 
-def _when(summary: Summary, session: Session) -> str:
-    if summary.session_id == session.pk:
+def _when(summary: SummaryRow, session: Session) -> str:
+    if summary.session_id == str(session.pk):
         return f"earlier in this conversation, messages {summary.first_seq}-{summary.last_seq}"
     return f"a previous conversation on {summary.created_at:%Y-%m-%d}"
 
 
-def _recent_summaries(session: Session, first_in_memory: int | None, limit: int) -> list[Summary]:
-    """This session's compactions of messages no longer in working memory, and the end
-    user's other sessions' summaries: the newest `limit`."""
-    own = Q(session=session, kind=Summary.Kind.COMPACTION)
-    if first_in_memory is not None:
-        own &= Q(last_seq__lt=first_in_memory)
-    others = Q(kind=Summary.Kind.SESSION) & ~Q(session=session)
-    # One query on every turn, through the (tenant, user_id, -created_at) index.
-    return list(
-        Summary.objects.filter(tenant_id=session.tenant_id, user_id=session.user_id)
-        .filter(own | others)
-        .order_by("-created_at")[:limit]
+# Three lookups, one statement: the size of the end user's memory partition (counting
+# stops one past the exact-scan limit: the search plan only needs to know which side it is
+# on), how far this session is compacted, and the newest summaries for the context: this
+# session's compactions of messages no longer in working memory and the end user's other
+# sessions' summaries, through the (tenant, user_id, -created_at) index.
+_LOOKUP = """
+SELECT
+  (SELECT count(*) FROM (
+     SELECT 1 FROM memory_memory
+     WHERE tenant_id = %(tenant)s AND user_id = %(user)s AND status = 'active' LIMIT %(cap)s
+   ) partition),
+  (SELECT coalesce(max(last_seq), 0) FROM memory_summary
+   WHERE session_id = %(session)s AND kind = 'compaction'),
+  (SELECT coalesce(json_agg(recent), '[]') FROM (
+     SELECT id, session_id, kind, first_seq, last_seq, text, created_at FROM memory_summary
+     WHERE tenant_id = %(tenant)s AND user_id = %(user)s
+       AND ((session_id = %(session)s AND kind = 'compaction'
+             AND (%(first)s::int IS NULL OR last_seq < %(first)s::int))
+            OR (session_id <> %(session)s AND kind = 'session'))
+     ORDER BY created_at DESC LIMIT %(limit)s
+   ) recent)
+"""
+
+
+def turn_lookup(session: Session, first_in_memory: int | None) -> Lookup:
+    conf = memory_settings()
+    params: dict[str, Any] = {
+        "tenant": session.tenant_id,
+        "user": session.user_id,
+        "session": session.pk,
+        "cap": conf.EXACT_SCAN_LIMIT + 1,
+        "first": first_in_memory,
+        "limit": conf.CONTEXT_SUMMARIES,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_LOOKUP, params)
+        memories, compacted_through, summaries = cursor.fetchone()
+    rows = json.loads(summaries) if isinstance(summaries, str) else summaries
+    return Lookup(
+        memories=int(memories),
+        compacted_through=int(compacted_through),
+        summaries=[
+            SummaryRow(**{**row, "created_at": datetime.fromisoformat(row["created_at"])})
+            for row in rows
+        ],
     )

@@ -133,12 +133,14 @@ def memory_search(
     k: int = 5,
     agent: Agent | None = None,
     touch: bool = True,
+    partition_size: int | None = None,
 ) -> list[Hit]:
     """The k memories of this end user most similar to `query` (score = cosine similarity).
 
-    With `agent`, memories of that agent and the user's agent-independent ones.
+    With `agent`, memories of that agent and the user's agent-independent ones. A caller
+    that already counted the partition (the turn's lookup) passes `partition_size`.
     """
-    size = _partition_size(tenant, user_id)
+    size = _partition_size(tenant, user_id) if partition_size is None else partition_size
     if size == 0:  # every turn asks; most end users have nothing yet: skip the embedding
         return []
     vector = get_embedder().embed([about_the_user(query)])[0]

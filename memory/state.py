@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
+from psycopg.types.json import Jsonb
 
 from agents.engine.context import working_memory_budget
-from agents.engine.ports import CheckpointRecord, ContextExtras, WorkingMemory
+from agents.engine.ports import ContextExtras, WorkingMemory
 from agents.models import Agent, Message, Session
+from agents.services import NOW, CompanionRow, SeqRef
 from memory.context import compile_extras
+from memory.followups import compaction_request, extraction_request
 from memory.models import Checkpoint
-from memory.summaries import compaction_due
-from memory.tasks import compact_session, extract_memories
+from memory.summaries import compaction_range
 from memory.working import wm_fit, wm_read, wm_rebuild, wm_write
-
-# On every turn's path: one statement, no model instance (see bench/turn_overhead.py).
-_INSERT_CHECKPOINT = """
-INSERT INTO memory_checkpoint (id, tenant_id, session_id, parent_id, kind, high_water_seq,
-    memory_first_seq, memory_tokens, task_state, metadata, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, clock_timestamp())
-"""
 
 
 class PlatformState:
@@ -35,15 +29,22 @@ class PlatformState:
         )
 
     def after_turn(
-        self, *, session: Session, agent: Agent, messages: list[Message], memory: WorkingMemory
+        self,
+        *,
+        session: Session,
+        agent: Agent,
+        messages: list[Message],
+        memory: WorkingMemory,
+        extras: ContextExtras,
     ) -> None:
         user_ids = [m.pk for m in messages if m.role == Message.Role.USER]
-        transaction.on_commit(lambda: extract_memories.delay(user_ids))
+        tenant_id = session.tenant_id
+        transaction.on_commit(lambda: extraction_request(tenant_id, user_ids))
         first = next((m.seq for m in memory.messages), memory.high_water_seq + 1)
-        due = compaction_due(session, first)
+        due = compaction_range(extras.compacted_through, first)
         if due is not None:
-            session_id = str(session.pk)
-            transaction.on_commit(lambda: compact_session.delay(session_id, *due))
+            session_id = session.pk
+            transaction.on_commit(lambda: compaction_request(session_id, *due))
 
     def load_working_memory(self, *, session: Session, agent: Agent) -> WorkingMemory:
         memory = wm_read(session)
@@ -59,33 +60,42 @@ class PlatformState:
     def fit_working_memory(self, *, memory: WorkingMemory, budget: int) -> WorkingMemory:
         return wm_fit(memory, budget)
 
-    def write_checkpoint(
+    def checkpoint_row(
         self,
         *,
         session: Session,
         kind: str,
         memory: WorkingMemory,
-        messages: list[Message],
+        new_messages: int,
         metadata: dict[str, Any],
-    ) -> CheckpointRecord:
+    ) -> tuple[uuid.UUID, CompanionRow]:
+        # Written by the statement that appends the turn's messages: one round trip, no
+        # model instance (bench/turn_overhead.py). Messages are referenced by seq, never
+        # copied, so storage grows linearly with turns.
         checkpoint_id = uuid.uuid4()
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _INSERT_CHECKPOINT,
-                [
-                    checkpoint_id,
-                    session.tenant_id,
-                    session.pk,
-                    memory.checkpoint_id,
-                    kind,
-                    memory.high_water_seq,
-                    memory.messages[0].seq if memory.messages else None,
-                    memory.tokens,
-                    json.dumps(memory.task_state),
-                    json.dumps(metadata),
-                ],
-            )
-        return CheckpointRecord(checkpoint_id, kind, memory.high_water_seq)
+        first = memory.messages[0].seq if memory.messages else None
+        row = CompanionRow(
+            "memory_checkpoint",
+            {
+                "id": checkpoint_id,
+                "tenant_id": session.tenant_id,
+                "session_id": session.pk,
+                "parent_id": memory.checkpoint_id,
+                "kind": kind,
+                "high_water_seq": SeqRef(new_messages - 1),
+                "memory_first_seq": _seq_value(first),
+                "memory_tokens": memory.tokens,
+                "task_state": Jsonb(memory.task_state),
+                "metadata": Jsonb(metadata),
+                "created_at": NOW,
+            },
+        )
+        return checkpoint_id, row
+
+
+def _seq_value(seq: int | None) -> int | SeqRef | None:
+    """A working-memory seq; a new message's is still unknown (-1 - its index)."""
+    return SeqRef(-1 - seq) if seq is not None and seq < 0 else seq
 
 
 def _latest_checkpoint(session: Session) -> dict[str, Any] | None:

@@ -113,18 +113,9 @@ def extractive_summary(transcript: str, facts: set[str]) -> str:
     return text or transcript[:2000]
 
 
-def compaction_due(session: Session, first_in_memory: int) -> tuple[int, int] | None:
+def compaction_range(compacted_through: int, first_in_memory: int) -> tuple[int, int] | None:
     """The range to compact when enough messages fell out of working memory unsummarised."""
-    if first_in_memory - 1 < memory_settings().COMPACTION_MIN_MESSAGES:
-        return None  # nothing can be due yet: spare the turn a query
-    covered = (
-        Summary.objects.filter(session=session, kind=Summary.Kind.COMPACTION)
-        .order_by("-last_seq")
-        .values_list("last_seq", flat=True)
-        .first()
-        or 0
-    )
-    first, last = covered + 1, first_in_memory - 1
+    first, last = compacted_through + 1, first_in_memory - 1
     if last - first + 1 >= memory_settings().COMPACTION_MIN_MESSAGES:
         return first, last
     return None

@@ -4,12 +4,15 @@ service called; each is safe to run twice."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 
 from celery import shared_task
 from django.db.models import Max
 from django.utils import timezone
 
+from agentplatform import keys
 from agentplatform.audit import SYSTEM, audit_record
+from agentplatform.redis import get_redis
 from agents.llm import backend_for, options_for
 from agents.llm.base import ChatMessage, Done, LLMError
 from agents.llm.openai_compat import OpenAICompatibleBackend
@@ -73,15 +76,66 @@ def facts_of(message: Message) -> list[str]:
     return extract_facts(message.content)
 
 
+SCHEDULED_TTL_SECONDS = 60
+RUNNING_TTL_SECONDS = 600
+DRAIN_BATCH = 200
+
+
+@shared_task(name="memory.extract_pending", acks_late=True)
+def extract_pending(tenant_id: str) -> int:
+    """Extract memories from the tenant's pending messages, oldest first (the list and its
+    flags: memory/followups.py). Ids leave the list only once processed."""
+    client = get_redis()
+    pending = keys.pending_extraction(tenant_id)
+    running = keys.extraction_running(tenant_id)
+    client.delete(keys.extraction_scheduled(tenant_id))
+    if not client.set(running, "1", nx=True, ex=RUNNING_TTL_SECONDS):
+        # Another run drains the list now; look again once it is likely done.
+        extract_pending.apply_async((tenant_id,), countdown=SCHEDULED_TTL_SECONDS)
+        return 0
+    stored = 0
+    try:
+        while True:
+            raw = cast(list[bytes], client.lrange(pending, 0, DRAIN_BATCH - 1))
+            if not raw:
+                return stored
+            stored += extract_memories([int(item) for item in raw])
+            client.ltrim(pending, len(raw), -1)
+    finally:
+        client.delete(running)
+
+
+@shared_task(name="memory.extract_pending_sweep")
+def extract_pending_sweep() -> int:
+    """Beat: schedule extraction for tenants whose ids wait with no task queued (a task
+    was lost, or the tenant went quiet right after its flag expired)."""
+    client = get_redis()
+    scheduled = 0
+    prefix = keys.pending_extraction("")
+    for name in client.scan_iter(match=keys.pending_extraction("*"), count=500):
+        tenant_id = name.decode()[len(prefix) :]
+        if ":" in tenant_id or not client.llen(name):
+            continue
+        flag = keys.extraction_scheduled(tenant_id)
+        if client.set(flag, "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
+            extract_pending.delay(tenant_id)
+            scheduled += 1
+    return scheduled
+
+
 @shared_task(name="memory.compact_session", acks_late=True)
 def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | None:
-    session = Session.objects.select_related("agent").filter(pk=session_id).first()
-    if session is None:
-        return None
-    summary = summary_create(
-        session=session, kind=Summary.Kind.COMPACTION, first_seq=first_seq, last_seq=last_seq
-    )
-    return str(summary.pk) if summary else None
+    try:
+        session = Session.objects.select_related("agent").filter(pk=session_id).first()
+        if session is None:
+            return None
+        summary = summary_create(
+            session=session, kind=Summary.Kind.COMPACTION, first_seq=first_seq, last_seq=last_seq
+        )
+        return str(summary.pk) if summary else None
+    finally:
+        # The next turn may ask again (memory/followups.py deduplicates while this runs).
+        get_redis().delete(keys.compaction_scheduled(session_id))
 
 
 @shared_task(name="memory.summarize_session", acks_late=True)

@@ -17,6 +17,7 @@ from django.utils.module_loading import import_string
 from agents.conf import agents_settings
 from agents.llm.base import ChatMessage
 from agents.models import Agent, Message, Session
+from agents.services import CompanionRow
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ContextExtras:
     messages: list[ChatMessage] = field(default_factory=list)
     tokens: int = 0
     record: dict[str, Any] = field(default_factory=dict)
+    compacted_through: int = 0  # the session's messages up to this seq are summarised
 
 
 @dataclass(frozen=True)
@@ -97,22 +99,30 @@ class StateBackend(Protocol):
         ...
 
     def after_turn(
-        self, *, session: Session, agent: Agent, messages: list[Message], memory: WorkingMemory
+        self,
+        *,
+        session: Session,
+        agent: Agent,
+        messages: list[Message],
+        memory: WorkingMemory,
+        extras: ContextExtras,
     ) -> None:
         """Inside the turn's transaction: schedule what follows it (extraction,
         compaction) for after the commit."""
         ...
 
-    def write_checkpoint(
+    def checkpoint_row(
         self,
         *,
         session: Session,
         kind: str,
         memory: WorkingMemory,
-        messages: list[Message],
+        new_messages: int,
         metadata: dict[str, Any],
-    ) -> CheckpointRecord:
-        """Inside the turn's transaction, after its messages are written."""
+    ) -> tuple[uuid.UUID, CompanionRow]:
+        """The checkpoint to write with the next `new_messages` messages (in the statement
+        that appends them). `memory` is the working memory after them, in which a message
+        not yet written has seq -1 - its index among them."""
         ...
 
 

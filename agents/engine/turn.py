@@ -40,7 +40,7 @@ from agents.llm.base import (
     estimate_tokens,
 )
 from agents.models import Agent, Message, Session
-from agents.services import NewMessage, StaleLease, messages_append
+from agents.services import CompanionRow, NewMessage, StaleLease, messages_append
 
 Emit = Callable[[str, dict[str, Any]], None]
 CANCEL_CHECK_SECONDS = 0.02
@@ -166,7 +166,7 @@ def _run_holding_lease(
     agent: Agent,
     content: str,
     lease: Lease,
-    emit: Emit,
+    emit: FramePublisher,
     metadata: dict[str, Any],
 ) -> TurnResult:
     state = state_backend()
@@ -243,7 +243,7 @@ def _persist(
     extras: ContextExtras,
     user: WorkingMessage,
     generation: _Generation,
-    emit: Emit,
+    emit: FramePublisher,
     metadata: dict[str, Any],
     backend: LLMBackend,
 ) -> TurnResult:
@@ -253,35 +253,41 @@ def _persist(
     usage_meta = _usage_meta(generation)
     compiled = compiled_record(agent, context, extras)
     usage_meta["context"] = compiled
-    with transaction.atomic():
-        user_row, reply_row = messages_append(
-            session=session,
-            fence=uuid.UUID(lease.holder),
-            messages=[
-                NewMessage(Message.Role.USER, user.content, user.tokens, user_status, metadata),
-                NewMessage(
-                    Message.Role.ASSISTANT, generation.text, reply_tokens, reply_status, usage_meta
-                ),
-            ],
-        )
-        memory = _next_memory(context, user_row, reply_row, generation, outcome)
-        memory = state.fit_working_memory(memory=memory, budget=working_memory_budget(agent))
-        checkpoint = _maybe_checkpoint(
-            session, agent, context, memory, [user_row, reply_row], usage_meta, outcome
-        )
-        if checkpoint is not None:
-            memory = replace(memory, checkpoint_id=str(checkpoint.id))
-        transaction.on_commit(lambda: _announce(user_row, reply_row, checkpoint, emit))
-        state.after_turn(
-            session=session, agent=agent, messages=[user_row, reply_row], memory=memory
-        )
+    new = [
+        NewMessage(Message.Role.USER, user.content, user.tokens, user_status, metadata),
+        NewMessage(Message.Role.ASSISTANT, generation.text, reply_tokens, reply_status, usage_meta),
+    ]
+    # The working memory after the turn is known before its messages have seqs (fitting
+    # looks at tokens only), so its checkpoint is written by the same statement as them.
+    after = _next_memory(context, new, generation, outcome)
+    after = state.fit_working_memory(memory=after, budget=working_memory_budget(agent))
+    checkpoint = _checkpoint_row(session, agent, context, after, len(new), usage_meta, outcome)
+    user_row, reply_row = messages_append(
+        session=session,
+        fence=uuid.UUID(lease.holder),
+        messages=new,
+        companion=checkpoint[1] if checkpoint else None,
+    )
+    memory = _with_seqs(after, [user_row, reply_row])
+    record = None
+    if checkpoint is not None:
+        record = CheckpointRecord(checkpoint[0], checkpoint[2], reply_row.seq)
+        memory = replace(memory, checkpoint_id=str(record.id))
+    transaction.on_commit(lambda: _announce(user_row, reply_row, record, emit))
+    state.after_turn(
+        session=session,
+        agent=agent,
+        messages=[user_row, reply_row],
+        memory=memory,
+        extras=extras,
+    )
     # Still holding the lease, so the next turn of this session reads this working memory.
     state.save_working_memory(session=session, agent=agent, memory=memory)
     return TurnResult(
         outcome,
         user_row,
         reply_row,
-        checkpoint,
+        record,
         generation.usage,
         compiled["total_tokens"],
         llm_seconds=generation.llm_seconds,
@@ -326,33 +332,40 @@ def _usage_meta(generation: _Generation) -> dict[str, Any]:
 
 
 def _next_memory(
-    context: WorkingMemory,
-    user_row: Message,
-    reply_row: Message,
-    generation: _Generation,
-    outcome: str,
+    context: WorkingMemory, new: list[NewMessage], generation: _Generation, outcome: str
 ) -> WorkingMemory:
+    """Working memory after the turn; the new messages' seqs are not known yet, so each
+    carries -1 - its index among them (see `_with_seqs`)."""
     previous = [m for m in context.messages if m.seq != 0]
+    high_water = -len(new)  # the last new message
     if outcome == Outcome.ROLLED_BACK:  # the discarded turn leaves no trace in the context
-        return WorkingMemory(previous, context.task_state, reply_row.seq, context.checkpoint_id)
+        return WorkingMemory(previous, context.task_state, high_water, context.checkpoint_id)
     messages = [
         *previous,
-        WorkingMessage(user_row.seq, user_row.role, user_row.content, user_row.token_count),
-        WorkingMessage(reply_row.seq, reply_row.role, reply_row.content, reply_row.token_count),
+        *(WorkingMessage(-1 - i, m.role, m.content, m.token_count) for i, m in enumerate(new)),
     ]
     task_state = _apply_tool_calls(context.task_state, generation.tool_calls)
-    return WorkingMemory(messages, task_state, reply_row.seq, context.checkpoint_id)
+    return WorkingMemory(messages, task_state, high_water, context.checkpoint_id)
 
 
-def _maybe_checkpoint(
+def _with_seqs(memory: WorkingMemory, rows: list[Message]) -> WorkingMemory:
+    def seq(value: int) -> int:
+        return rows[-1 - value].seq if value < 0 else value
+
+    messages = [replace(m, seq=seq(m.seq)) for m in memory.messages]
+    return replace(memory, messages=messages, high_water_seq=seq(memory.high_water_seq))
+
+
+def _checkpoint_row(
     session: Session,
     agent: Agent,
     before: WorkingMemory,
     after: WorkingMemory,
-    messages: list[Message],
+    new_messages: int,
     metadata: dict[str, Any],
     outcome: str,
-) -> CheckpointRecord | None:
+) -> tuple[uuid.UUID, CompanionRow, str] | None:
+    """The checkpoint the agent's policy asks for after this LLM call, if any."""
     if outcome == Outcome.ROLLED_BACK:
         return None
     policy = agent.checkpoint_policy
@@ -362,9 +375,10 @@ def _maybe_checkpoint(
         kind = "transition"
     else:
         kind = "llm_call" if policy == Agent.CheckpointPolicy.EVERY_LLM_CALL else "turn"
-    return state_backend().write_checkpoint(
-        session=session, kind=kind, memory=after, messages=messages, metadata=metadata
+    checkpoint_id, row = state_backend().checkpoint_row(
+        session=session, kind=kind, memory=after, new_messages=new_messages, metadata=metadata
     )
+    return checkpoint_id, row, kind
 
 
 def _persist_failure(
@@ -387,14 +401,20 @@ def _persist_failure(
 
 
 def _announce(
-    user_row: Message, reply_row: Message, checkpoint: CheckpointRecord | None, emit: Emit
+    user_row: Message,
+    reply_row: Message,
+    checkpoint: CheckpointRecord | None,
+    publisher: FramePublisher,
 ) -> None:
     # Payloads are nested: the frame's own `seq` is the session's frame number, while a
-    # message's `seq` is its place in the conversation.
-    emit("message", {"message": message_payload(user_row)})
-    emit("message", {"message": message_payload(reply_row)})
+    # message's `seq` is its place in the conversation. One round trip for all of them.
+    frames = [
+        ("message", {"message": message_payload(user_row)}),
+        ("message", {"message": message_payload(reply_row)}),
+    ]
     if checkpoint is not None:
-        emit("checkpoint", {"checkpoint": checkpoint_payload(checkpoint)})
+        frames.append(("checkpoint", {"checkpoint": checkpoint_payload(checkpoint)}))
+    publisher.many(frames)
 
 
 def checkpoint_payload(checkpoint: CheckpointRecord) -> dict[str, Any]:
