@@ -154,6 +154,18 @@ def idempotent(handler: H) -> H:
     return cast(H, wrapper)
 
 
+def key_digest(tenant_id: object, key: str) -> str:
+    """A stable name for the work done under one tenant's key (a turn's `turn_key`): the
+    same on every retry, whichever server instance takes it."""
+    return hashlib.sha256(f"{tenant_id}:{key}".encode()).hexdigest()[:32]
+
+
+def request_key(request: Request) -> str | None:
+    """The digest of the request's Idempotency-Key, if it sent one."""
+    key = request.headers.get(HEADER)
+    return key_digest(request_tenant(request).pk, key) if key else None
+
+
 def request_fingerprint(method: str, path: str, data: Any) -> str:
     body = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(f"{method} {path}\n{body}".encode()).hexdigest()

@@ -63,6 +63,11 @@ def listeners(session_id: object) -> str:
     return _key("listeners", session_id)
 
 
+def recovery_attempts(session_id: object, turn_key: str) -> str:
+    """How often the recovery task tried to finish one cut-off turn (TTL: its window)."""
+    return _key("recover", session_id, turn_key)
+
+
 def compaction_scheduled(session_id: object) -> str:
     """Set while a compaction task of the session is queued or running (TTL: minutes)."""
     return _key("compacting", session_id)

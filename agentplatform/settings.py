@@ -178,6 +178,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "memory.summarize_idle_sessions",
         "schedule": 300.0,
     },
+    "agents.recover_turns": {
+        "task": "agents.recover_turns",
+        "schedule": 30.0,
+    },
     "memory.extract_pending_sweep": {
         "task": "memory.extract_pending_sweep",
         "schedule": 120.0,

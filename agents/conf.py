@@ -43,6 +43,14 @@ class AgentsSettings:
     WS_RATE_WINDOW_SECONDS: float = 10.0
     # Lifetime of a client token minted for a browser's websocket.
     CLIENT_TOKEN_SECONDS: int = 900
+    # Dotted paths of the `agents.tools.Tool`s agents may call (each agent lists its own).
+    TOOLS: tuple[str, ...] = ()
+    # LLM calls one turn may make (tool use); the last one's text is the reply.
+    MAX_LLM_CALLS: int = 8
+    # Turns cut off mid-way (their last checkpoint is open and their lease expired) are
+    # resumed by the recovery task at most this many times, within this window.
+    RECOVERY_ATTEMPTS: int = 3
+    RECOVERY_WINDOW_SECONDS: int = 3600
 
 
 def agents_settings() -> AgentsSettings:

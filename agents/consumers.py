@@ -30,6 +30,7 @@ from agentplatform.idempotency import (
     idempotency_claim,
     idempotency_complete,
     idempotency_release,
+    key_digest,
 )
 from agentplatform.redis import get_redis
 from agents import live
@@ -216,11 +217,13 @@ def _turn_in_thread(
     """Run the turn once per client_message_id (the websocket's idempotency key): a resend
     after a reconnect never runs a turn twice. Returns (code, detail) when it did not run."""
     try:
-        claim = None
+        claim, turn_key = None, None
         if client_message_id:
+            key = f"ws:{session.pk}:{client_message_id}"
+            turn_key = key_digest(session.tenant_id, key)
             claim = idempotency_claim(
                 tenant=session.tenant,
-                key=f"ws:{session.pk}:{client_message_id}",
+                key=key,
                 method="WS",
                 path=f"/ws/sessions/{session.pk}/",
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
@@ -233,6 +236,7 @@ def _turn_in_thread(
                 content=content,
                 client_message_id=client_message_id,
                 fanout=fanout,
+                turn_key=turn_key,
             )
         except TURN_FAILURES:  # the turn published its `error` frame to the session
             if claim is not None:

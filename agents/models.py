@@ -65,6 +65,8 @@ class Agent(TenantOwned):
     checkpoint_policy = models.CharField(
         max_length=20, choices=CheckpointPolicy.choices, default=CheckpointPolicy.EVERY_TURN
     )
+    # Names of the registered tools (AGENTS["TOOLS"]) this agent's LLM may call.
+    tools = models.JSONField(default=list, blank=True)
     double_text_policy = models.CharField(
         max_length=20, choices=DoubleTextPolicy.choices, default=DoubleTextPolicy.ENQUEUE
     )

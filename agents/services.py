@@ -21,6 +21,7 @@ AGENT_EDITABLE = (
     "working_memory_ttl_seconds",
     "checkpoint_policy",
     "double_text_policy",
+    "tools",
 )
 
 

@@ -105,10 +105,13 @@ def _retract_memories(session: Session, undone: set[int]) -> list[str]:
 
 
 def _side_effects_after(session: Session, checkpoint: Checkpoint) -> list[dict[str, Any]]:
+    """Tool calls recorded after the checkpoint: the platform cannot undo them."""
     effects: list[dict[str, Any]] = []
-    later = Checkpoint.objects.filter(session=session, created_at__gt=checkpoint.created_at)
-    for metadata in later.values_list("metadata", flat=True):
-        effects.extend(metadata.get("side_effects", []))
+    later = Checkpoint.objects.filter(
+        session=session, created_at__gt=checkpoint.created_at
+    ).order_by("created_at")
+    for recorded in later.values_list("side_effects", flat=True):
+        effects.extend(recorded)
     return effects
 
 

@@ -38,11 +38,28 @@ class Checkpoint(TenantOwned):
     memory_tokens = models.PositiveIntegerField(default=0)
     task_state = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # Tool calls run since the previous checkpoint: name, arguments, idempotency key, result.
+    side_effects = models.JSONField(default=list, blank=True)
+    # The turn that wrote it, and whether that turn still had LLM calls to make (a turn cut
+    # off there resumes from this checkpoint).
+    turn_key = models.CharField(max_length=64, blank=True, default="")
+    turn_open = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         indexes = [
             models.Index(fields=["session", "-created_at"], name="checkpoint_session_created"),
+            models.Index(
+                fields=["session", "turn_key"],
+                name="checkpoint_turn",
+                condition=~models.Q(turn_key=""),
+            ),
+            # The recovery task's scan: only turns cut off mid-way are in it.
+            models.Index(
+                fields=["created_at"],
+                name="checkpoint_open_turns",
+                condition=models.Q(turn_open=True),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from psycopg.types.json import Jsonb
 
 from agents.engine.context import working_memory_budget
-from agents.engine.ports import ContextExtras, WorkingMemory
+from agents.engine.ports import ContextExtras, TurnProgress, WorkingMemory
 from agents.models import Agent, Message, Session
 from agents.services import NOW, CompanionRow, SeqRef
 from memory.context import compile_extras
@@ -68,6 +70,9 @@ class PlatformState:
         memory: WorkingMemory,
         new_messages: int,
         metadata: dict[str, Any],
+        turn_key: str,
+        turn_open: bool,
+        side_effects: list[dict[str, Any]],
     ) -> tuple[uuid.UUID, CompanionRow]:
         # Written by the statement that appends the turn's messages: one round trip, no
         # model instance (bench/turn_overhead.py). Messages are referenced by seq, never
@@ -87,10 +92,52 @@ class PlatformState:
                 "memory_tokens": memory.tokens,
                 "task_state": Jsonb(memory.task_state),
                 "metadata": Jsonb(metadata),
+                "side_effects": Jsonb(side_effects),
+                "turn_key": turn_key,
+                "turn_open": turn_open,
                 "created_at": NOW,
             },
         )
         return checkpoint_id, row
+
+    def turn_progress(self, *, session: Session, turn_key: str) -> TurnProgress | None:
+        messages = list(
+            Message.objects.filter(
+                session=session, tenant_id=session.tenant_id, metadata__turn=turn_key
+            ).order_by("seq")
+        )
+        # A turn retried after a failure starts again at its newest user message.
+        starts = [i for i, m in enumerate(messages) if m.role == Message.Role.USER]
+        messages = messages[starts[-1] :] if starts else messages
+        if not messages:
+            return None
+        latest = (
+            Checkpoint.objects.filter(session=session, turn_key=turn_key)
+            .order_by("-created_at")
+            .values("pk", "turn_open", "task_state")
+            .first()
+        )
+        if latest is None or not latest["turn_open"]:
+            return TurnProgress(messages)
+        return TurnProgress(messages, latest["pk"], latest["task_state"])
+
+    def open_turns(self, *, since: datetime, until: datetime) -> list[tuple[uuid.UUID, str]]:
+        # Through the partial index of open checkpoints; a turn that went on since has a
+        # newer checkpoint for the same key.
+        rows = Checkpoint.objects.filter(
+            turn_open=True, created_at__gte=since, created_at__lt=until
+        )
+        newer = Checkpoint.objects.filter(
+            session_id=OuterRef("session_id"),
+            turn_key=OuterRef("turn_key"),
+            created_at__gt=OuterRef("created_at"),
+        )
+        return [
+            (session_id, turn_key)
+            for session_id, turn_key in rows.filter(~Exists(newer))
+            .order_by("created_at")
+            .values_list("session_id", "turn_key")[:500]
+        ]
 
 
 def _seq_value(seq: int | None) -> int | SeqRef | None:

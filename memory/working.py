@@ -70,7 +70,8 @@ def wm_rebuild(
             break
         for seq, role, content, tokens, status in batch:
             high_water = max(high_water, seq)
-            if status not in CONTEXT_STATUSES or role not in CONTEXT_ROLES:
+            # The same rule as a live turn's: the conversation, not the tool exchanges.
+            if status not in CONTEXT_STATUSES or role not in CONTEXT_ROLES or not content:
                 continue
             if used + tokens > budget:
                 kept.reverse()

@@ -12,6 +12,7 @@ from agentplatform.serializers import (
     validate_metadata,
 )
 from agents.models import Agent, Message, Session, validate_llm
+from agents.tools import tool_registry
 
 
 @extend_schema_field(
@@ -51,10 +52,20 @@ class AgentSerializer(StrictModelSerializer):
             "working_memory_ttl_seconds",
             "checkpoint_policy",
             "double_text_policy",
+            "tools",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate_tools(self, value: object) -> list[str]:
+        registered = tool_registry()
+        if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+            raise serializers.ValidationError("Must be a list of tool names.")
+        unknown = sorted(set(value) - set(registered))
+        if unknown:
+            raise serializers.ValidationError(f"Unknown tools: {', '.join(unknown)}.")
+        return value
 
 
 class SessionSerializer(StrictModelSerializer):

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from agentplatform.audit import actor_of, audit_record
 from agentplatform.authentication import request_tenant
-from agentplatform.idempotency import defer_completion, idempotent
+from agentplatform.idempotency import defer_completion, idempotent, request_key
 from agentplatform.models import Tenant
 from agentplatform.pagination import CreatedCursorPagination
 from agentplatform.problems import BadGateway, Conflict, ServiceUnavailable
@@ -183,10 +183,14 @@ class SessionMessagesViewSet(mixins.ListModelMixin, TenantViewSet):
         serializer.is_valid(raise_exception=True)
         content: str = serializer.validated_data["content"]
         metadata = _message_metadata(serializer.validated_data)
+        # A retry under the same Idempotency-Key resumes a turn cut off between LLM calls.
+        turn_key = request_key(request)
         if isinstance(request.accepted_renderer, EventStreamRenderer):
-            return _turn_event_stream(session, content, metadata)
+            return _turn_event_stream(session, content, metadata, turn_key)
         try:
-            result = turn_run(session=session, content=content, metadata=metadata)
+            result = turn_run(
+                session=session, content=content, metadata=metadata, turn_key=turn_key
+            )
         except TURN_ERRORS as error:
             raise turn_problem(error) from error
         return Response(TurnResultSerializer(result).data, status=201)
@@ -239,13 +243,15 @@ def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _turn_event_stream(
-    session: Session, content: str, metadata: dict[str, Any]
+    session: Session, content: str, metadata: dict[str, Any], turn_key: str | None
 ) -> StreamingHttpResponse:
     complete = defer_completion()
 
     def run(emit: Callable[[str, dict[str, Any]], None]) -> None:
         try:
-            result = turn_run(session=session, content=content, emit=emit, metadata=metadata)
+            result = turn_run(
+                session=session, content=content, emit=emit, metadata=metadata, turn_key=turn_key
+            )
         except TURN_ERRORS as error:  # the turn already published its `error` frame
             if complete is not None:
                 complete(turn_problem(error).status_code, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from django.utils.module_loading import import_string
@@ -72,6 +73,20 @@ class ContextExtras:
     compacted_through: int = 0  # the session's messages up to this seq are summarised
 
 
+@dataclass
+class TurnProgress:
+    """What a turn already begun under the same key left behind: its messages in seq order
+    (the user's first) and, when its latest checkpoint is open, where to resume from."""
+
+    messages: list[Message]
+    resume_checkpoint: uuid.UUID | None = None
+    task_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resumable(self) -> bool:
+        return self.resume_checkpoint is not None
+
+
 @dataclass(frozen=True)
 class CheckpointRecord:
     id: uuid.UUID
@@ -119,10 +134,22 @@ class StateBackend(Protocol):
         memory: WorkingMemory,
         new_messages: int,
         metadata: dict[str, Any],
+        turn_key: str,
+        turn_open: bool,
+        side_effects: list[dict[str, Any]],
     ) -> tuple[uuid.UUID, CompanionRow]:
         """The checkpoint to write with the next `new_messages` messages (in the statement
         that appends them). `memory` is the working memory after them, in which a message
         not yet written has seq -1 - its index among them."""
+        ...
+
+    def turn_progress(self, *, session: Session, turn_key: str) -> TurnProgress | None:
+        """The turn of `session` begun under `turn_key`, if any."""
+        ...
+
+    def open_turns(self, *, since: datetime, until: datetime) -> list[tuple[uuid.UUID, str]]:
+        """(session id, turn key) of turns whose latest checkpoint, written in the window,
+        is still open: cut off between two LLM calls."""
         ...
 
 

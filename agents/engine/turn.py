@@ -2,12 +2,20 @@
 
 admit (lease per double-text policy) -> load working memory (rebuilt from PostgreSQL on a
 miss) -> fit the context into the budget -> stream the LLM (renewing the lease, honouring
-interrupts) -> one transaction: fence check, messages, checkpoint -> save working memory
--> release the lease -> events after commit.
+interrupts) -> run the tools it called and call it again, up to MAX_LLM_CALLS -> one
+statement: fence check, messages, checkpoint -> save working memory -> release the lease ->
+events after commit.
+
+Under `every_llm_call` each LLM call that asked for tools is written at once with an open
+checkpoint (the tool calls and results are its recorded side effects), so a turn cut off
+between calls resumes there when retried under the same turn key (an Idempotency-Key, a
+websocket's client_message_id) or found by the recovery task, and no recorded tool runs
+twice. Under the other policies a turn's messages are written together at its end.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +31,7 @@ from agents.engine.context import extras_budget, llm_messages, working_memory_bu
 from agents.engine.ports import (
     CheckpointRecord,
     ContextExtras,
+    TurnProgress,
     WorkingMemory,
     WorkingMessage,
     state_backend,
@@ -30,9 +39,9 @@ from agents.engine.ports import (
 from agents.live import Fanout, FramePublisher
 from agents.llm import backend_for, options_for
 from agents.llm.base import (
+    ChatMessage,
     Delta,
     Done,
-    LLMBackend,
     LLMError,
     LLMEvent,
     ToolCall,
@@ -40,11 +49,20 @@ from agents.llm.base import (
     estimate_tokens,
 )
 from agents.models import Agent, Message, Session
-from agents.services import CompanionRow, NewMessage, StaleLease, messages_append
+from agents.services import NewMessage, StaleLease, messages_append
+from agents.tools import BUILT_IN, CHECKPOINT_TOOL, TASK_STATE_TOOL, ToolContext, tools_for
 
 Emit = Callable[[str, dict[str, Any]], None]
 CANCEL_CHECK_SECONDS = 0.02
-TASK_STATE_TOOL = "update_task_state"
+
+
+class Kind:
+    """Checkpoint kinds the engine writes (memory.models.Checkpoint.Kind)."""
+
+    LLM_CALL = "llm_call"
+    TURN = "turn"
+    TRANSITION = "transition"
+    MANUAL = "manual"
 
 
 class Outcome:
@@ -116,19 +134,22 @@ def turn_run(
     metadata: dict[str, Any] | None = None,
     client_message_id: str | None = None,
     fanout: Fanout | None = None,
+    turn_key: str | None = None,
 ) -> TurnResult:
     """Run one turn of `session` for the user's `content`; see the module docstring.
 
     Every frame of the turn is published to the session (stream + open sockets); `emit`
-    also receives them, numbered (the SSE response of this request).
+    also receives them, numbered (the SSE response of this request). A turn begun before
+    under the same `turn_key` is resumed (or, when it finished, its result returned).
     """
     started = time.perf_counter()
     validate_content(content)
     agent: Agent = session.agent
     publisher = FramePublisher(session.pk, local=emit, fanout=fanout)
+    turn_key = turn_key or uuid.uuid4().hex
     # Every frame of this turn names it, so a page can pair replies with their message.
-    publisher.extra = {"turn": uuid.uuid4().hex}
-    metadata = dict(metadata or {})
+    publisher.extra = {"turn": turn_key}
+    metadata = {**(metadata or {}), "turn": turn_key}
     if client_message_id:
         publisher.extra["client_message_id"] = client_message_id
         metadata["client_message_id"] = client_message_id
@@ -138,7 +159,8 @@ def turn_run(
             session=session, agent=agent, on_queued=lambda n: publisher("queued", {"position": n})
         )
         try:
-            result = _run_holding_lease(session, agent, content, lease, publisher, metadata)
+            turn = _Turn(session, agent, lease, publisher, turn_key)
+            result = turn.run(content, metadata)
         finally:
             lease.release()
     except TURN_FAILURES as error:
@@ -161,137 +183,400 @@ def failure_code(error: Exception) -> str:
     return "lease_lost"
 
 
-def _run_holding_lease(
-    session: Session,
-    agent: Agent,
-    content: str,
-    lease: Lease,
-    emit: FramePublisher,
-    metadata: dict[str, Any],
-) -> TurnResult:
-    state = state_backend()
-    backend = backend_for(agent)
-    memory = state.load_working_memory(session=session, agent=agent)
-    budget = working_memory_budget(agent)
-    user = WorkingMessage(0, Message.Role.USER, content, backend.count_tokens(content))
-    context = state.fit_working_memory(
-        memory=replace(memory, messages=[*memory.messages, user]), budget=budget
-    )
-    if not context.messages:  # a message larger than the budget still goes to the LLM
-        context = replace(context, messages=[user])
-    extras = state.context_extras(
-        session=session, agent=agent, query=content, budget=extras_budget(agent), memory=context
-    )
-    try:
-        generation = _generate(backend, agent, context, extras, lease, emit)
-    except LLMError as error:
-        user_message = _persist_failure(session, lease, content, user.tokens, memory, metadata)
-        state.save_working_memory(
-            session=session, agent=agent, memory=replace(memory, high_water_seq=user_message.seq)
+@dataclass
+class _Written:
+    """Messages of this turn already in PostgreSQL (an earlier LLM call, or a resumed run)."""
+
+    rows: list[Message] = field(default_factory=list)
+    checkpoint_id: str | None = None
+
+
+class _Turn:
+    """One turn holding the session's lease: LLM calls, tools, writes."""
+
+    def __init__(
+        self, session: Session, agent: Agent, lease: Lease, emit: FramePublisher, key: str
+    ) -> None:
+        self.session = session
+        self.agent = agent
+        self.lease = lease
+        self.emit = emit
+        self.key = key
+        self.state = state_backend()
+        self.backend = backend_for(agent)
+        self.tools = tools_for(agent.tools)
+        self.policy = agent.checkpoint_policy
+        self.written = _Written()
+        self.pending: list[NewMessage] = []  # not written yet, in order
+        self.exchange: list[ChatMessage] = []  # this turn's tool calls and results
+        self.side_effects: list[dict[str, Any]] = []  # since the last checkpoint
+        self.calls = 0
+        self.llm_seconds = 0.0
+        self.checkpoint_asked = False
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self, content: str, metadata: dict[str, Any]) -> TurnResult:
+        progress = self.state.turn_progress(session=self.session, turn_key=self.key)
+        if progress is not None and not progress.resumable:
+            if progress.messages[0].status != Message.Status.FAILED:
+                return self._replay(progress.messages)
+            progress = None  # the first attempt failed before any answer: run afresh
+        memory = self.state.load_working_memory(session=self.session, agent=self.agent)
+        user_tokens = self.backend.count_tokens(content)
+        if progress is not None:
+            memory = self._resume(progress, memory)
+            user = WorkingMessage(self.written.rows[0].seq, Message.Role.USER, content, user_tokens)
+        else:
+            user = WorkingMessage(0, Message.Role.USER, content, user_tokens)
+            self.pending.append(
+                NewMessage(Message.Role.USER, content, user_tokens, metadata=metadata)
+            )
+        before = memory
+        context = self.state.fit_working_memory(
+            memory=replace(memory, messages=[*memory.messages, user]),
+            budget=working_memory_budget(self.agent),
         )
-        raise TurnFailed(str(error), user_message) from error
-    return _persist(
-        session, agent, lease, context, extras, user, generation, emit, metadata, backend
-    )
+        if not context.messages:  # a message larger than the budget still goes to the LLM
+            context = replace(context, messages=[user])
+        extras = self.state.context_extras(
+            session=self.session,
+            agent=self.agent,
+            query=content,
+            budget=extras_budget(self.agent),
+            memory=context,
+        )
+        compiled = compiled_record(self.agent, context, extras)
+        task_state = dict(context.task_state)
+        while True:
+            try:
+                generation = self._generate(context, extras)
+            except LLMError as error:
+                raise TurnFailed(str(error), self._fail(before)) from error
+            self.calls += 1
+            task_state = self._apply_built_ins(task_state, generation.tool_calls)
+            calls = [c for c in generation.tool_calls if c.name not in BUILT_IN]
+            final = (
+                generation.cancelled is not None
+                or not calls
+                or self.calls >= agents_settings().MAX_LLM_CALLS
+            )
+            if final:
+                return self._finish(context, extras, compiled, generation, task_state, user)
+            self._call_tools(generation)
+            if self.policy == Agent.CheckpointPolicy.EVERY_LLM_CALL:
+                self._write_step(context, task_state, user)
+
+    def _generate(self, context: WorkingMemory, extras: ContextExtras) -> _Generation:
+        result = _Generation()
+        parts: list[str] = []
+        checked_at = time.monotonic()
+        prompt = llm_messages(self.agent, context, extras.messages) + self.exchange
+        events = iter(self.backend.stream(prompt, options_for(self.agent)))
+        try:
+            for event in _timed(events, result):
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                    self.emit("token", {"delta": event.text})
+                elif isinstance(event, Done):
+                    result.text, result.usage, result.model = event.text, event.usage, event.model
+                    result.tool_calls = list(event.tool_calls)
+                if time.monotonic() - checked_at >= CANCEL_CHECK_SECONDS:
+                    checked_at = time.monotonic()
+                    if self.lease.renew_if_due():
+                        idempotency.heartbeat()
+                    result.cancelled = self.lease.cancel_requested()
+                    if result.cancelled:
+                        result.text = "".join(parts)
+                        return result
+        finally:
+            self.llm_seconds += result.llm_seconds
+        return result
+
+    def _apply_built_ins(self, task_state: dict[str, Any], calls: list[ToolCall]) -> dict[str, Any]:
+        """The agent changes its task state through `update_task_state` and asks for a
+        checkpoint through `request_checkpoint`."""
+        updated = dict(task_state)
+        for call in calls:
+            if call.name == TASK_STATE_TOOL:
+                updated.update(call.arguments)
+            elif call.name == CHECKPOINT_TOOL:
+                self.checkpoint_asked = True
+        return updated
+
+    def _call_tools(self, generation: _Generation) -> None:
+        """Run the tools the LLM asked for; their calls and results become messages."""
+        meta = {
+            **_usage_meta(generation),
+            "turn": self.key,
+            "llm_call": self.calls,
+            "tool_calls": [_call_dict(c) for c in generation.tool_calls],
+        }
+        tokens = self.backend.count_tokens(generation.text)
+        self.pending.append(
+            NewMessage(Message.Role.ASSISTANT, generation.text, tokens, metadata=meta)
+        )
+        self.exchange.append(
+            ChatMessage(Message.Role.ASSISTANT, generation.text, tuple(generation.tool_calls))
+        )
+        # Every call gets an answer (OpenAI requires one per call id); the built-ins were
+        # applied already and are no side effect.
+        for position, call in enumerate(generation.tool_calls):
+            key = f"{self.key}:{self.calls}:{position}"
+            if call.name in BUILT_IN:
+                result: Any = {"ok": True}
+            else:
+                result = self._run_tool(call, key)
+                self.side_effects.append(
+                    {"tool": call.name, "arguments": call.arguments, "idempotency_key": key}
+                    | {"result": result}
+                )
+            text = json.dumps(result, default=str)
+            meta = {"turn": self.key, "tool_call_id": call.id, "name": call.name}
+            self.pending.append(
+                NewMessage(
+                    Message.Role.TOOL,
+                    text,
+                    self.backend.count_tokens(text),
+                    metadata={**meta, "idempotency_key": key},
+                )
+            )
+            self.exchange.append(ChatMessage(Message.Role.TOOL, text, tool_call_id=call.id))
+
+    def _run_tool(self, call: ToolCall, key: str) -> Any:
+        tool = self.tools.get(call.name)
+        if tool is None:
+            return {"error": f"unknown tool {call.name!r}"}
+        context = ToolContext(self.session.tenant_id, self.session.pk, self.session.user_id, key)
+        try:
+            return tool.run(call.arguments, context)
+        except Exception as error:
+            return {"error": f"{type(error).__name__}: {error}"}
+
+    # --- writes -------------------------------------------------------------------------
+
+    def _write(
+        self,
+        context: WorkingMemory,
+        task_state: dict[str, Any],
+        user: WorkingMessage,
+        checkpoint: tuple[str, bool] | None,  # (kind, turn still open)
+        metadata: dict[str, Any],
+    ) -> tuple[list[Message], WorkingMemory, CheckpointRecord | None]:
+        """Write the pending messages (and a checkpoint) in one statement."""
+        new, self.pending = self.pending, []
+        after = _memory_after(context, self.written.rows, new, task_state, user)
+        after = replace(after, checkpoint_id=self.written.checkpoint_id or context.checkpoint_id)
+        after = self.state.fit_working_memory(
+            memory=after, budget=working_memory_budget(self.agent)
+        )
+        companion, record_id = None, None
+        if checkpoint is not None:
+            record_id, companion = self.state.checkpoint_row(
+                session=self.session,
+                kind=checkpoint[0],
+                memory=after,
+                new_messages=len(new),
+                metadata=metadata,
+                turn_key=self.key,
+                turn_open=checkpoint[1],
+                side_effects=self.side_effects,
+            )
+            self.side_effects = []
+        rows = messages_append(
+            session=self.session,
+            fence=uuid.UUID(self.lease.holder),
+            messages=new,
+            companion=companion,
+        )
+        self.written.rows.extend(rows)
+        memory = _with_seqs(after, rows)
+        record = None
+        if record_id is not None and checkpoint is not None:
+            record = CheckpointRecord(record_id, checkpoint[0], rows[-1].seq)
+            self.written.checkpoint_id = str(record_id)
+            memory = replace(memory, checkpoint_id=str(record_id))
+        return rows, memory, record
+
+    def _write_step(
+        self, context: WorkingMemory, task_state: dict[str, Any], user: WorkingMessage
+    ) -> None:
+        """`every_llm_call`: this call's messages and an open checkpoint, now."""
+        metadata = {"llm_call": self.calls}
+        rows, memory, record = self._write(
+            context, task_state, user, (Kind.LLM_CALL, True), metadata
+        )
+        transaction.on_commit(lambda: _announce(rows, record, self.emit))
+        self.state.save_working_memory(session=self.session, agent=self.agent, memory=memory)
+
+    def _finish(
+        self,
+        context: WorkingMemory,
+        extras: ContextExtras,
+        compiled: dict[str, Any],
+        generation: _Generation,
+        task_state: dict[str, Any],
+        user: WorkingMessage,
+    ) -> TurnResult:
+        outcome, _, reply_status = _statuses(generation.cancelled)
+        meta = {**_usage_meta(generation), "turn": self.key, "llm_call": self.calls}
+        meta["context"] = compiled
+        tokens = self.backend.count_tokens(generation.text)
+        self.pending.append(
+            NewMessage(Message.Role.ASSISTANT, generation.text, tokens, reply_status, meta)
+        )
+        if outcome == Outcome.ROLLED_BACK:
+            # The discarded turn leaves no trace in the context; what it wrote is marked.
+            self.pending = [replace(m, status=Message.Status.ROLLED_BACK) for m in self.pending]
+            _mark_rolled_back(self.written.rows)
+            task_state = context.task_state
+        checkpoint = self._closing_checkpoint(context, task_state, outcome)
+        rows, memory, record = self._write(context, task_state, user, checkpoint, meta)
+        every = [*self.written.rows]
+        transaction.on_commit(lambda: _announce(rows, record, self.emit))
+        self.state.after_turn(
+            session=self.session, agent=self.agent, messages=every, memory=memory, extras=extras
+        )
+        # Still holding the lease, so the next turn of this session reads this working memory.
+        self.state.save_working_memory(session=self.session, agent=self.agent, memory=memory)
+        return TurnResult(
+            outcome,
+            every[0],
+            every[-1],
+            record,
+            generation.usage,
+            compiled["total_tokens"],
+            llm_seconds=self.llm_seconds,
+        )
+
+    def _closing_checkpoint(
+        self, context: WorkingMemory, task_state: dict[str, Any], outcome: str
+    ) -> tuple[str, bool] | None:
+        if outcome == Outcome.ROLLED_BACK:
+            return None
+        if self.policy == Agent.CheckpointPolicy.EVERY_LLM_CALL:
+            return Kind.LLM_CALL, False
+        if self.policy == Agent.CheckpointPolicy.EVERY_TURN:
+            return Kind.TURN, False
+        if task_state.get("step") != context.task_state.get("step"):
+            return Kind.TRANSITION, False
+        if self.checkpoint_asked:
+            return Kind.MANUAL, False
+        return None
+
+    def _fail(self, before: WorkingMemory) -> Message:
+        """The LLM failed. Unwritten messages are kept (the user's marked failed, tool
+        calls that ran stay recorded); written ones stay, and so does an open checkpoint, so
+        a retry under the same key resumes from it."""
+        if self.pending:
+            if not self.written.rows:
+                self.pending[0] = replace(self.pending[0], status=Message.Status.FAILED)
+            rows = messages_append(
+                session=self.session, fence=uuid.UUID(self.lease.holder), messages=self.pending
+            )
+            self.pending = []
+            self.written.rows.extend(rows)
+            high_water = max(before.high_water_seq, rows[-1].seq)
+            self.state.save_working_memory(
+                session=self.session,
+                agent=self.agent,
+                memory=replace(before, high_water_seq=high_water),
+            )
+        return self.written.rows[0]
+
+    def _resume(self, progress: TurnProgress, memory: WorkingMemory) -> WorkingMemory:
+        """Continue a turn cut off after some LLM calls: its messages become this run's
+        exchange (recorded tool results are not run again)."""
+        self.written = _Written(list(progress.messages), str(progress.resume_checkpoint))
+        user_seq = progress.messages[0].seq
+        for row in progress.messages[1:]:
+            if row.role == Message.Role.ASSISTANT:
+                self.calls += 1
+                calls = tuple(_call_from(c) for c in row.metadata.get("tool_calls", []))
+                self.exchange.append(ChatMessage(row.role, row.content, calls))
+            elif row.role == Message.Role.TOOL:
+                self.exchange.append(
+                    ChatMessage(row.role, row.content, tool_call_id=row.metadata["tool_call_id"])
+                )
+        kept = [m for m in memory.messages if 0 < m.seq < user_seq]
+        return replace(
+            memory,
+            messages=kept,
+            task_state=progress.task_state,
+            checkpoint_id=str(progress.resume_checkpoint),
+        )
+
+    def _replay(self, rows: list[Message]) -> TurnResult:
+        """The turn already finished (e.g. the recovery task completed it): its result."""
+        reply = rows[-1]
+        return TurnResult(Outcome.COMPLETED, rows[0], reply, None, None, 0)
 
 
-def _generate(
-    backend: LLMBackend,
-    agent: Agent,
+def _call_dict(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
+
+
+def _call_from(data: dict[str, Any]) -> ToolCall:
+    return ToolCall(id=data["id"], name=data["name"], arguments=data.get("arguments", {}))
+
+
+def _in_context(role: str, content: str) -> bool:
+    """Working memory holds the conversation: user messages and assistant text (tool
+    exchanges stay in the turn that made them). The rebuild applies the same rule."""
+    return role in (Message.Role.USER, Message.Role.ASSISTANT) and bool(content)
+
+
+def _memory_after(
     context: WorkingMemory,
-    extras: ContextExtras,
-    lease: Lease,
-    emit: Emit,
-) -> _Generation:
-    result = _Generation()
-    parts: list[str] = []
-    checked_at = time.monotonic()
-    prompt = llm_messages(agent, context, extras.messages)
-    events = iter(backend.stream(prompt, options_for(agent)))
-    for event in _timed(events, result):
-        if isinstance(event, Delta):
-            parts.append(event.text)
-            emit("token", {"delta": event.text})
-        elif isinstance(event, Done):
-            result.text, result.usage, result.model = event.text, event.usage, event.model
-            result.tool_calls = list(event.tool_calls)
-        if time.monotonic() - checked_at >= CANCEL_CHECK_SECONDS:
-            checked_at = time.monotonic()
-            if lease.renew_if_due():
-                idempotency.heartbeat()
-            result.cancelled = lease.cancel_requested()
-            if result.cancelled:
-                result.text = "".join(parts)
-                return result
-    return result
-
-
-def _apply_tool_calls(task_state: dict[str, Any], calls: list[ToolCall]) -> dict[str, Any]:
-    """The agent changes its task state through the `update_task_state` tool."""
-    updated = dict(task_state)
-    for call in calls:
-        if call.name == TASK_STATE_TOOL:
-            updated.update(call.arguments)
-    return updated
-
-
-def _persist(
-    session: Session,
-    agent: Agent,
-    lease: Lease,
-    context: WorkingMemory,
-    extras: ContextExtras,
+    written: list[Message],
+    new: list[NewMessage],
+    task_state: dict[str, Any],
     user: WorkingMessage,
-    generation: _Generation,
-    emit: FramePublisher,
-    metadata: dict[str, Any],
-    backend: LLMBackend,
-) -> TurnResult:
-    state = state_backend()
-    outcome, user_status, reply_status = _statuses(generation.cancelled)
-    reply_tokens = backend.count_tokens(generation.text)
-    usage_meta = _usage_meta(generation)
-    compiled = compiled_record(agent, context, extras)
-    usage_meta["context"] = compiled
-    new = [
-        NewMessage(Message.Role.USER, user.content, user.tokens, user_status, metadata),
-        NewMessage(Message.Role.ASSISTANT, generation.text, reply_tokens, reply_status, usage_meta),
+) -> WorkingMemory:
+    """Working memory after writing `new`; their seqs are not known yet, so each carries
+    -1 - its index among them (see `_with_seqs`)."""
+    previous = [m for m in context.messages if m.seq != 0 and m.seq != user.seq]
+    turn = [
+        WorkingMessage(m.seq, m.role, m.content, m.token_count)
+        for m in written
+        if _in_context(m.role, m.content) and m.status != Message.Status.ROLLED_BACK
     ]
-    # The working memory after the turn is known before its messages have seqs (fitting
-    # looks at tokens only), so its checkpoint is written by the same statement as them.
-    after = _next_memory(context, new, generation, outcome)
-    after = state.fit_working_memory(memory=after, budget=working_memory_budget(agent))
-    checkpoint = _checkpoint_row(session, agent, context, after, len(new), usage_meta, outcome)
-    user_row, reply_row = messages_append(
-        session=session,
-        fence=uuid.UUID(lease.holder),
-        messages=new,
-        companion=checkpoint[1] if checkpoint else None,
-    )
-    memory = _with_seqs(after, [user_row, reply_row])
-    record = None
+    fresh = [
+        WorkingMessage(-1 - i, m.role, m.content, m.token_count)
+        for i, m in enumerate(new)
+        if _in_context(m.role, m.content) and m.status != Message.Status.ROLLED_BACK
+    ]
+    return WorkingMemory([*previous, *turn, *fresh], task_state, -len(new), context.checkpoint_id)
+
+
+def _with_seqs(memory: WorkingMemory, rows: list[Message]) -> WorkingMemory:
+    def seq(value: int) -> int:
+        return rows[-1 - value].seq if value < 0 else value
+
+    messages = [replace(m, seq=seq(m.seq)) for m in memory.messages]
+    return replace(memory, messages=messages, high_water_seq=seq(memory.high_water_seq))
+
+
+def _mark_rolled_back(rows: list[Message]) -> None:
+    if rows:
+        Message.objects.filter(pk__in=[r.pk for r in rows]).update(
+            status=Message.Status.ROLLED_BACK
+        )
+        for row in rows:
+            row.status = Message.Status.ROLLED_BACK
+
+
+def _announce(
+    rows: list[Message], checkpoint: CheckpointRecord | None, publisher: FramePublisher
+) -> None:
+    # Payloads are nested: the frame's own `seq` is the session's frame number, while a
+    # message's `seq` is its place in the conversation. One round trip for all of them.
+    frames: list[tuple[str, dict[str, Any]]] = [
+        ("message", {"message": message_payload(row)}) for row in rows
+    ]
     if checkpoint is not None:
-        record = CheckpointRecord(checkpoint[0], checkpoint[2], reply_row.seq)
-        memory = replace(memory, checkpoint_id=str(record.id))
-    transaction.on_commit(lambda: _announce(user_row, reply_row, record, emit))
-    state.after_turn(
-        session=session,
-        agent=agent,
-        messages=[user_row, reply_row],
-        memory=memory,
-        extras=extras,
-    )
-    # Still holding the lease, so the next turn of this session reads this working memory.
-    state.save_working_memory(session=session, agent=agent, memory=memory)
-    return TurnResult(
-        outcome,
-        user_row,
-        reply_row,
-        record,
-        generation.usage,
-        compiled["total_tokens"],
-        llm_seconds=generation.llm_seconds,
-    )
+        frames.append(("checkpoint", {"checkpoint": checkpoint_payload(checkpoint)}))
+    publisher.many(frames)
 
 
 def compiled_record(agent: Agent, context: WorkingMemory, extras: ContextExtras) -> dict[str, Any]:
@@ -331,92 +616,6 @@ def _usage_meta(generation: _Generation) -> dict[str, Any]:
     }
 
 
-def _next_memory(
-    context: WorkingMemory, new: list[NewMessage], generation: _Generation, outcome: str
-) -> WorkingMemory:
-    """Working memory after the turn; the new messages' seqs are not known yet, so each
-    carries -1 - its index among them (see `_with_seqs`)."""
-    previous = [m for m in context.messages if m.seq != 0]
-    high_water = -len(new)  # the last new message
-    if outcome == Outcome.ROLLED_BACK:  # the discarded turn leaves no trace in the context
-        return WorkingMemory(previous, context.task_state, high_water, context.checkpoint_id)
-    messages = [
-        *previous,
-        *(WorkingMessage(-1 - i, m.role, m.content, m.token_count) for i, m in enumerate(new)),
-    ]
-    task_state = _apply_tool_calls(context.task_state, generation.tool_calls)
-    return WorkingMemory(messages, task_state, high_water, context.checkpoint_id)
-
-
-def _with_seqs(memory: WorkingMemory, rows: list[Message]) -> WorkingMemory:
-    def seq(value: int) -> int:
-        return rows[-1 - value].seq if value < 0 else value
-
-    messages = [replace(m, seq=seq(m.seq)) for m in memory.messages]
-    return replace(memory, messages=messages, high_water_seq=seq(memory.high_water_seq))
-
-
-def _checkpoint_row(
-    session: Session,
-    agent: Agent,
-    before: WorkingMemory,
-    after: WorkingMemory,
-    new_messages: int,
-    metadata: dict[str, Any],
-    outcome: str,
-) -> tuple[uuid.UUID, CompanionRow, str] | None:
-    """The checkpoint the agent's policy asks for after this LLM call, if any."""
-    if outcome == Outcome.ROLLED_BACK:
-        return None
-    policy = agent.checkpoint_policy
-    if policy == Agent.CheckpointPolicy.TRANSITIONS:
-        if after.task_state.get("step") == before.task_state.get("step"):
-            return None
-        kind = "transition"
-    else:
-        kind = "llm_call" if policy == Agent.CheckpointPolicy.EVERY_LLM_CALL else "turn"
-    checkpoint_id, row = state_backend().checkpoint_row(
-        session=session, kind=kind, memory=after, new_messages=new_messages, metadata=metadata
-    )
-    return checkpoint_id, row, kind
-
-
-def _persist_failure(
-    session: Session,
-    lease: Lease,
-    content: str,
-    tokens: int,
-    memory: WorkingMemory,
-    metadata: dict[str, Any],
-) -> Message:
-    with transaction.atomic():
-        (row,) = messages_append(
-            session=session,
-            fence=uuid.UUID(lease.holder),
-            messages=[
-                NewMessage(Message.Role.USER, content, tokens, Message.Status.FAILED, metadata)
-            ],
-        )
-    return row
-
-
-def _announce(
-    user_row: Message,
-    reply_row: Message,
-    checkpoint: CheckpointRecord | None,
-    publisher: FramePublisher,
-) -> None:
-    # Payloads are nested: the frame's own `seq` is the session's frame number, while a
-    # message's `seq` is its place in the conversation. One round trip for all of them.
-    frames = [
-        ("message", {"message": message_payload(user_row)}),
-        ("message", {"message": message_payload(reply_row)}),
-    ]
-    if checkpoint is not None:
-        frames.append(("checkpoint", {"checkpoint": checkpoint_payload(checkpoint)}))
-    publisher.many(frames)
-
-
 def checkpoint_payload(checkpoint: CheckpointRecord) -> dict[str, Any]:
     return {
         "id": str(checkpoint.id),
@@ -437,4 +636,12 @@ def message_payload(message: Message) -> dict[str, Any]:
     }
 
 
-__all__ = ["LeaseLost", "Outcome", "TurnFailed", "TurnResult", "turn_run", "validate_content"]
+__all__ = [
+    "TASK_STATE_TOOL",
+    "LeaseLost",
+    "Outcome",
+    "TurnFailed",
+    "TurnResult",
+    "turn_run",
+    "validate_content",
+]

@@ -9,6 +9,7 @@ from django.conf import settings
 from agents.conf import agents_settings
 from agents.llm.base import GenerationOptions, LLMBackend, LLMError
 from agents.models import Agent
+from agents.tools import tool_specs
 
 __all__ = ["GenerationOptions", "LLMBackend", "LLMError", "backend_for", "options_for"]
 
@@ -40,4 +41,5 @@ def options_for(agent: Agent) -> GenerationOptions:
         api_key=api_key,
         temperature=llm.get("temperature"),
         max_tokens=int(llm.get("max_tokens") or 512),
+        tools=tool_specs(agent.tools),
     )

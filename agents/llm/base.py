@@ -13,21 +13,23 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message asking for tools
+    tool_call_id: str = ""  # a tool message: the call it answers
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class GenerationOptions:
     api_key: str = ""
     temperature: float | None = None
     max_tokens: int = 512
+    # Tools the model may call: OpenAI-style function specs (name, description, parameters).
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 class LLMError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,8 +23,6 @@ class OpenAICompatibleBackend:
     name = "openai"
 
     def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[LLMEvent]:
-        import json
-
         import openai
 
         client = openai.OpenAI(
@@ -38,10 +37,12 @@ class OpenAICompatibleBackend:
         try:
             kwargs.update(
                 model=options.model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[openai_message(m) for m in messages],
                 stream=True,
                 stream_options={"include_usage": True},
             )
+            if options.tools:
+                kwargs["tools"] = [{"type": "function", "function": t} for t in options.tools]
             stream = client.chat.completions.create(**kwargs)
             for chunk in stream:
                 usage = chunk.usage or usage
@@ -73,3 +74,21 @@ class OpenAICompatibleBackend:
     def count_tokens(self, text: str) -> int:
         # No tokenizer for an arbitrary remote model: the documented estimate.
         return estimate_tokens(text)
+
+
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    """A chat message in the API's shape, tool calls and tool answers included."""
+    data: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        data["content"] = message.content or None
+        data["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id:
+        data["tool_call_id"] = message.tool_call_id
+    return data

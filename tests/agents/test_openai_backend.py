@@ -116,3 +116,33 @@ def test_an_agent_with_its_own_endpoint_runs_turns_through_it(endpoint: str, ali
     assert broken.status_code == 502
     assert broken.json()["type"].endswith("llm_failed")
     assert Message.objects.get(session=alice.session, content="again").status == "failed"
+
+
+def test_sends_tool_specs_calls_and_answers_in_the_api_shape(endpoint: str) -> None:
+    spec = {"name": "lookup_order", "description": "d", "parameters": {"type": "object"}}
+    options = GenerationOptions(model="m", base_url=endpoint, tools=(spec,))
+    call = ToolCall(id="c1", name="lookup_order", arguments={"number": 7})
+    history = [
+        ChatMessage("user", "where is order 7?"),
+        ChatMessage("assistant", "", (call,)),
+        ChatMessage("tool", '{"status": "shipped"}', tool_call_id="c1"),
+    ]
+    list(OpenAICompatibleBackend().stream(history, options))
+    body = RECEIVED[0]["body"]
+    assert body["tools"] == [{"type": "function", "function": spec}]
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "lookup_order", "arguments": '{"number": 7}'},
+            }
+        ],
+    }
+    assert body["messages"][2] == {
+        "role": "tool",
+        "content": '{"status": "shipped"}',
+        "tool_call_id": "c1",
+    }

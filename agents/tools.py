@@ -1,0 +1,87 @@
+"""Tools an agent's LLM may call during a turn.
+
+A deployment registers tools as `Tool` objects named by dotted path in AGENTS["TOOLS"]; an
+agent may call the ones listed in its `tools` field. The turn engine runs the calls the LLM
+asks for, hands each an idempotency key that stays the same when the turn is resumed or
+retried (so a tool with external effects can deduplicate), stores call and result as
+messages, and calls the LLM again with the results.
+
+Two tools are built in and handled by the engine itself, needing no answer from the LLM:
+`update_task_state` (merge its arguments into the session's task state) and
+`request_checkpoint` (ask for a checkpoint under the `transitions` policy).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from agents.conf import agents_settings
+
+TASK_STATE_TOOL = "update_task_state"
+CHECKPOINT_TOOL = "request_checkpoint"
+BUILT_IN = frozenset({TASK_STATE_TOOL, CHECKPOINT_TOOL})
+
+_BUILT_IN_SPECS: tuple[dict[str, Any], ...] = (
+    {
+        "name": TASK_STATE_TOOL,
+        "description": "Merge these keys into the task state (use `step` for the current step).",
+        "parameters": {"type": "object", "additionalProperties": True},
+    },
+    {
+        "name": CHECKPOINT_TOOL,
+        "description": "Save a checkpoint of the conversation here.",
+        "parameters": {"type": "object", "properties": {}},
+    },
+)
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    tenant_id: uuid.UUID
+    session_id: uuid.UUID
+    user_id: str
+    idempotency_key: str  # the same for this call when its turn is resumed or retried
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    run: Callable[[dict[str, Any], ToolContext], Any]  # returns a JSON-serialisable result
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+@functools.cache
+def _load(paths: tuple[str, ...]) -> dict[str, Tool]:
+    tools: dict[str, Tool] = {}
+    for path in paths:
+        tool = import_string(path)
+        if not isinstance(tool, Tool):
+            raise TypeError(f'AGENTS["TOOLS"]: {path} is not a Tool')
+        tools[tool.name] = tool
+    return tools
+
+
+def tool_registry() -> dict[str, Tool]:
+    """Every registered tool by name."""
+    return _load(tuple(agents_settings().TOOLS))
+
+
+def tools_for(names: list[str]) -> dict[str, Tool]:
+    """The registered tools among `names` (an agent's `tools`); unknown names are skipped."""
+    registry = tool_registry()
+    return {name: registry[name] for name in names if name in registry}
+
+
+def tool_specs(names: list[str]) -> tuple[dict[str, Any], ...]:
+    """What the LLM is told it may call: the built-ins and the agent's tools."""
+    return _BUILT_IN_SPECS + tuple(tool.spec() for tool in tools_for(names).values())
