@@ -44,6 +44,7 @@ class Checkpoint(TenantOwned):
     # off there resumes from this checkpoint).
     turn_key = models.CharField(max_length=64, blank=True, default="")
     turn_open = models.BooleanField(default=False)
+    turn_first_seq = models.PositiveBigIntegerField(null=True, blank=True)  # its user message
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -173,3 +174,71 @@ class Summary(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.session_id} {self.first_seq}-{self.last_seq}"
+
+
+# --- LangGraph graphs' checkpoints (memory/langgraph_saver.py) ------------------------------
+# The saver mirrors LangGraph's own layout: a checkpoint row without its channel values, each
+# channel value stored once per version (unchanged channels are not copied again), and the
+# pending writes of each checkpoint. Every row belongs to a tenant.
+
+
+class GraphCheckpoint(TenantOwned):
+    thread_id = models.CharField(max_length=255)
+    checkpoint_ns = models.CharField(max_length=255, blank=True, default="")
+    checkpoint_id = models.CharField(max_length=64)
+    parent_checkpoint_id = models.CharField(max_length=64, blank=True, default="")
+    type = models.CharField(max_length=32)
+    checkpoint = models.BinaryField()
+    metadata_type = models.CharField(max_length=32)
+    metadata = models.BinaryField()
+    channel_versions = models.JSONField(default=dict)
+    run_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "thread_id", "checkpoint_ns", "checkpoint_id"],
+                name="graph_checkpoint_unique",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "run_id"], name="graph_checkpoint_run"),
+        ]
+
+
+class GraphBlob(TenantOwned):
+    thread_id = models.CharField(max_length=255)
+    checkpoint_ns = models.CharField(max_length=255, blank=True, default="")
+    channel = models.CharField(max_length=255)
+    version = models.CharField(max_length=64)
+    type = models.CharField(max_length=32)
+    blob = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "thread_id", "checkpoint_ns", "channel", "version"],
+                name="graph_blob_unique",
+            )
+        ]
+
+
+class GraphWrite(TenantOwned):
+    thread_id = models.CharField(max_length=255)
+    checkpoint_ns = models.CharField(max_length=255, blank=True, default="")
+    checkpoint_id = models.CharField(max_length=64)
+    task_id = models.CharField(max_length=255)
+    task_path = models.CharField(max_length=1024, blank=True, default="")
+    idx = models.IntegerField()
+    channel = models.CharField(max_length=255)
+    type = models.CharField(max_length=32)
+    blob = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"],
+                name="graph_write_unique",
+            )
+        ]

@@ -72,6 +72,7 @@ class PlatformState:
         metadata: dict[str, Any],
         turn_key: str,
         turn_open: bool,
+        turn_first_seq: int | SeqRef,
         side_effects: list[dict[str, Any]],
     ) -> tuple[uuid.UUID, CompanionRow]:
         # Written by the statement that appends the turn's messages: one round trip, no
@@ -95,29 +96,35 @@ class PlatformState:
                 "side_effects": Jsonb(side_effects),
                 "turn_key": turn_key,
                 "turn_open": turn_open,
+                "turn_first_seq": turn_first_seq,
                 "created_at": NOW,
             },
         )
         return checkpoint_id, row
 
     def turn_progress(self, *, session: Session, turn_key: str) -> TurnProgress | None:
-        messages = list(
-            Message.objects.filter(
-                session=session, tenant_id=session.tenant_id, metadata__turn=turn_key
-            ).order_by("seq")
-        )
-        # A turn retried after a failure starts again at its newest user message.
-        starts = [i for i, m in enumerate(messages) if m.role == Message.Role.USER]
-        messages = messages[starts[-1] :] if starts else messages
-        if not messages:
-            return None
+        # Through the (session, turn_key) index: a turn is found by its latest checkpoint,
+        # which knows the turn's first and last message. A turn that wrote no checkpoint
+        # (it failed before any, or its policy wrote none) runs afresh.
         latest = (
             Checkpoint.objects.filter(session=session, turn_key=turn_key)
             .order_by("-created_at")
-            .values("pk", "turn_open", "task_state")
+            .values("pk", "turn_open", "task_state", "turn_first_seq", "high_water_seq")
             .first()
         )
-        if latest is None or not latest["turn_open"]:
+        if latest is None or latest["turn_first_seq"] is None:
+            return None
+        messages = list(
+            Message.objects.filter(
+                session=session,
+                tenant_id=session.tenant_id,
+                seq__gte=latest["turn_first_seq"],
+                seq__lte=latest["high_water_seq"],
+            ).order_by("seq")
+        )
+        if not messages:
+            return None
+        if not latest["turn_open"]:
             return TurnProgress(messages)
         return TurnProgress(messages, latest["pk"], latest["task_state"])
 

@@ -18,7 +18,7 @@ from django.utils.module_loading import import_string
 from agents.conf import agents_settings
 from agents.llm.base import ChatMessage
 from agents.models import Agent, Message, Session
-from agents.services import CompanionRow
+from agents.services import CompanionRow, SeqRef
 
 
 @dataclass
@@ -136,6 +136,7 @@ class StateBackend(Protocol):
         metadata: dict[str, Any],
         turn_key: str,
         turn_open: bool,
+        turn_first_seq: int | SeqRef,
         side_effects: list[dict[str, Any]],
     ) -> tuple[uuid.UUID, CompanionRow]:
         """The checkpoint to write with the next `new_messages` messages (in the statement

@@ -49,7 +49,7 @@ from agents.llm.base import (
     estimate_tokens,
 )
 from agents.models import Agent, Message, Session
-from agents.services import NewMessage, StaleLease, messages_append
+from agents.services import NewMessage, SeqRef, StaleLease, messages_append
 from agents.tools import BUILT_IN, CHECKPOINT_TOOL, TASK_STATE_TOOL, ToolContext, tools_for
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -146,6 +146,7 @@ def turn_run(
     validate_content(content)
     agent: Agent = session.agent
     publisher = FramePublisher(session.pk, local=emit, fanout=fanout)
+    resumable = turn_key is not None  # only a caller's key can have been used before
     turn_key = turn_key or uuid.uuid4().hex
     # Every frame of this turn names it, so a page can pair replies with their message.
     publisher.extra = {"turn": turn_key}
@@ -160,7 +161,7 @@ def turn_run(
         )
         try:
             turn = _Turn(session, agent, lease, publisher, turn_key)
-            result = turn.run(content, metadata)
+            result = turn.run(content, metadata, resumable=resumable)
         finally:
             lease.release()
     except TURN_FAILURES as error:
@@ -216,12 +217,12 @@ class _Turn:
 
     # --- the loop -----------------------------------------------------------------------
 
-    def run(self, content: str, metadata: dict[str, Any]) -> TurnResult:
-        progress = self.state.turn_progress(session=self.session, turn_key=self.key)
+    def run(self, content: str, metadata: dict[str, Any], *, resumable: bool) -> TurnResult:
+        progress = None
+        if resumable:
+            progress = self.state.turn_progress(session=self.session, turn_key=self.key)
         if progress is not None and not progress.resumable:
-            if progress.messages[0].status != Message.Status.FAILED:
-                return self._replay(progress.messages)
-            progress = None  # the first attempt failed before any answer: run afresh
+            return self._replay(progress.messages)
         memory = self.state.load_working_memory(session=self.session, agent=self.agent)
         user_tokens = self.backend.count_tokens(content)
         if progress is not None:
@@ -380,6 +381,8 @@ class _Turn:
                 metadata=metadata,
                 turn_key=self.key,
                 turn_open=checkpoint[1],
+                # The user's message: written already, or the first of these.
+                turn_first_seq=self.written.rows[0].seq if self.written.rows else SeqRef(0),
                 side_effects=self.side_effects,
             )
             self.side_effects = []
