@@ -241,6 +241,8 @@ AGENTS = {
     "FRAME_RETENTION_SECONDS": env_int("AGENTS_FRAME_RETENTION_SECONDS", 900, minimum=60),
     "CLIENT_TOKEN_SECONDS": env_int("AGENTS_CLIENT_TOKEN_SECONDS", 900, minimum=30),
     "WS_RATE_MESSAGES": env_int("AGENTS_WS_RATE_MESSAGES", 20, minimum=1),
+    "TOOLS": tuple(env_list("AGENTS_TOOLS", [])),
+    "MAX_LLM_CALLS": env_int("AGENTS_MAX_LLM_CALLS", 8, minimum=1),
 }
 if AGENTS["LLM_BACKEND"] not in {"auto", "openai", "local", "scripted"}:
     raise ConfigError(
