@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
+from agentplatform.audit import audit_record
+from agentplatform.console import TenantScopedAdmin, is_superuser, operator_actor
 from agentplatform.models import ApiKey, AuditEvent, Membership, Tenant
 from agentplatform.services import api_key_revoke
 
@@ -17,15 +21,26 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(TenantScopedAdmin):
+    tenant_field = "pk"
     list_display = ["slug", "name", "status", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
 
+    def get_inlines(self, request: HttpRequest, obj: Tenant | None = None) -> list[Any]:
+        # Picking a user lists every login of the platform: superusers only.
+        return list(self.inlines) if is_superuser(request) else []
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return is_superuser(request)  # tenants are created by the platform's operators
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return is_superuser(request)
+
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(TenantScopedAdmin):
     # The secret is never stored in clear, and its hash is never shown.
     list_display = ["__str__", "tenant", "name", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["tenant"]
@@ -36,21 +51,39 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are created by `create_api_key`, which shows the secret once
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
         for key in queryset:
+            if not self.has_change_permission(request, key):
+                continue  # a viewer of this tenant
             api_key_revoke(key=key)
-        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+            audit_record(
+                tenant=key.tenant,
+                actor=operator_actor(request),
+                action="api_key.revoked",
+                target=key,
+                payload={"prefix": key.prefix},
+            )
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(TenantScopedAdmin):
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
 
+    # Choosing a user lists every login of the platform: superusers manage memberships.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return is_superuser(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return is_superuser(request)
+
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(TenantScopedAdmin):
     """Read-only: the trail is append-only in the database too."""
 
     list_display = ["created_at", "tenant", "actor_kind", "actor_id", "action", "target_type",

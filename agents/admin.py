@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from agentplatform.console import TenantScopedAdmin
 from agents.models import Agent, Message, Session
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(TenantScopedAdmin):
     list_display = ["name", "tenant", "checkpoint_policy", "double_text_policy", "created_at"]
     list_filter = ["tenant", "checkpoint_policy", "double_text_policy"]
     search_fields = ["name"]
@@ -22,11 +23,12 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Session)
-class SessionAdmin(admin.ModelAdmin):
+class SessionAdmin(TenantScopedAdmin):
     list_display = ["id", "tenant", "agent", "user_id", "status", "last_activity_at"]
     list_filter = ["tenant", "status"]
     search_fields = ["user_id", "id"]
-    raw_id_fields = ["agent"]
+    autocomplete_fields = ["agent"]
+    ordering = ["-last_activity_at"]
     readonly_fields = ["next_seq", "last_activity_at", "created_at"]
     inlines = [MessageInline]
     # The changelist never counts every session of a big tenant.
@@ -34,7 +36,7 @@ class SessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(TenantScopedAdmin):
     list_display = ["session", "seq", "role", "status", "token_count", "created_at"]
     list_filter = ["tenant", "role", "status"]
     raw_id_fields = ["session"]

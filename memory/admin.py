@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from agentplatform.audit import Actor, audit_record
+from agentplatform.audit import audit_record
+from agentplatform.console import TenantScopedAdmin, operator_actor
 from agents.engine.concurrency import SessionBusy
 from agents.models import Message, Session
 from memory.checkpoints import REVERSIBLE, checkpoint_fork, checkpoint_rollback
@@ -19,7 +21,7 @@ from memory.models import Checkpoint, Memory, Summary
 
 
 @admin.register(Checkpoint)
-class CheckpointAdmin(admin.ModelAdmin):
+class CheckpointAdmin(TenantScopedAdmin):
     list_display = [
         "created_at",
         "session",
@@ -29,7 +31,8 @@ class CheckpointAdmin(admin.ModelAdmin):
         "undo_links",
     ]
     list_filter = ["kind", "tenant"]
-    raw_id_fields = ["session", "parent"]
+    autocomplete_fields = ["session"]
+    raw_id_fields = ["parent"]
     readonly_fields = ["session", "parent", "kind", "high_water_seq", "memory_first_seq",
                        "memory_tokens", "task_state", "metadata", "created_at"]  # fmt: skip
     show_full_result_count = False
@@ -51,8 +54,14 @@ class CheckpointAdmin(admin.ModelAdmin):
         ]  # fmt: skip
         return own + super().get_urls()
 
-    def rollback_view(self, request: HttpRequest, pk: str) -> HttpResponse:
+    def _managed_checkpoint(self, request: HttpRequest, pk: str) -> Checkpoint:
         checkpoint = get_object_or_404(self.get_queryset(request), pk=pk)
+        if not self.has_change_permission(request, checkpoint):
+            raise PermissionDenied  # viewers see the timeline; managers undo
+        return checkpoint
+
+    def rollback_view(self, request: HttpRequest, pk: str) -> HttpResponse:
+        checkpoint = self._managed_checkpoint(request, pk)
         session = Session.objects.select_related("agent", "tenant").get(pk=checkpoint.session_id)
         if request.method == "POST":
             try:
@@ -62,7 +71,7 @@ class CheckpointAdmin(admin.ModelAdmin):
                 return HttpResponseRedirect(request.path)
             audit_record(
                 tenant=session.tenant,
-                actor=_operator(request),
+                actor=operator_actor(request),
                 action="session.rollback",
                 target=session,
                 payload={
@@ -91,13 +100,13 @@ class CheckpointAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/memory/confirm_rollback.html", context)
 
     def fork_view(self, request: HttpRequest, pk: str) -> HttpResponse:
-        checkpoint = get_object_or_404(self.get_queryset(request), pk=pk)
+        checkpoint = self._managed_checkpoint(request, pk)
         session = Session.objects.select_related("agent", "tenant").get(pk=checkpoint.session_id)
         if request.method == "POST":
             fork = checkpoint_fork(session=session, checkpoint=checkpoint)
             audit_record(
                 tenant=session.tenant,
-                actor=_operator(request),
+                actor=operator_actor(request),
                 action="session.fork",
                 target=session,
                 payload={"checkpoint": str(checkpoint.pk), "fork": str(fork.pk)},
@@ -114,12 +123,8 @@ class CheckpointAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/memory/confirm_fork.html", context)
 
 
-def _operator(request: HttpRequest) -> Actor:
-    return Actor("operator", str(request.user.pk))
-
-
 @admin.register(Memory)
-class MemoryAdmin(admin.ModelAdmin):
+class MemoryAdmin(TenantScopedAdmin):
     list_display = ["text", "tenant", "user_id", "status", "updated_at", "last_retrieved_at"]
     list_filter = ["status", "tenant"]
     search_fields = ["text", "user_id"]
@@ -133,7 +138,7 @@ class MemoryAdmin(admin.ModelAdmin):
 
 
 @admin.register(Summary)
-class SummaryAdmin(admin.ModelAdmin):
+class SummaryAdmin(TenantScopedAdmin):
     list_display = ["session", "kind", "first_seq", "last_seq", "method", "created_at"]
     list_filter = ["kind", "method", "tenant"]
     raw_id_fields = ["session"]

@@ -1,0 +1,147 @@
+"""Tenant scoping for the operators' console (the Django admin).
+
+An operator is a staff user with memberships: `viewer` (read only) or `manager` of some
+tenants. `TenantScopedAdmin` is the base of every admin of tenant data: its queryset holds
+only the operator's tenants' rows, and everything the admin builds on that queryset
+follows, namely changelists, search, `RelatedOnlyFieldListFilter` filters, autocomplete
+(which asks the related model's admin), raw-id popups (a changelist) and actions (the
+selected rows of the changelist). A direct URL to another tenant's row is a 404, foreign-key
+choices are limited to the operator's tenants, and writes need the manager role on the
+row's tenant. Superusers see everything. Every add, change and delete is audited with the
+operator as actor.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin import RelatedOnlyFieldListFilter
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest
+
+from agentplatform.audit import Actor, audit_record
+from agentplatform.models import Membership, Tenant
+
+
+def operator_roles(request: HttpRequest) -> dict[uuid.UUID, str]:
+    """The operator's role per tenant id (read once per request)."""
+    cached: dict[uuid.UUID, str] | None = getattr(request, "_operator_roles", None)
+    if cached is None:
+        cached = dict(
+            Membership.objects.filter(user_id=request.user.pk or 0).values_list("tenant_id", "role")
+        )
+        request._operator_roles = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def managed_tenants(request: HttpRequest) -> list[uuid.UUID]:
+    return [t for t, role in operator_roles(request).items() if role == Membership.Role.MANAGER]
+
+
+def operator_actor(request: HttpRequest) -> Actor:
+    return Actor("operator", str(request.user.pk))
+
+
+def is_superuser(request: HttpRequest) -> bool:
+    return bool(getattr(request.user, "is_superuser", False))
+
+
+class TenantScopedAdmin(admin.ModelAdmin):
+    # The path from the model to its tenant's id ("tenant" for TenantOwned rows).
+    tenant_field = "tenant"
+
+    # --- what the operator sees ----------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        if is_superuser(request):
+            return queryset
+        return queryset.filter(**{f"{self.tenant_field}__in": list(operator_roles(request))})
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> Any:
+        found = super().get_object(request, object_id, from_field)
+        if found is None:
+            raise Http404("No such object.")  # another tenant's row is not there at all
+        return found
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        # A plain related filter would list every tenant; this one only those in the rows.
+        return [
+            (name, RelatedOnlyFieldListFilter) if name == "tenant" else name
+            for name in super().get_list_filter(request)
+        ]
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if not is_superuser(request):
+            related = db_field.related_model
+            allowed = managed_tenants(request)
+            if related is Tenant:
+                kwargs["queryset"] = Tenant.objects.filter(pk__in=allowed)
+            elif any(f.name == "tenant" for f in related._meta.fields):
+                kwargs["queryset"] = related._default_manager.filter(tenant__in=allowed)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    # --- what the operator may do --------------------------------------------------------
+
+    def tenant_of(self, obj: Model) -> uuid.UUID | None:
+        value = obj
+        for part in self.tenant_field.split("__"):
+            value = getattr(
+                value, "pk" if part == "pk" else f"{part}_id" if part == "tenant" else part
+            )
+        return value  # type: ignore[return-value]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return is_superuser(request) or bool(operator_roles(request))
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        if is_superuser(request):
+            return True
+        roles = operator_roles(request)
+        return bool(roles) if obj is None else self.tenant_of(obj) in roles
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        if is_superuser(request):
+            return True
+        managed = managed_tenants(request)
+        return bool(managed) if obj is None else self.tenant_of(obj) in managed
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return self.has_change_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return is_superuser(request) or bool(managed_tenants(request))
+
+    # --- audited writes ------------------------------------------------------------------
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not is_superuser(request) and self.tenant_of(obj) not in managed_tenants(request):
+            raise Http404("No such tenant.")
+        super().save_model(request, obj, form, change)
+        self._audit(request, obj, "admin.change" if change else "admin.add",
+                    {"fields": sorted(form.changed_data)})  # fmt: skip
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self._audit(request, obj, "admin.delete", {})
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for obj in queryset:
+            self._audit(request, obj, "admin.delete", {})
+        super().delete_queryset(request, queryset)
+
+    def _audit(self, request: HttpRequest, obj: Any, action: str, payload: dict[str, Any]) -> None:
+        tenant_id = self.tenant_of(obj)
+        if tenant_id is None:
+            return
+        audit_record(
+            tenant=Tenant(pk=tenant_id),
+            actor=operator_actor(request),
+            action=action,
+            target=obj,
+            payload={"model": obj._meta.label, **payload},
+        )
