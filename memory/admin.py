@@ -10,13 +10,21 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
 from agentplatform.audit import audit_record
 from agentplatform.console import TenantScopedAdmin, operator_actor
+from agents.admin import SessionAdmin
 from agents.engine.concurrency import SessionBusy
 from agents.models import Message, Session
-from memory.checkpoints import REVERSIBLE, checkpoint_fork, checkpoint_rollback
+from memory import inspector
+from memory.checkpoints import (
+    REVERSIBLE,
+    checkpoint_fork,
+    checkpoint_rollback,
+    side_effects_after,
+)
 from memory.models import Checkpoint, Memory, Summary
 
 
@@ -82,7 +90,7 @@ class CheckpointAdmin(TenantScopedAdmin):
             self.message_user(
                 request, f"Rolled back: {len(receipt.rolled_back_seqs)} message(s) undone."
             )
-            return HttpResponseRedirect(reverse("admin:agents_session_change", args=[session.pk]))
+            return HttpResponseRedirect(reverse("admin:agents_session_inspect", args=[session.pk]))
         undone = Message.objects.filter(
             session=session, seq__gt=checkpoint.high_water_seq, status__in=REVERSIBLE
         ).order_by("seq")
@@ -95,6 +103,7 @@ class CheckpointAdmin(TenantScopedAdmin):
             "summaries": Summary.objects.filter(
                 session=session, last_seq__gt=checkpoint.high_water_seq
             ),
+            "side_effects": side_effects_after(session, checkpoint),
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/memory/confirm_rollback.html", context)
@@ -143,3 +152,55 @@ class SummaryAdmin(TenantScopedAdmin):
     list_filter = ["kind", "method", "tenant"]
     raw_id_fields = ["session"]
     show_full_result_count = False
+
+
+admin.site.unregister(Session)
+
+
+@admin.register(Session)
+class InspectableSessionAdmin(SessionAdmin):
+    """The session admin with the inspector (the memory app owns most of what it shows)."""
+
+    list_display = [*SessionAdmin.list_display, "inspect_link"]
+
+    @admin.display(description="")
+    def inspect_link(self, session: Session) -> str:
+        url = reverse("admin:agents_session_inspect", args=[session.pk])
+        return format_html('<a href="{}">Inspect</a>', url)
+
+    def get_urls(self) -> list[Any]:
+        own = [
+            path("<uuid:pk>/inspect/", self.admin_site.admin_view(self.inspect_view),
+                 name="agents_session_inspect"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def inspect_view(self, request: HttpRequest, pk: str) -> HttpResponse:
+        session = get_object_or_404(
+            self.get_queryset(request).select_related("agent", "tenant"), pk=pk
+        )
+        before_seq = _int(request.GET.get("before"))
+        checkpoints_before = parse_datetime(request.GET.get("cp_before") or "")
+        messages_page = inspector.message_page(session, before_seq)
+        turns = inspector.turns_of(messages_page.rows)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Session {session.pk}",
+            "session": session,
+            "opts": self.model._meta,
+            "live": inspector.live_state(session),
+            "messages_page": messages_page,
+            "turns": [(turn, inspector.context_parts(session, turn)) for turn in turns],
+            "checkpoints_page": inspector.checkpoint_page(session, checkpoints_before),
+            "summaries": inspector.session_summaries(session),
+            "memories": inspector.learned_memories(session),
+            "can_undo": self.has_change_permission(request, session),
+        }
+        return TemplateResponse(request, "admin/agents/session/inspect.html", context)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None

@@ -73,7 +73,7 @@ def _rollback(session: Session, checkpoint: Checkpoint) -> RollbackReceipt:
     summaries = Summary.objects.filter(session=session, last_seq__gt=high_water)
     receipt.removed_summaries = [str(pk) for pk in summaries.values_list("pk", flat=True)]
     summaries.delete()
-    receipt.side_effects = _side_effects_after(session, checkpoint)
+    receipt.side_effects = side_effects_after(session, checkpoint)
     last_seq = session.messages.order_by("-seq").values_list("seq", flat=True).first() or 0
     receipt.head = Checkpoint.objects.create(
         tenant_id=session.tenant_id,
@@ -104,7 +104,7 @@ def _retract_memories(session: Session, undone: set[int]) -> list[str]:
     return retracted
 
 
-def _side_effects_after(session: Session, checkpoint: Checkpoint) -> list[dict[str, Any]]:
+def side_effects_after(session: Session, checkpoint: Checkpoint) -> list[dict[str, Any]]:
     """Tool calls recorded after the checkpoint: the platform cannot undo them."""
     effects: list[dict[str, Any]] = []
     later = Checkpoint.objects.filter(

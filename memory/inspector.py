@@ -1,0 +1,150 @@
+"""What the session inspector shows, read cheaply: keyset pages (no COUNT over a session's
+messages or checkpoints), Redis state read live."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agentplatform import keys
+from agentplatform.redis import get_redis
+from agents.engine.ports import WorkingMemory
+from agents.models import Message, Session
+from memory import working
+from memory.models import Checkpoint, Memory, Summary
+
+PAGE = 50
+
+
+@dataclass
+class LiveState:
+    """The session's state in Redis right now."""
+
+    working_memory: WorkingMemory | None
+    working_memory_ttl: int | None
+    lease_holder: str | None
+    lease_ttl_ms: int | None
+    queued: int
+    cancel_requested: str | None
+
+
+@dataclass
+class Page:
+    rows: list[Any]
+    next_cursor: Any = None  # pass back as the cursor for the next (older) page
+
+
+@dataclass
+class Turn:
+    """One assistant reply with what its LLM received."""
+
+    message: Message
+    context: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def live_state(session: Session) -> LiveState:
+    client = get_redis()
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.lease(session.pk))
+    pipe.pttl(keys.lease(session.pk))
+    pipe.zcard(keys.turn_queue(session.pk))
+    pipe.get(keys.cancel(session.pk))
+    holder, pttl, queued, cancel = pipe.execute()
+    return LiveState(
+        working_memory=working.wm_read(session),
+        working_memory_ttl=working.wm_ttl(session),
+        lease_holder=holder.decode() if holder else None,
+        lease_ttl_ms=int(pttl) if holder and int(pttl) >= 0 else None,
+        queued=int(queued),
+        cancel_requested=cancel.decode().partition("|")[2] if cancel else None,
+    )
+
+
+def message_page(session: Session, before_seq: int | None) -> Page:
+    """Newest first, every status (rolled back and interrupted included)."""
+    rows = Message.objects.filter(session=session, tenant_id=session.tenant_id)
+    if before_seq is not None:
+        rows = rows.filter(seq__lt=before_seq)
+    page = list(rows.order_by("-seq")[: PAGE + 1])
+    more = len(page) > PAGE
+    page = page[:PAGE]
+    return Page(page, page[-1].seq if more else None)
+
+
+def turns_of(messages: list[Message]) -> list[Turn]:
+    return [
+        Turn(m, m.metadata.get("context") or {}, m.metadata.get("tool_calls") or [])
+        for m in messages
+        if m.role == Message.Role.ASSISTANT
+    ]
+
+
+def checkpoint_page(session: Session, before: datetime | None) -> Page:
+    rows = Checkpoint.objects.filter(session=session, tenant_id=session.tenant_id)
+    if before is not None:
+        rows = rows.filter(created_at__lt=before)
+    page = list(rows.order_by("-created_at")[: PAGE + 1])
+    more = len(page) > PAGE
+    page = page[:PAGE]
+    return Page(page, page[-1].created_at.isoformat() if more else None)
+
+
+def session_summaries(session: Session) -> list[Summary]:
+    return list(
+        Summary.objects.filter(session=session, tenant_id=session.tenant_id).order_by("first_seq")
+    )
+
+
+def learned_memories(session: Session) -> list[Memory]:
+    """Memories with a source in this session (JSON containment, through the user's rows)."""
+    return list(
+        Memory.objects.filter(
+            tenant_id=session.tenant_id,
+            user_id=session.user_id,
+            sources__contains=[{"session_id": str(session.pk)}],
+        ).order_by("-created_at")[:PAGE]
+    )
+
+
+def context_parts(session: Session, turn: Turn) -> dict[str, Any]:
+    """A reply's compiled context, resolved: the working-memory messages it held and the
+    texts of its summaries (memories carry their text and score already)."""
+    record = turn.context
+    window = record.get("working_memory") or {}
+    first, last = window.get("first_seq"), window.get("last_seq")
+    messages = (
+        list(
+            Message.objects.filter(session=session, seq__gte=first, seq__lte=last)
+            .exclude(role=Message.Role.TOOL)
+            .order_by("seq")
+            .values("seq", "role", "content", "token_count", "status")
+        )
+        if first is not None and last is not None
+        else []
+    )
+    summary_ids = [s["id"] for s in record.get("summaries", [])]
+    texts = dict(Summary.objects.filter(pk__in=summary_ids).values_list("pk", "text"))
+    summaries = [
+        {**s, "text": texts.get(_uuid(s["id"]), "(removed since)")}
+        for s in record.get("summaries", [])
+    ]
+    return {
+        "system_prompt": session.agent.system_prompt,
+        "system_prompt_tokens": record.get("system_prompt_tokens"),
+        "working_memory": messages,
+        "working_memory_tokens": window.get("tokens"),
+        "memories": record.get("memories", []),
+        "summaries": summaries,
+        "extras_tokens": record.get("extras_tokens"),
+        "total_tokens": record.get("total_tokens"),
+    }
+
+
+def _uuid(value: str) -> Any:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return value
