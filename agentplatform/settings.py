@@ -178,6 +178,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "memory.summarize_idle_sessions",
         "schedule": 300.0,
     },
+    "memory.enforce_retention": {
+        "task": "memory.enforce_retention",
+        "schedule": 86_400.0,
+    },
+    "memory.sample_storage": {
+        "task": "memory.sample_storage",
+        "schedule": 86_400.0,
+    },
     "agents.recover_turns": {
         "task": "agents.recover_turns",
         "schedule": 30.0,

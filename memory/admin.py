@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -15,6 +19,7 @@ from django.utils.html import format_html
 
 from agentplatform.audit import audit_record
 from agentplatform.console import TenantScopedAdmin, operator_actor
+from agentplatform.models import Tenant
 from agents.admin import SessionAdmin
 from agents.engine.concurrency import SessionBusy
 from agents.models import Message, Session
@@ -25,7 +30,14 @@ from memory.checkpoints import (
     checkpoint_rollback,
     side_effects_after,
 )
-from memory.models import Checkpoint, Memory, Summary
+from memory.erasure import user_erase
+from memory.models import Checkpoint, Memory, RetentionPolicy, StorageSample, Summary
+from memory.retention import (
+    POLICY_FIELDS,
+    RetentionCounts,
+    retention_apply_ttl,
+    retention_preview,
+)
 
 
 @admin.register(Checkpoint)
@@ -162,6 +174,34 @@ class InspectableSessionAdmin(SessionAdmin):
     """The session admin with the inspector (the memory app owns most of what it shows)."""
 
     list_display = [*SessionAdmin.list_display, "inspect_link"]
+    actions = ["erase_end_users"]
+
+    @admin.action(
+        description="Erase everything about these sessions' end users", permissions=["change"]
+    )
+    def erase_end_users(
+        self, request: HttpRequest, queryset: QuerySet[Session]
+    ) -> HttpResponse | None:
+        people = sorted(
+            {(s.tenant_id, s.user_id) for s in queryset if self.has_change_permission(request, s)}
+        )
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Erase these end users?",
+                "people": [(Tenant.objects.get(pk=t), u) for t, u in people],
+                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+                "opts": self.model._meta,
+            }
+            return TemplateResponse(request, "admin/agents/session/confirm_erase.html", context)
+        for tenant_id, user_id in people:
+            receipt = user_erase(
+                tenant=Tenant.objects.get(pk=tenant_id),
+                user_id=user_id,
+                actor=operator_actor(request),
+            )
+            self.message_user(request, f"Erased {user_id}: {asdict(receipt)}", messages.SUCCESS)
+        return None
 
     @admin.display(description="")
     def inspect_link(self, session: Session) -> str:
@@ -204,3 +244,57 @@ def _int(value: str | None) -> int | None:
         return int(value) if value else None
     except ValueError:
         return None
+
+
+class RetentionPolicyForm(forms.ModelForm):
+    preview_only = forms.BooleanField(
+        required=False,
+        label="Preview only",
+        help_text="Show how many rows of each kind this policy would delete now; save nothing.",
+    )
+    preview: RetentionCounts | None = None
+
+    class Meta:
+        model = RetentionPolicy
+        fields = ["tenant", "agent", *POLICY_FIELDS]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        tenant, agent = data.get("tenant"), data.get("agent")
+        if tenant is not None and agent is not None and agent.tenant_id != tenant.pk:
+            raise forms.ValidationError("The agent belongs to another tenant.")
+        if data.get("preview_only") and not self.errors and tenant is not None:
+            candidate = RetentionPolicy(
+                pk=self.instance.pk,
+                tenant=tenant,
+                agent=agent,
+                **{name: data.get(name) for name in POLICY_FIELDS},
+            )
+            self.preview = retention_preview(candidate)
+            raise forms.ValidationError("Preview only: nothing was saved.", code="preview")
+        return data
+
+
+@admin.register(RetentionPolicy)
+class RetentionPolicyAdmin(TenantScopedAdmin):
+    form = RetentionPolicyForm
+    list_display = ["__str__", "tenant", *POLICY_FIELDS, "updated_at"]
+    list_filter = ["tenant"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)  # audited there
+        retention_apply_ttl(obj)
+
+
+@admin.register(StorageSample)
+class StorageSampleAdmin(TenantScopedAdmin):
+    list_display = ["taken_on", "tenant", "store", "rows", "bytes"]
+    list_filter = ["store", "tenant"]
+    date_hierarchy = "taken_on"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # sampled by the daily task
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False

@@ -242,3 +242,61 @@ class GraphWrite(TenantOwned):
                 name="graph_write_unique",
             )
         ]
+
+
+class RetentionPolicy(TenantOwned):
+    """How long each kind of state is kept: the tenant's default (no agent) or an agent's
+    override, field by field (an empty field falls back to the tenant's default).
+    Enforced daily by Celery beat (memory/retention.py); each run is audited."""
+
+    agent = models.OneToOneField(
+        "agents.Agent", null=True, blank=True, on_delete=models.CASCADE, related_name="retention"
+    )
+    working_memory_ttl_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Applied to the agents' working memory in Redis."
+    )
+    idle_session_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Sessions idle this long are summarised, then archived."
+    )
+    message_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Raw messages older than this are deleted; summaries stay."
+    )
+    checkpoint_keep_last = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Per session, keep this many latest checkpoints and one a day before them.",
+    )
+    memory_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Memories neither updated nor retrieved for this long."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "retention policies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=models.Q(agent__isnull=True),
+                name="retention_one_default_per_tenant",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"retention of {self.agent or 'every agent'}"
+
+
+class StorageSample(TenantOwned):
+    """Rows and bytes one tenant keeps in one store, sampled daily (memory/accounting.py)."""
+
+    taken_on = models.DateField()
+    store = models.CharField(max_length=32)
+    rows = models.BigIntegerField()
+    bytes = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "taken_on", "store"], name="storage_sample_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "taken_on"], name="storage_sample_recent")]

@@ -3,6 +3,7 @@ service called; each is safe to run twice."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import timedelta
 from typing import cast
 
@@ -167,3 +168,19 @@ def summarize_idle_sessions() -> int:
         if summarize_session(str(session_id)):
             done += 1
     return done
+
+
+@shared_task(name="memory.enforce_retention")
+def enforce_retention() -> dict[str, int]:
+    """Beat (daily): every tenant's retention policies; each run is audited."""
+    from memory.retention import retention_run_all
+
+    return asdict(retention_run_all())
+
+
+@shared_task(name="memory.sample_storage")
+def sample_storage() -> int:
+    """Beat (daily): rows and bytes per tenant per store, for the growth charts."""
+    from memory.accounting import storage_sample_all
+
+    return storage_sample_all()

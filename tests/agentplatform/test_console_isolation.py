@@ -15,7 +15,8 @@ from agentplatform.console import TenantScopedAdmin
 from agentplatform.models import ApiKey, AuditEvent, Membership
 from agents.engine.turn import turn_run
 from agents.models import Message
-from memory.models import Checkpoint, Memory, Summary
+from memory.accounting import storage_sample
+from memory.models import Checkpoint, Memory, RetentionPolicy, Summary
 from memory.semantic import Source, memory_upsert
 from tests.conftest import Persona
 
@@ -48,6 +49,8 @@ def _data(persona: Persona) -> None:
         summary_tokens=4,
     )
     persona.client().post("/api/v1/agents/", {"name": "audited"}, format="json")
+    RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
+    storage_sample(persona.tenant)
 
 
 def _rows_of(persona: Persona) -> dict[type, list[str]]:
@@ -74,7 +77,16 @@ def two_tenants(alice: Persona, bob: Persona) -> tuple[Persona, Persona]:
 
 
 def test_every_scoped_model_is_covered(two_tenants: tuple[Persona, Persona]) -> None:
-    expected = {ApiKey, AuditEvent, Membership, Message, Checkpoint, Memory, Summary}
+    expected = {
+        ApiKey,
+        AuditEvent,
+        Membership,
+        Message,
+        Checkpoint,
+        Memory,
+        Summary,
+        RetentionPolicy,
+    }
     assert expected <= set(SCOPED)
     for model, pks in _rows_of(two_tenants[1]).items():
         assert pks, f"no {model.__name__} rows for the test to look for"
