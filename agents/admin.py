@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from agentplatform.console import TenantScopedAdmin
 from agents.models import Agent, Message, Session
@@ -41,3 +42,6 @@ class MessageAdmin(TenantScopedAdmin):
     list_filter = ["tenant", "role", "status"]
     raw_id_fields = ["session"]
     show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # messages are written by turns (fenced, with their seqs)

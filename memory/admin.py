@@ -57,6 +57,9 @@ class CheckpointAdmin(TenantScopedAdmin):
                        "memory_tokens", "task_state", "metadata", "created_at"]  # fmt: skip
     show_full_result_count = False
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # written by turns, rollbacks and forks
+
     @admin.display(description="")
     def undo_links(self, checkpoint: Checkpoint) -> str:
         rollback = reverse("admin:memory_checkpoint_rollback", args=[checkpoint.pk])
@@ -164,6 +167,9 @@ class SummaryAdmin(TenantScopedAdmin):
     list_filter = ["kind", "method", "tenant"]
     raw_id_fields = ["session"]
     show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # written by compaction and session summaries
 
 
 admin.site.unregister(Session)

@@ -114,7 +114,10 @@ def context_parts(session: Session, turn: Turn) -> dict[str, Any]:
     texts of its summaries (memories carry their text and score already)."""
     record = turn.context
     window = record.get("working_memory") or {}
-    first, last = window.get("first_seq"), window.get("last_seq")
+    # The recorded window ends before the turn's own user message (it had no seq yet when
+    # the context was compiled); that message was in the context too.
+    last = turn.message.seq - 1
+    first = window.get("first_seq") or last
     messages = (
         list(
             Message.objects.filter(session=session, seq__gte=first, seq__lte=last)
@@ -122,7 +125,7 @@ def context_parts(session: Session, turn: Turn) -> dict[str, Any]:
             .order_by("seq")
             .values("seq", "role", "content", "token_count", "status")
         )
-        if first is not None and last is not None
+        if record
         else []
     )
     summary_ids = [s["id"] for s in record.get("summaries", [])]

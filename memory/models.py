@@ -97,6 +97,7 @@ class Memory(TenantOwned):
     last_retrieved_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name_plural = "memories"
         indexes = [
             # Filtered searches scan one end user's rows exactly through this index.
             models.Index(fields=["tenant", "user_id", "status"], name="memory_tenant_user"),
@@ -145,6 +146,7 @@ class Summary(TenantOwned):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name_plural = "summaries"
         indexes = [
             models.Index(fields=["tenant", "user_id", "-created_at"], name="summary_user_recent"),
             models.Index(fields=["session", "kind", "first_seq"], name="summary_session_range"),

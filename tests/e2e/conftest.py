@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from agentplatform.testing import Server
+from tests.agents.conftest import llm  # noqa: F401  (the scripted LLM, reset per test)
 
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts"  # screenshots (not committed)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SLOW_REPLY = " ".join(f"word{i}" for i in range(80))
 
 
@@ -24,3 +30,24 @@ def servers() -> Iterator[tuple[Server, Server]]:
     yield first, second
     first.stop()
     second.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield launched
+        launched.close()

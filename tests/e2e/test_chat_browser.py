@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +10,8 @@ import pytest
 from agentplatform.testing import Server
 from agents.client_tokens import client_token_mint
 from tests.conftest import Persona
+from tests.e2e.conftest import ARTIFACTS, CHROMIUM
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPLY = "Streaming works: " + " ".join(f"w{i}" for i in range(40))
 
 pytestmark = [
@@ -29,27 +26,6 @@ def server() -> Iterator[Server]:
     live = Server({"SCRIPTED_LLM_DELAY": "0.02", "SCRIPTED_LLM_REPLY": REPLY})
     yield live
     live.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield launched
-        launched.close()
 
 
 def test_chat_streams_survives_reload_and_fans_out_to_a_second_tab(
