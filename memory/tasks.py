@@ -1,5 +1,6 @@
 """Celery tasks of the memory tiers. Thin: ids in, the row loaded (its tenant with it), a
-service called; each is safe to run twice."""
+service called; each is safe to run twice. The per-end-user tasks keep no result in the
+result backend (`ignore_result`), so erasing an end user leaves nothing of theirs there."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from memory.semantic import Source, memory_upsert
 from memory.summaries import summary_create
 
 
-@shared_task(name="memory.extract_memories", acks_late=True)
+@shared_task(name="memory.extract_memories", acks_late=True, ignore_result=True)
 def extract_memories(message_ids: list[int]) -> int:
     """Facts the end user stated in these messages become memories (deduplicated)."""
     stored = 0
@@ -82,7 +83,7 @@ RUNNING_TTL_SECONDS = 600
 DRAIN_BATCH = 200
 
 
-@shared_task(name="memory.extract_pending", acks_late=True)
+@shared_task(name="memory.extract_pending", acks_late=True, ignore_result=True)
 def extract_pending(tenant_id: str) -> int:
     """Extract memories from the tenant's pending messages, oldest first (the list and its
     flags: memory/followups.py). Ids leave the list only once processed."""
@@ -124,7 +125,7 @@ def extract_pending_sweep() -> int:
     return scheduled
 
 
-@shared_task(name="memory.compact_session", acks_late=True)
+@shared_task(name="memory.compact_session", acks_late=True, ignore_result=True)
 def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | None:
     try:
         session = Session.objects.select_related("agent").filter(pk=session_id).first()
@@ -139,7 +140,7 @@ def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | Non
         get_redis().delete(keys.compaction_scheduled(session_id))
 
 
-@shared_task(name="memory.summarize_session", acks_late=True)
+@shared_task(name="memory.summarize_session", acks_late=True, ignore_result=True)
 def summarize_session(session_id: str) -> str | None:
     """The whole session as one summary for the end user's later sessions (replaced when
     the session grew since)."""

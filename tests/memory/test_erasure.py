@@ -66,3 +66,15 @@ def test_erase_is_scoped_to_the_callers_tenant(alice: Persona, bob: Persona) -> 
     receipt = bob.client().post(f"/api/v1/users/{alice.user_id}/erase/").json()
     assert receipt["sessions"] == 0 and receipt["memories"] == 0
     assert Session.objects.filter(pk=alice.session.pk).exists()
+
+
+def test_per_end_user_tasks_keep_no_result_in_the_backend() -> None:
+    from memory import tasks
+
+    for task in (
+        tasks.extract_memories,
+        tasks.extract_pending,
+        tasks.compact_session,
+        tasks.summarize_session,
+    ):
+        assert task.ignore_result, task.name
