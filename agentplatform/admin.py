@@ -10,7 +10,7 @@ from django.http import HttpRequest
 
 from agentplatform.audit import audit_record
 from agentplatform.console import TenantScopedAdmin, is_superuser, operator_actor
-from agentplatform.models import ApiKey, AuditEvent, Membership, Tenant
+from agentplatform.models import ApiKey, AuditEvent, Membership, Tenant, TenantSecret
 from agentplatform.services import api_key_revoke
 
 
@@ -99,4 +99,17 @@ class AuditEventAdmin(TenantScopedAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(TenantSecret)
+class TenantSecretAdmin(TenantScopedAdmin):
+    """Names only: the value is encrypted at rest and never shown (set it through the API)."""
+
+    list_display = ["name", "tenant", "created_at", "updated_at"]
+    list_filter = ["tenant"]
+    fields = ["tenant", "name", "created_at", "updated_at"]
+    readonly_fields = ["tenant", "name", "created_at", "updated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False

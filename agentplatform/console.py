@@ -13,16 +13,22 @@ operator as actor.
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin import RelatedOnlyFieldListFilter
+from django.contrib.auth.signals import user_login_failed
 from django.db.models import Model, QuerySet
-from django.http import Http404, HttpRequest
+from django.dispatch import receiver
+from django.http import Http404, HttpRequest, HttpResponse
 
+from agentplatform import keys
 from agentplatform.audit import Actor, audit_record
 from agentplatform.models import Membership, Tenant
+from agentplatform.redis import get_redis
 
 
 def operator_roles(request: HttpRequest) -> dict[uuid.UUID, str]:
@@ -145,3 +151,55 @@ class TenantScopedAdmin(admin.ModelAdmin):
             target=obj,
             payload={"model": obj._meta.label, **payload},
         )
+
+
+# --- the admin login, rate-limited ---------------------------------------------------------
+
+LOGIN_FAILURES_ALLOWED = 10  # per client address and per username, in the window
+LOGIN_WINDOW_SECONDS = 900
+
+
+def _login_failure_keys(request: HttpRequest, username: str) -> list[str]:
+    address = request.META.get("REMOTE_ADDR", "unknown")
+    return [keys.login_failures("addr", address), keys.login_failures("user", username.lower())]
+
+
+def login_failure_record(request: HttpRequest, username: str) -> None:
+    pipe = get_redis().pipeline(transaction=False)
+    for key in _login_failure_keys(request, username):
+        # The window starts at the first failure (EXPIRE NX needs Redis 7; the embedded is 6.2).
+        pipe.set(key, 0, ex=LOGIN_WINDOW_SECONDS, nx=True)
+        pipe.incr(key)
+    pipe.execute()
+
+
+def login_blocked(request: HttpRequest, username: str) -> bool:
+    counts = get_redis().mget(_login_failure_keys(request, username))
+    return any(int(count or 0) >= LOGIN_FAILURES_ALLOWED for count in counts)  # type: ignore[union-attr]
+
+
+def rate_limited_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The admin's login view, refusing further tries (429) from an address or for a
+    username after LOGIN_FAILURES_ALLOWED failures in LOGIN_WINDOW_SECONDS."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        username = request.POST.get("username", "") if request.method == "POST" else ""
+        if request.method == "POST" and login_blocked(request, username):
+            minutes = LOGIN_WINDOW_SECONDS // 60
+            return HttpResponse(
+                f"Too many failed logins. Try again in up to {minutes} minutes.",
+                status=429,
+                content_type="text/plain",
+            )
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@receiver(user_login_failed)
+def _count_login_failure(
+    sender: object, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any
+) -> None:
+    if request is not None:
+        login_failure_record(request, str(credentials.get("username", "")))

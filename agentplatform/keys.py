@@ -88,6 +88,11 @@ def extraction_running(tenant_id: object) -> str:
     return _key("extract", tenant_id, "running")
 
 
+def login_failures(kind: str, value: str) -> str:
+    """Failed admin logins from one address or for one username (TTL: the window)."""
+    return _key("loginfail", kind, value)
+
+
 def session_keys(session_id: object) -> list[str]:
     """Every fixed-name key of one session (erasure deletes these, plus queue tickets)."""
     return [

@@ -131,3 +131,20 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_kind}:{self.actor_id}"
+
+
+class TenantSecret(TenantOwned):
+    """A tenant's secret, stored encrypted (agentplatform/vault.py); its value is never shown."""
+
+    name = models.SlugField(max_length=100)
+    ciphertext = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="tenant_secret_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name

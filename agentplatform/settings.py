@@ -22,10 +22,19 @@ from agentplatform.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# PRODUCTION=1 turns on everything `manage.py check --deploy` asks for (tested): a real
+# SECRET_KEY is required, DEBUG must be off, and HTTPS-only defaults apply.
+PRODUCTION = env_bool("PRODUCTION", False)
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY", "django-insecure-local-development-key-change-me")
-if not DEBUG and SECRET_KEY.startswith("django-insecure") and env_bool("REQUIRE_SECRET_KEY", False):
+REQUIRE_SECRET_KEY = env_bool("REQUIRE_SECRET_KEY", PRODUCTION)
+# Fernet keys for tenants' secrets at rest (comma-separated, the first encrypts); unset:
+# derived from SECRET_KEY.
+SECRETS_KEY = env_str("SECRETS_KEY", "")
+if not DEBUG and SECRET_KEY.startswith("django-insecure") and REQUIRE_SECRET_KEY:
     raise ConfigError("SECRET_KEY must be set when REQUIRE_SECRET_KEY is on.")
+if PRODUCTION and DEBUG:
+    raise ConfigError("DEBUG must be off when PRODUCTION is on.")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -128,9 +137,22 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+# Load balancers probe over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+# Preloading commits the domain to HTTPS in browsers for good; turn it off if that is unwanted.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Behind a TLS-terminating proxy: the header it sets (e.g. X-Forwarded-Proto) means https.
+_PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER", "")
+if _PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"),
+        "https",
+    )
 
 # Who may embed the chat page in a frame (CSP frame-ancestors): "*" or a space-separated list.
 CHAT_FRAME_ANCESTORS = env_str("CHAT_FRAME_ANCESTORS", "*")

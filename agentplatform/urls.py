@@ -5,8 +5,15 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from agentplatform.console import rate_limited_login
 from agentplatform.health import healthz, readyz
-from agents.api.views import AgentViewSet, InvokeView, SessionMessagesViewSet, SessionViewSet
+from agents.api.views import (
+    AgentViewSet,
+    InvokeView,
+    SecretViewSet,
+    SessionMessagesViewSet,
+    SessionViewSet,
+)
 from agents.web import chat_page, chat_token
 from memory.api.views import (
     CheckpointViewSet,
@@ -24,6 +31,7 @@ router.register("agents", AgentViewSet, basename="agent")
 router.register("sessions", SessionViewSet, basename="session")
 router.register("memories", MemoryViewSet, basename="memory")
 router.register("checkpoints", CheckpointViewSet, basename="checkpoint")
+router.register("secrets", SecretViewSet, basename="secret")
 
 api_urls = [
     path(
@@ -63,6 +71,8 @@ api_urls = [
 
 urlpatterns = [
     path("api/v1/", include(api_urls)),
+    # Before admin.site.urls, so this (rate-limited) login view answers /admin/login/.
+    path("admin/login/", rate_limited_login(admin.site.login), name="admin-login"),
     path("admin/", admin.site.urls),
     path("chat/<str:session_id>/", chat_page, name="chat"),
     path("chat/<str:session_id>/token/", chat_token, name="chat-token"),

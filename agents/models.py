@@ -15,7 +15,7 @@ MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 1_000_000
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 90 * 86_400
-LLM_KEYS = {"model", "base_url", "temperature", "max_tokens", "api_key_env"}
+LLM_KEYS = {"model", "base_url", "temperature", "max_tokens", "api_key_env", "api_key_secret"}
 
 
 def default_llm() -> dict[str, Any]:

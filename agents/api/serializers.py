@@ -168,3 +168,12 @@ class ClientTokenSerializer(serializers.Serializer):
 
     def get_websocket_path(self, minted: Any) -> str:
         return f"/ws/sessions/{minted.session_id}/?token={minted.token}"
+
+
+class SecretSerializer(StrictSerializer):
+    """A tenant secret: the value is write-only and never returned."""
+
+    name = serializers.SlugField(max_length=100)
+    value = serializers.CharField(write_only=True, max_length=4096, trim_whitespace=False)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)

@@ -13,7 +13,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,9 +23,10 @@ from rest_framework.views import APIView
 from agentplatform.audit import actor_of, audit_record
 from agentplatform.authentication import request_tenant
 from agentplatform.idempotency import defer_completion, idempotent, request_key
-from agentplatform.models import Tenant
+from agentplatform.models import Tenant, TenantSecret
 from agentplatform.pagination import CreatedCursorPagination
 from agentplatform.problems import BadGateway, Conflict, ServiceUnavailable
+from agentplatform.vault import secret_delete, secret_set
 from agents import selectors, services
 from agents.api.serializers import (
     AgentSerializer,
@@ -34,6 +35,7 @@ from agents.api.serializers import (
     InvokeSerializer,
     MessageCreateSerializer,
     MessageSerializer,
+    SecretSerializer,
     SessionSerializer,
     TurnResultSerializer,
 )
@@ -81,6 +83,8 @@ class AgentViewSet(
     mixins.DestroyModelMixin,
     TenantViewSet,
 ):
+    # For the schema generator only (it derives the id's type); requests use get_queryset.
+    queryset = Agent.objects.none()
     serializer_class = AgentSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
@@ -121,6 +125,8 @@ class SessionViewSet(
     mixins.DestroyModelMixin,
     TenantViewSet,
 ):
+    # For the schema generator only (it derives the id's type); requests use get_queryset.
+    queryset = Session.objects.none()
     serializer_class = SessionSerializer
 
     def get_queryset(self) -> QuerySet[Session]:
@@ -272,3 +278,38 @@ def _uuid_or_none(value: str | None) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         raise ValidationError({"agent": ["Must be a UUID."]}) from None
+
+
+class SecretViewSet(
+    mixins.ListModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin, TenantViewSet
+):
+    """Secrets of the tenant (e.g. an LLM API key an agent names in `llm.api_key_secret`),
+    encrypted at rest; values go in and are never returned."""
+
+    serializer_class = SecretSerializer
+    lookup_field = "name"
+    queryset = TenantSecret.objects.none()  # for the schema generator
+
+    def get_queryset(self) -> QuerySet[TenantSecret]:
+        return TenantSecret.objects.filter(tenant=self.tenant).order_by("name")
+
+    def get_object(self) -> TenantSecret:
+        secret = self.get_queryset().filter(name=self.kwargs["name"]).first()
+        if secret is None:
+            raise NotFound("No secret with this name.")
+        return secret
+
+    @extend_schema(responses={201: SecretSerializer, 200: SecretSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = SecretSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        secret, created = secret_set(
+            tenant=self.tenant,
+            name=data.validated_data["name"],
+            value=data.validated_data["value"],
+            actor=actor_of(request),
+        )
+        return Response(SecretSerializer(secret).data, status=201 if created else 200)
+
+    def perform_destroy(self, instance: TenantSecret) -> None:
+        secret_delete(secret=instance, actor=actor_of(self.request))

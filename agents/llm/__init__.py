@@ -6,6 +6,7 @@ import os
 
 from django.conf import settings
 
+from agentplatform.vault import SecretUnavailable, secret_value
 from agents.conf import agents_settings
 from agents.llm.base import GenerationOptions, LLMBackend, LLMError
 from agents.models import Agent
@@ -33,13 +34,23 @@ def backend_for(agent: Agent) -> LLMBackend:
 
 def options_for(agent: Agent) -> GenerationOptions:
     llm = agent.llm or {}
-    key_env = llm.get("api_key_env")
-    api_key = os.environ.get(key_env, "") if key_env else settings.LLM_API_KEY
     return GenerationOptions(
         model=llm.get("model") or settings.LLM_MODEL or "default",
         base_url=llm.get("base_url") or settings.LLM_BASE_URL,
-        api_key=api_key,
+        api_key=_api_key(agent, llm),
         temperature=llm.get("temperature"),
         max_tokens=int(llm.get("max_tokens") or 512),
         tools=tool_specs(agent.tools),
     )
+
+
+def _api_key(agent: Agent, llm: dict) -> str:
+    """The tenant's encrypted secret named in `api_key_secret`, or the variable named in
+    `api_key_env`, or LLM_API_KEY."""
+    if llm.get("api_key_secret"):
+        try:
+            return secret_value(tenant_id=agent.tenant_id, name=llm["api_key_secret"])
+        except SecretUnavailable as error:
+            raise LLMError(str(error)) from error
+    key_env = llm.get("api_key_env")
+    return os.environ.get(key_env, "") if key_env else settings.LLM_API_KEY

@@ -50,6 +50,8 @@ from memory.semantic import Source, memory_search, memory_upsert
 class MemoryViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantViewSet
 ):
+    # For the schema generator only (it derives the id's type); requests use get_queryset.
+    queryset = Memory.objects.none()
     serializer_class = MemorySerializer
 
     def get_queryset(self) -> QuerySet[Memory]:
@@ -83,7 +85,8 @@ class MemoryViewSet(
         return Response(MemorySerializer(memory).data, status=201 if created else 200)
 
     @extend_schema(request=MemorySearchSerializer, responses={200: MemoryHitSerializer(many=True)})
-    @action(detail=False, methods=["post"])
+    # Top-k hits, not a page of a list: no pagination (nor its parameters in the schema).
+    @action(detail=False, methods=["post"], pagination_class=None, filter_backends=[])
     def search(self, request: Request) -> Response:
         data = MemorySearchSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -141,6 +144,8 @@ class SessionCheckpointsViewSet(mixins.ListModelMixin, TenantViewSet):
 
 
 class CheckpointViewSet(mixins.RetrieveModelMixin, TenantViewSet):
+    # For the schema generator only (it derives the id's type); requests use get_queryset.
+    queryset = Checkpoint.objects.none()
     serializer_class = CheckpointSerializer
 
     def get_object(self) -> Checkpoint:

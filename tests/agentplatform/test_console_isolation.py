@@ -51,6 +51,7 @@ def _data(persona: Persona) -> None:
     persona.client().post("/api/v1/agents/", {"name": "audited"}, format="json")
     RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
     storage_sample(persona.tenant)
+    persona.client().post("/api/v1/secrets/", {"name": "llm", "value": "s3cret"}, format="json")
 
 
 def _rows_of(persona: Persona) -> dict[type, list[str]]:
