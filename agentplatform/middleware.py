@@ -5,7 +5,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from agentplatform.problems import problem_response
+from agentplatform.problems import STORE_DOWN, problem_response, store_unavailable
 
 
 class BodySizeLimitMiddleware:
@@ -33,3 +33,17 @@ class BodySizeLimitMiddleware:
             if path.startswith(prefix):
                 return limit
         return int(settings.API_MAX_BODY_BYTES)
+
+
+class StoreUnavailableMiddleware:
+    """Pages outside DRF (admin, chat page) answer 503 too when PostgreSQL or Redis is down,
+    instead of a 500."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        return store_unavailable(exception) if isinstance(exception, STORE_DOWN) else None

@@ -6,13 +6,16 @@ for field errors. Content type: `application/problem+json`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
+from django import db
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
+from redis import exceptions as redis_exceptions
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -125,8 +128,39 @@ def _from_api_exception(exc: exceptions.APIException, response: Response) -> Res
     return response
 
 
+# A store that cannot be reached right now: the request did nothing, the client may retry.
+STORE_DOWN: tuple[type[Exception], ...] = (
+    db.OperationalError,
+    db.InterfaceError,
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+)
+RETRY_AFTER_SECONDS = 5
+
+
+def store_unavailable(exc: Exception) -> JsonResponse:
+    """503 with Retry-After for a request that found PostgreSQL or Redis down."""
+    store = "redis" if isinstance(exc, redis_exceptions.RedisError) else "postgres"
+    logger.warning("%s unavailable: %s", store, exc)
+    response = problem_response(
+        503,
+        f"The {'Redis' if store == 'redis' else 'PostgreSQL'} store is unavailable; "
+        "nothing was done. Retry shortly.",
+        code=f"{store}_unavailable",
+    )
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's handler, with every answer reshaped as a problem document."""
+    if isinstance(exc, STORE_DOWN):
+        down = store_unavailable(exc)
+        unavailable = Response(
+            json.loads(down.content), status=503, content_type=PROBLEM_CONTENT_TYPE
+        )
+        unavailable["Retry-After"] = down["Retry-After"]
+        return unavailable
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
     response = drf_exception_handler(exc, context)

@@ -52,9 +52,13 @@ DATABASES["default"]["OPTIONS"] = {
     "pool": {
         "min_size": env_int("DB_POOL_MIN_SIZE", 2, minimum=0),
         "max_size": env_int("DB_POOL_MAX_SIZE", 20, minimum=1),
-        "timeout": 10,
+        # While PostgreSQL is down a request waits this long for a connection, then 503.
+        "timeout": env_int("DB_POOL_TIMEOUT", 5, minimum=1),
     }
 }
+# With the pool, Django checks each connection on checkout (psycopg_pool's check_connection):
+# connections a PostgreSQL restart broke are replaced instead of failing a request.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL: str = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix")) or ""
@@ -83,6 +87,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "agentplatform.middleware.BodySizeLimitMiddleware",
+    "agentplatform.middleware.StoreUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -17,7 +17,7 @@ from django.conf import settings
 
 from agentplatform.devrun import web_command
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the project
 
 
 def free_port() -> int:

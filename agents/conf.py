@@ -34,7 +34,7 @@ class AgentsSettings:
     MAX_MESSAGE_CHARS: int = 32_000
     # Frames of a session stay replayable (`resume`) at least this long, up to this many.
     FRAME_RETENTION_SECONDS: int = 900
-    FRAME_STREAM_MAXLEN: int = 5_000
+    FRAME_STREAM_MAXLEN: int = 1_000
     # Token deltas are sent in batches at most this far apart (one fan-out per batch).
     TOKEN_FLUSH_SECONDS: float = 0.03
     # Websockets: largest accepted frame, and messages allowed per connection per window.

@@ -120,9 +120,14 @@ def lease_try_acquire(session: Session) -> Lease | None:
     holder = uuid.uuid4()
     if not get_redis().set(keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_ROW, [holder, session.pk])
-    return Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms)
+    lease = Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_ROW, [holder, session.pk])
+    except BaseException:
+        lease.release()  # PostgreSQL is down, say: the next turn need not wait for expiry
+        raise
+    return lease
 
 
 def fence_check(session_id: uuid.UUID, holder: str) -> None:

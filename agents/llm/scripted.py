@@ -26,6 +26,8 @@ from agents.llm.base import (
     estimate_tokens,
 )
 
+CALLS_KEPT = 500
+
 
 @dataclass
 class Step:
@@ -44,7 +46,9 @@ class ScriptedBackend:
         self._steps: deque[Step] = deque()
         self._lock = threading.Lock()
         self.delay = float(os.environ.get("SCRIPTED_LLM_DELAY", "0"))
-        self.calls: list[list[ChatMessage]] = []
+        # What each call was sent, for tests; bounded, since benchmarks and soaks run the
+        # scripted backend in long-lived servers (an unbounded list grew 1 GB in 10 minutes).
+        self.calls: deque[list[ChatMessage]] = deque(maxlen=CALLS_KEPT)
 
     def script(self, *steps: Step) -> None:
         with self._lock:

@@ -120,7 +120,7 @@ def test_another_tenants_session_is_404_and_runs_nothing(
         f"/api/v1/sessions/{alice.session.pk}/messages/", {"content": "hi"}, format="json"
     )
     assert response.status_code == 404
-    assert llm.calls == []
+    assert not llm.calls
     assert not Message.objects.filter(session=alice.session).exists()
 
 

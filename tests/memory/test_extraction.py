@@ -74,5 +74,5 @@ def test_auto_mode_uses_rules_with_the_scripted_or_local_model(
 ) -> None:
     message_id = _message(alice, "I live in Lisbon.")
     extract_memories([message_id])
-    assert llm.calls == []
+    assert not llm.calls
     assert Memory.objects.get(tenant=alice.tenant).text == "The user lives in Lisbon."
