@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.db.models import QuerySet
+
 from agentplatform import keys
 from agentplatform.redis import get_redis
 from agents.engine.ports import WorkingMemory
@@ -63,14 +65,19 @@ def live_state(session: Session) -> LiveState:
     )
 
 
+def _keyset_page(rows: QuerySet[Any], key: str, before: object | None) -> tuple[list[Any], bool]:
+    """Newest first by `key`, below `before`: one page and whether older rows exist, read
+    as PAGE + 1 rows instead of a COUNT."""
+    if before is not None:
+        rows = rows.filter(**{f"{key}__lt": before})
+    page = list(rows.order_by(f"-{key}")[: PAGE + 1])
+    return page[:PAGE], len(page) > PAGE
+
+
 def message_page(session: Session, before_seq: int | None) -> Page:
     """Newest first, every status (rolled back and interrupted included)."""
     rows = Message.objects.filter(session=session, tenant_id=session.tenant_id)
-    if before_seq is not None:
-        rows = rows.filter(seq__lt=before_seq)
-    page = list(rows.order_by("-seq")[: PAGE + 1])
-    more = len(page) > PAGE
-    page = page[:PAGE]
+    page, more = _keyset_page(rows, "seq", before_seq)
     return Page(page, page[-1].seq if more else None)
 
 
@@ -84,11 +91,7 @@ def turns_of(messages: list[Message]) -> list[Turn]:
 
 def checkpoint_page(session: Session, before: datetime | None) -> Page:
     rows = Checkpoint.objects.filter(session=session, tenant_id=session.tenant_id)
-    if before is not None:
-        rows = rows.filter(created_at__lt=before)
-    page = list(rows.order_by("-created_at")[: PAGE + 1])
-    more = len(page) > PAGE
-    page = page[:PAGE]
+    page, more = _keyset_page(rows, "created_at", before)
     return Page(page, page[-1].created_at.isoformat() if more else None)
 
 

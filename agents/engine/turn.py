@@ -421,7 +421,7 @@ class _Turn:
         task_state: dict[str, Any],
         user: WorkingMessage,
     ) -> TurnResult:
-        outcome, _, reply_status = _statuses(generation.cancelled)
+        outcome, reply_status = _statuses(generation.cancelled)
         meta = {**_usage_meta(generation), "turn": self.key, "llm_call": self.calls}
         meta["context"] = compiled
         tokens = self.backend.count_tokens(generation.text)
@@ -600,13 +600,14 @@ def compiled_record(agent: Agent, context: WorkingMemory, extras: ContextExtras)
     }
 
 
-def _statuses(cancelled: str | None) -> tuple[str, str, str]:
-    active = Message.Status.ACTIVE
+def _statuses(cancelled: str | None) -> tuple[str, str]:
+    """The turn's outcome and its reply's status (the rest of the turn's messages are
+    marked by the outcome itself: all rolled back, or left active)."""
     if cancelled == "rollback":
-        return Outcome.ROLLED_BACK, Message.Status.ROLLED_BACK, Message.Status.ROLLED_BACK
+        return Outcome.ROLLED_BACK, Message.Status.ROLLED_BACK
     if cancelled == "interrupt":
-        return Outcome.INTERRUPTED, active, Message.Status.INTERRUPTED
-    return Outcome.COMPLETED, active, active
+        return Outcome.INTERRUPTED, Message.Status.INTERRUPTED
+    return Outcome.COMPLETED, Message.Status.ACTIVE
 
 
 def _usage_meta(generation: _Generation) -> dict[str, Any]:
