@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class PlatformConfig(AppConfig):
@@ -11,5 +12,8 @@ class PlatformConfig(AppConfig):
 
     def ready(self) -> None:
         # The Celery app must be loaded in web processes too, so shared tasks enqueue to it.
-        from agentplatform import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from agentplatform import rls, schema  # noqa: F401  (schema: the OpenAPI auth extension)
         from agentplatform.celery import app  # noqa: F401
+
+        # Once per `migrate`, after every app's migrations: policies and grants.
+        post_migrate.connect(rls.install, sender=self, dispatch_uid="agentplatform.rls")

@@ -8,6 +8,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
+from agentplatform import rls
 from agentplatform.models import ApiKey, Tenant
 from agentplatform.services import api_key_authenticate
 
@@ -46,6 +47,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         key = api_key_authenticate(token) if token else None
         if key is None:
             raise AuthenticationFailed("The API key is missing, malformed, revoked or unknown.")
+        # From here on the request sees its tenant's rows only (TenantScopeMiddleware ends it).
+        rls.enter(rls.tenant_scope_of(key.tenant_id))
         return TenantPrincipal(tenant=key.tenant, api_key=key), key
 
     def authenticate_header(self, request: Request) -> str:

@@ -25,7 +25,7 @@ from django.db.models import Model, QuerySet
 from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponse
 
-from agentplatform import keys
+from agentplatform import keys, rls
 from agentplatform.audit import Actor, audit_record
 from agentplatform.models import Membership, Tenant
 from agentplatform.redis import get_redis
@@ -35,9 +35,12 @@ def operator_roles(request: HttpRequest) -> dict[uuid.UUID, str]:
     """The operator's role per tenant id (read once per request)."""
     cached: dict[uuid.UUID, str] | None = getattr(request, "_operator_roles", None)
     if cached is None:
-        cached = dict(
-            Membership.objects.filter(user_id=request.user.pk or 0).values_list("tenant_id", "role")
-        )
+        with rls.cross_tenant(rls.CrossTenantReason.CREDENTIAL_LOOKUP, "memberships"):
+            cached = dict(
+                Membership.objects.filter(user_id=request.user.pk or 0).values_list(
+                    "tenant_id", "role"
+                )
+            )
         request._operator_roles = cached  # type: ignore[attr-defined]
     return cached
 

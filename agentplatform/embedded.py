@@ -26,6 +26,7 @@ from urllib.parse import quote
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("AGENTPLATFORM_DATA_DIR", BASE_DIR / ".data"))
 DATABASE_NAME = "agentplatform"
+APP_ROLE = "agentplatform_app"
 
 
 @dataclass
@@ -42,7 +43,7 @@ _started = Started()
 def configure(*, stop_on_exit: bool = True, quiet: bool = True) -> None:
     """Point DATABASE_URL and REDIS_URL at embedded servers when they are unset."""
     if not os.environ.get("DATABASE_URL"):
-        os.environ["DATABASE_URL"] = _ensure_postgres()
+        os.environ["DATABASE_URL"], os.environ["DATABASE_OWNER_URL"] = _ensure_postgres()
         _say(f"PostgreSQL (embedded): {os.environ['DATABASE_URL']}", quiet)
     if not os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"] = _ensure_redis()
@@ -75,7 +76,7 @@ def _say(message: str, quiet: bool) -> None:
 # --- PostgreSQL --------------------------------------------------------------------------
 
 
-def _ensure_postgres() -> str:
+def _ensure_postgres() -> tuple[str, str]:
     runtime = DATA_DIR / "run"
     runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
     # platformdirs (used by pgserver) warns without it, which is fatal under -W error.
@@ -90,16 +91,28 @@ def _ensure_postgres() -> str:
     if not was_running:
         _started.postgres_dir = pgdata
     _ensure_database(server)
-    socket_dir = server.get_postmaster_info().socket_dir
-    return f"postgresql://postgres@{quote(str(socket_dir), safe='')}/{DATABASE_NAME}"
+    socket_dir = quote(str(server.get_postmaster_info().socket_dir), safe="")
+    return (
+        f"postgresql://{APP_ROLE}@{socket_dir}/{DATABASE_NAME}",
+        f"postgresql://postgres@{socket_dir}/{DATABASE_NAME}",
+    )
 
 
 def _ensure_database(server: object) -> None:
+    """The database, owned by the superuser `postgres` (who runs migrations), and the role
+    the application connects as: it logs in over the local socket, owns nothing and is
+    neither superuser nor BYPASSRLS, so the row-level security policies bind it."""
     psql = server.psql  # type: ignore[attr-defined]
-    # DATABASE_NAME is a constant of this module, not input.
+    # DATABASE_NAME and APP_ROLE are constants of this module, not input.
     found = psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")  # noqa: S608
     if "(1 row)" not in found:
         psql(f"CREATE DATABASE {DATABASE_NAME};")
+    role_exists = f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}'"  # noqa: S608
+    psql(
+        f"DO $$ BEGIN IF NOT EXISTS ({role_exists}) THEN "
+        f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; "
+        "END IF; END $$;"
+    )
 
 
 def _stop_postgres(pgdata: Path) -> None:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from agentplatform import rls
 from agentplatform.problems import STORE_DOWN, problem_response, store_unavailable
 
 
@@ -47,3 +48,34 @@ class StoreUnavailableMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         return store_unavailable(exception) if isinstance(exception, STORE_DOWN) else None
+
+
+class TenantScopeMiddleware:
+    """The row-level security scope of a request (agentplatform/rls.py).
+
+    Every request starts with no tenant, so a query the code forgot to filter sees nothing.
+    A logged-in operator sees the tenants they belong to, a superuser every tenant (logged);
+    an API key narrows the scope to its tenant when DRF authenticates it.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        with rls.request_scope():
+            self._enter_operator_scope(request)
+            return self.get_response(request)
+
+    @staticmethod
+    def _enter_operator_scope(request: HttpRequest) -> None:
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return
+        if user.is_superuser:
+            rls.enter_cross_tenant(
+                rls.CrossTenantReason.SUPERUSER_CONSOLE, f"{user.get_username()} {request.path}"
+            )
+            return
+        from agentplatform.console import operator_roles  # the admin loads after middleware
+
+        rls.enter(rls.tenants_of(operator_roles(request)))

@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from agentplatform import rls
 from agentplatform.models import ApiKey, Membership, Tenant
 
 KEY_PREFIX_BYTES = 6  # 12 hex characters: unique lookup without a table scan
@@ -57,12 +58,14 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
     prefix, _, secret = rest.partition("_")
     if scheme != "ap" or not prefix or not secret:
         return None
-    key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
-    if key is None or not hmac.compare_digest(key.hashed_secret, _hash_secret(secret)):
-        return None
-    if key.revoked_at is not None or key.tenant.status != Tenant.Status.ACTIVE:
-        return None
-    _touch(key)
+    # The key names its tenant, so it is found across tenants (agentplatform/rls.py).
+    with rls.cross_tenant(rls.CrossTenantReason.CREDENTIAL_LOOKUP, "api key"):
+        key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+        if key is None or not hmac.compare_digest(key.hashed_secret, _hash_secret(secret)):
+            return None
+        if key.revoked_at is not None or key.tenant.status != Tenant.Status.ACTIVE:
+            return None
+        _touch(key)
     return key
 
 

@@ -48,6 +48,14 @@ if _database_url is None:
 # fork (milliseconds), and under ASGI every request runs in a new thread, so Django's
 # per-thread persistent connections (CONN_MAX_AGE) would leak instead of being reused.
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
+# Django's PostgreSQL backend plus row-level security scoping (agentplatform/rls.py).
+DATABASES["default"]["ENGINE"] = "agentplatform.dbbackend"
+# Migrations run as the schema's owner; the application connects as DATABASE_URL's role, which
+# should own nothing and be neither superuser nor BYPASSRLS, so the tenant policies bind it.
+_owner_url = env_url("DATABASE_OWNER_URL", None, schemes=("postgres", "postgresql"))
+_owner = dj_database_url.parse(_owner_url or _database_url)
+DATABASE_OWNER = {"USER": _owner["USER"], "PASSWORD": _owner["PASSWORD"]}
+DATABASE_APP = {"USER": DATABASES["default"]["USER"], "PASSWORD": DATABASES["default"]["PASSWORD"]}
 DATABASES["default"]["OPTIONS"] = {
     "pool": {
         "min_size": env_int("DB_POOL_MIN_SIZE", 2, minimum=0),
@@ -94,6 +102,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "agentplatform.middleware.TenantScopeMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from agentplatform import rls
 from agentplatform.idempotency import idempotency_purge_expired
 
 
 @shared_task(name="agentplatform.purge_idempotency_records")
 def purge_idempotency_records() -> int:
-    return idempotency_purge_expired()
+    with rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "expired idempotency records"):
+        return idempotency_purge_expired()

@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections
 from django.http.request import validate_host
 
-from agentplatform import keys
+from agentplatform import keys, rls
 from agentplatform.idempotency import (
     InProgress,
     KeyReused,
@@ -53,6 +53,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.last_seq = 0
         self.sent_at: deque[float] = deque()
         self.turns: set[asyncio.Task[None]] = set()
+        # Row-level security: nothing visible until a credential names the tenant. The scope
+        # lives in this connection's task context, so every later handler and turn has it.
+        rls.enter(rls.NO_TENANT)
         # A close code reaches the client only after the handshake is accepted.
         await self.accept()
         if not _origin_allowed(self.scope):
@@ -62,6 +65,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if tenant_id is None:
             await self.close(code=CLOSE_BAD_CREDENTIAL)
             return
+        rls.enter(rls.tenant_scope_of(tenant_id))
         session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
         if scoped_session is not None and scoped_session != session_id:
             await self.close(code=CLOSE_NOT_FOUND)  # a token for another session

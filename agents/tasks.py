@@ -10,4 +10,4 @@ from agents.engine.recovery import turns_recover
 @shared_task(name="agents.recover_turns")
 def recover_turns() -> int:
     """Beat: finish turns cut off between LLM calls whose lease expired."""
-    return turns_recover()
+    return turns_recover()  # each turn in its tenant's scope

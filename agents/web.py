@@ -7,7 +7,7 @@ for whom the page mints the token itself (and refreshes it at `/chat/{id}/token/
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
@@ -17,7 +17,8 @@ from django.shortcuts import render
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from agentplatform.models import Membership
+from agentplatform import rls
+from agentplatform.console import operator_roles
 from agents import live
 from agents.client_tokens import client_token_mint, client_token_verify
 from agents.engine.turn import message_payload
@@ -74,18 +75,14 @@ def _session_for_token(token: str, session_id: str) -> Session:
     scope = client_token_verify(token)
     if scope is None or scope.session_id != session_id:
         raise Http404("No such chat.")
+    rls.enter(rls.tenant_scope_of(scope.tenant_id))  # the token's tenant, for this request
     return _get_session(session_id, tenant_ids=[scope.tenant_id])
 
 
 def _session_for_operator(request: HttpRequest, session_id: str) -> Session:
     if request.user.is_superuser:
         return _get_session(session_id, tenant_ids=None)
-    tenant_ids = [
-        str(t)
-        for t in Membership.objects.filter(user_id=cast(int, request.user.pk)).values_list(
-            "tenant_id", flat=True
-        )
-    ]
+    tenant_ids = [str(tenant_id) for tenant_id in operator_roles(request)]
     return _get_session(session_id, tenant_ids=tenant_ids)
 
 

@@ -34,7 +34,9 @@ def setup_django(**env: str) -> None:
     from agentplatform import embedded
 
     embedded.configure()
-    os.environ["DATABASE_URL"] = _ensure_database(os.environ["DATABASE_URL"], BENCH_DB)
+    owner_url = os.environ.get("DATABASE_OWNER_URL") or os.environ["DATABASE_URL"]
+    os.environ["DATABASE_OWNER_URL"] = _ensure_database(owner_url, BENCH_DB)
+    os.environ["DATABASE_URL"] = _on_database(os.environ["DATABASE_URL"], BENCH_DB)
     redis_url = urlparse(os.environ["REDIS_URL"])
     os.environ["REDIS_URL"] = urlunparse(redis_url._replace(path=f"/{BENCH_REDIS_DB}"))
     import django
@@ -43,6 +45,11 @@ def setup_django(**env: str) -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    from agentplatform import rls
+
+    # The bench script's own set-up and reads span tenants, like a management command's;
+    # the turns it measures run in their tenant's scope where the code under test sets it.
+    rls.enter_cross_tenant(rls.CrossTenantReason.COMMAND, "bench")
     import redis
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
@@ -57,7 +64,11 @@ def _ensure_database(url: str, name: str) -> str:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not found:
             conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunparse(parsed._replace(path=f"/{name}"))
+    return _on_database(url, name)
+
+
+def _on_database(url: str, name: str) -> str:
+    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -12,7 +12,7 @@ from celery import shared_task
 from django.db.models import Max
 from django.utils import timezone
 
-from agentplatform import keys
+from agentplatform import keys, rls
 from agentplatform.audit import SYSTEM, audit_record
 from agentplatform.redis import get_redis
 from agents.llm import backend_for, options_for
@@ -28,7 +28,21 @@ from memory.summaries import summary_create
 
 @shared_task(name="memory.extract_memories", acks_late=True, ignore_result=True)
 def extract_memories(message_ids: list[int]) -> int:
-    """Facts the end user stated in these messages become memories (deduplicated)."""
+    """Facts the end user stated in these messages become memories (deduplicated); each
+    tenant's messages in that tenant's scope."""
+    with rls.cross_tenant(rls.CrossTenantReason.TASK_DISPATCH, "messages"):
+        tenant_ids = set(
+            Message.objects.filter(pk__in=message_ids).values_list("tenant_id", flat=True)
+        )
+    stored = 0
+    for tenant_id in tenant_ids:
+        with rls.tenant_scope(tenant_id):
+            stored += _extract_in_scope(message_ids)
+    return stored
+
+
+def _extract_in_scope(message_ids: list[int]) -> int:
+    """`extract_memories` for the messages the current tenant scope can see."""
     stored = 0
     messages = Message.objects.filter(pk__in=message_ids, role=Message.Role.USER).select_related(
         "session__tenant", "session__agent"
@@ -97,12 +111,13 @@ def extract_pending(tenant_id: str) -> int:
         return 0
     stored = 0
     try:
-        while True:
-            raw = cast(list[bytes], client.lrange(pending, 0, DRAIN_BATCH - 1))
-            if not raw:
-                return stored
-            stored += extract_memories([int(item) for item in raw])
-            client.ltrim(pending, len(raw), -1)
+        with rls.tenant_scope(tenant_id):
+            while True:
+                raw = cast(list[bytes], client.lrange(pending, 0, DRAIN_BATCH - 1))
+                if not raw:
+                    return stored
+                stored += _extract_in_scope([int(item) for item in raw])
+                client.ltrim(pending, len(raw), -1)
     finally:
         client.delete(running)
 
@@ -128,12 +143,17 @@ def extract_pending_sweep() -> int:
 @shared_task(name="memory.compact_session", acks_late=True, ignore_result=True)
 def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | None:
     try:
-        session = Session.objects.select_related("agent").filter(pk=session_id).first()
-        if session is None:
+        tenant_id = rls.tenant_of(Session, session_id)
+        if tenant_id is None:
             return None
-        summary = summary_create(
-            session=session, kind=Summary.Kind.COMPACTION, first_seq=first_seq, last_seq=last_seq
-        )
+        with rls.tenant_scope(tenant_id):
+            session = Session.objects.select_related("agent").get(pk=session_id)
+            summary = summary_create(
+                session=session,
+                kind=Summary.Kind.COMPACTION,
+                first_seq=first_seq,
+                last_seq=last_seq,
+            )
         return str(summary.pk) if summary else None
     finally:
         # The next turn may ask again (memory/followups.py deduplicates while this runs).
@@ -144,9 +164,14 @@ def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | Non
 def summarize_session(session_id: str) -> str | None:
     """The whole session as one summary for the end user's later sessions (replaced when
     the session grew since)."""
-    session = Session.objects.select_related("agent").filter(pk=session_id).first()
-    if session is None:
+    tenant_id = rls.tenant_of(Session, session_id)
+    if tenant_id is None:
         return None
+    with rls.tenant_scope(tenant_id):
+        return _summarize(Session.objects.select_related("agent").get(pk=session_id))
+
+
+def _summarize(session: Session) -> str | None:
     last = session.messages.aggregate(last=Max("seq"))["last"]
     if not last:
         return None
@@ -163,9 +188,11 @@ def summarize_session(session_id: str) -> str | None:
 def summarize_idle_sessions() -> int:
     """Beat: sessions idle for IDLE_SUMMARY_SECONDS get their session summary."""
     cutoff = timezone.now() - timedelta(seconds=memory_settings().IDLE_SUMMARY_SECONDS)
-    idle = Session.objects.filter(last_activity_at__lt=cutoff, status=Session.Status.ACTIVE)
+    with rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "idle sessions"):
+        idle = Session.objects.filter(last_activity_at__lt=cutoff, status=Session.Status.ACTIVE)
+        session_ids = list(idle.values_list("pk", flat=True)[:500])
     done = 0
-    for session_id in idle.values_list("pk", flat=True)[:500]:
+    for session_id in session_ids:  # each summarized in its own tenant's scope
         if summarize_session(str(session_id)):
             done += 1
     return done
@@ -176,7 +203,8 @@ def enforce_retention() -> dict[str, int]:
     """Beat (daily): every tenant's retention policies; each run is audited."""
     from memory.retention import retention_run_all
 
-    return asdict(retention_run_all())
+    with rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "retention"):
+        return asdict(retention_run_all())
 
 
 @shared_task(name="memory.sample_storage")
@@ -184,4 +212,5 @@ def sample_storage() -> int:
     """Beat (daily): rows and bytes per tenant per store, for the growth charts."""
     from memory.accounting import storage_sample_all
 
-    return storage_sample_all()
+    with rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "storage accounting"):
+        return storage_sample_all()

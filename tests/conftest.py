@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
@@ -12,10 +13,15 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from agentplatform import rls
 from agentplatform.models import Membership, Tenant
 from agentplatform.services import operator_ensure, tenant_create
+from agents.engine.turn import turn_run
 from agents.models import Agent, Session
 from agents.services import agent_create, session_open
+from memory.accounting import storage_sample
+from memory.models import RetentionPolicy, Summary
+from memory.semantic import Source, memory_upsert
 
 
 @dataclass
@@ -42,6 +48,36 @@ def make_persona(slug: str) -> Persona:
     user_id = f"{slug}-user-1"
     session = session_open(tenant=tenant, agent=agent, user_id=user_id)
     return Persona(tenant, api_key, operator, agent, user_id, session)
+
+
+def populate(persona: Persona) -> None:
+    """A row in every store for the persona's tenant: a turn (messages, checkpoint), a
+    memory, a summary, an audited API write, a retention policy, a storage sample, a secret."""
+    turn_run(session=persona.session, content=f"hello from {persona.tenant.slug}")
+    memory_upsert(
+        tenant=persona.tenant,
+        user_id=persona.user_id,
+        text=f"The user works at {persona.tenant.slug}.",
+        source=Source("api"),
+    )
+    Summary.objects.create(
+        tenant=persona.tenant,
+        session=persona.session,
+        user_id=persona.user_id,
+        kind="compaction",
+        first_seq=1,
+        last_seq=2,
+        text=f"{persona.tenant.slug} said hello",
+        method="extractive",
+        model="extractive",
+        prompt_version="v1",
+        source_tokens=10,
+        summary_tokens=4,
+    )
+    persona.client().post("/api/v1/agents/", {"name": "audited"}, format="json")
+    RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
+    storage_sample(persona.tenant)
+    persona.client().post("/api/v1/secrets/", {"name": "llm", "value": "s3cret"}, format="json")
 
 
 @pytest.fixture
@@ -71,23 +107,51 @@ def _clean_redis() -> Iterator[None]:
     client.close()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _release_test_database(django_db_setup: None, django_db_blocker) -> Iterator[None]:
-    """Before pytest-django drops the test database, close the connection pool and end the
-    connections that worker threads of async tests (consumers) left idle, which would
-    otherwise keep the database "in use"."""
-    yield
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """The test database is created and migrated by the schema's owner, as in production."""
     from django.db import connections
 
+    rls.switch_credentials(connections["default"], dict(settings.DATABASE_OWNER))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's set-up (as the owner), then the suite connects as the application's
+    role, so every test runs under the row-level security policies. At the end: back to the
+    owner, the pool closed and the connections that worker threads of async tests left idle
+    ended, so the database can be dropped."""
+    from django.db import connections
+
+    connection = connections["default"]
     with django_db_blocker.unblock():
-        name = connections["default"].settings_dict["NAME"]
-        for connection in connections.all():
-            close_pool = getattr(connection, "close_pool", None)
+        role = rls.app_role()
+        if role is not None:
+            # Transactional tests are cleaned up with TRUNCATE, which production's role may
+            # not run (it bypasses row-level security); only the test database grants it.
+            with connection.cursor() as cursor:
+                quoted = connection.ops.quote_name(role)
+                cursor.execute(f"GRANT TRUNCATE ON ALL TABLES IN SCHEMA public TO {quoted}")
+        rls.switch_credentials(connection, dict(settings.DATABASE_APP))
+    yield
+    with django_db_blocker.unblock():
+        for each in connections.all():
+            close_pool = getattr(each, "close_pool", None)
             if close_pool is not None:
                 close_pool()
-        with connections["default"]._nodb_cursor() as cursor:
+        rls.switch_credentials(connection, dict(settings.DATABASE_OWNER))
+        with connection._nodb_cursor() as cursor:
             cursor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = %s AND pid <> pg_backend_pid()",
-                [name],
+                [connection.settings_dict["NAME"]],
             )
+
+
+@pytest.fixture(autouse=True)
+def _fixtures_see_every_tenant() -> Iterator[None]:
+    """Test code builds rows for several tenants and reads them back directly, so it runs
+    in the cross-tenant scope. Requests, websocket connections and tasks under test set
+    their own scopes inside it, exactly as in production."""
+    with rls.cross_tenant(rls.CrossTenantReason.TEST_FIXTURES):
+        yield

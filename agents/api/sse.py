@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import queue
 import threading
@@ -67,7 +68,9 @@ def stream_in_thread(
             close_old_connections()
             events.put(_END)
 
-    threading.Thread(target=target, daemon=True, name="sse-turn").start()
+    # The thread runs in a copy of this context: the request's tenant scope comes with it.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(target,), daemon=True, name="sse-turn").start()
     while True:
         event, frame = events.get()
         if (event, frame) == _END:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from agentplatform import keys
+from agentplatform import keys, rls
 from agentplatform.redis import get_redis
 from agents.conf import agents_settings
 from agents.engine.ports import state_backend
@@ -28,13 +28,17 @@ def turns_recover() -> int:
     now = timezone.now()
     state = state_backend()
     finished = 0
-    open_turns = state.open_turns(
-        since=now - timedelta(seconds=conf.RECOVERY_WINDOW_SECONDS),
-        until=now - timedelta(seconds=conf.LEASE_SECONDS),
-    )
+    with rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "open turns"):
+        open_turns = state.open_turns(
+            since=now - timedelta(seconds=conf.RECOVERY_WINDOW_SECONDS),
+            until=now - timedelta(seconds=conf.LEASE_SECONDS),
+        )
     for session_id, turn_key in open_turns:
-        if _turn_recover(session_id, turn_key):
-            finished += 1
+        tenant_id = rls.tenant_of(Session, session_id)
+        if tenant_id is None:
+            continue
+        with rls.tenant_scope(tenant_id):
+            finished += _turn_recover(session_id, turn_key)
     return finished
 
 

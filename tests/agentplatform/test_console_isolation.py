@@ -13,45 +13,14 @@ from django.urls import reverse
 
 from agentplatform.console import TenantScopedAdmin
 from agentplatform.models import ApiKey, AuditEvent, Membership
-from agents.engine.turn import turn_run
 from agents.models import Message
-from memory.accounting import storage_sample
 from memory.models import Checkpoint, Memory, RetentionPolicy, Summary
-from memory.semantic import Source, memory_upsert
-from tests.conftest import Persona
+from tests.conftest import Persona, populate
 
 pytestmark = pytest.mark.django_db
 
 SCOPED = [model for model, model_admin in admin.site._registry.items()
           if isinstance(model_admin, TenantScopedAdmin)]  # fmt: skip
-
-
-def _data(persona: Persona) -> None:
-    turn_run(session=persona.session, content=f"hello from {persona.tenant.slug}")
-    memory_upsert(
-        tenant=persona.tenant,
-        user_id=persona.user_id,
-        text=f"The user works at {persona.tenant.slug}.",
-        source=Source("api"),
-    )
-    Summary.objects.create(
-        tenant=persona.tenant,
-        session=persona.session,
-        user_id=persona.user_id,
-        kind="compaction",
-        first_seq=1,
-        last_seq=2,
-        text=f"{persona.tenant.slug} said hello",
-        method="extractive",
-        model="extractive",
-        prompt_version="v1",
-        source_tokens=10,
-        summary_tokens=4,
-    )
-    persona.client().post("/api/v1/agents/", {"name": "audited"}, format="json")
-    RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
-    storage_sample(persona.tenant)
-    persona.client().post("/api/v1/secrets/", {"name": "llm", "value": "s3cret"}, format="json")
 
 
 def _rows_of(persona: Persona) -> dict[type, list[str]]:
@@ -72,8 +41,8 @@ def _login(user: User) -> Client:
 
 @pytest.fixture
 def two_tenants(alice: Persona, bob: Persona) -> tuple[Persona, Persona]:
-    _data(alice)
-    _data(bob)
+    populate(alice)
+    populate(bob)
     return alice, bob
 
 

@@ -5,6 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
+from agentplatform import rls
 from agents.models import Message, Session
 from agents.services import NewMessage, messages_append
 from tests.conftest import Persona
@@ -101,11 +102,16 @@ def test_message_list_is_ordered_by_seq(alice: Persona) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_appends_get_gapless_unique_seqs(alice: Persona) -> None:
     def append(worker: int) -> None:
-        for index in range(10):
-            messages_append(
-                session=alice.session,
-                messages=[NewMessage("user", f"{worker}-{index}"), NewMessage("assistant", "ok")],
-            )
+        # A new thread starts with no tenant scope: it takes the tenant's, as a request would.
+        with rls.tenant_scope(alice.tenant.id):
+            for index in range(10):
+                messages_append(
+                    session=alice.session,
+                    messages=[
+                        NewMessage("user", f"{worker}-{index}"),
+                        NewMessage("assistant", "ok"),
+                    ],
+                )
         connection.close()
 
     threads = [threading.Thread(target=append, args=(n,)) for n in range(6)]

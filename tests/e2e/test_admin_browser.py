@@ -3,6 +3,7 @@ driving Debian's chromium). Screenshots go to artifacts/."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,7 +49,8 @@ def conversation(alice: Persona, llm: ScriptedBackend) -> TurnResult:
 
 def _in_thread(query: Callable[[], object]) -> object:
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(query).result()
+        # In a copy of this context, so the query runs in the test's (cross-tenant) scope.
+        return pool.submit(contextvars.copy_context().run, query).result()
 
 
 def test_an_operator_rolls_back_from_the_inspector(

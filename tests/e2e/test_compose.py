@@ -28,3 +28,11 @@ def test_compose_defines_the_production_services() -> None:
     for service in ("postgres:", "redis:", "web:", "worker:", "beat:", "healthcheck:"):
         assert service in text
     assert "pgvector/pgvector" in text
+
+
+def test_compose_runs_the_platform_as_a_role_row_level_security_binds() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "DATABASE_URL: postgresql://agentplatform_app:" in text
+    assert "DATABASE_OWNER_URL: postgresql://agentplatform:" in text
+    init = (ROOT / "deploy" / "postgres" / "10-app-role.sh").read_text()
+    assert "CREATE ROLE agentplatform_app LOGIN NOSUPERUSER NOBYPASSRLS" in init

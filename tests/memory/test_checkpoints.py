@@ -8,6 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 
+from agentplatform import rls
 from agentplatform.audit import SYSTEM, audit_record
 from agentplatform.models import AuditEvent
 from agents.engine.turn import turn_run
@@ -126,6 +127,17 @@ def test_checkpoints_store_references_not_copies(alice: Persona) -> None:
         assert "word" not in str(checkpoint.task_state) + str(checkpoint.metadata.get("model"))
 
 
+def _around_the_trigger(sql: str, pk: int) -> None:
+    """What only the schema's owner can do: switch the append-only trigger off."""
+    with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE agentplatform_auditevent DISABLE TRIGGER USER")
+    with rls.as_owner(), connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE agentplatform_auditevent DISABLE TRIGGER USER")
+        cursor.execute(sql, [pk])
+        cursor.execute("ALTER TABLE agentplatform_auditevent ENABLE TRIGGER USER")
+
+
+@pytest.mark.django_db(transaction=True)  # the owner's connection must see the events
 def test_the_audit_chain_verifies_and_detects_tampering(alice: Persona, bob: Persona) -> None:
     for index in range(3):
         audit_record(
@@ -142,13 +154,9 @@ def test_the_audit_chain_verifies_and_detects_tampering(alice: Persona, bob: Per
     with pytest.raises(DatabaseError), transaction.atomic():
         AuditEvent.objects.filter(pk=victim.pk).delete()
 
-    with connection.cursor() as cursor:  # an owner going around the trigger
-        cursor.execute("ALTER TABLE agentplatform_auditevent DISABLE TRIGGER USER")
-        cursor.execute(
-            "UPDATE agentplatform_auditevent SET payload = '{\"i\": 99}' WHERE id = %s",
-            [victim.pk],
-        )
-        cursor.execute("ALTER TABLE agentplatform_auditevent ENABLE TRIGGER USER")
+    _around_the_trigger(
+        "UPDATE agentplatform_auditevent SET payload = '{\"i\": 99}' WHERE id = %s", victim.pk
+    )
     out = StringIO()
     with pytest.raises(CommandError):
         call_command("verify_audit", stdout=out, stderr=StringIO())
@@ -156,12 +164,10 @@ def test_the_audit_chain_verifies_and_detects_tampering(alice: Persona, bob: Per
     assert "bob" not in out.getvalue() and str(bob.tenant.pk) not in out.getvalue()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_deleted_event_breaks_the_chain(alice: Persona) -> None:
     events = [audit_record(tenant=alice.tenant, actor=SYSTEM, action=f"t.{i}") for i in range(3)]
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE agentplatform_auditevent DISABLE TRIGGER USER")
-        cursor.execute("DELETE FROM agentplatform_auditevent WHERE id = %s", [events[1].pk])
-        cursor.execute("ALTER TABLE agentplatform_auditevent ENABLE TRIGGER USER")
+    _around_the_trigger("DELETE FROM agentplatform_auditevent WHERE id = %s", events[1].pk)
     out = StringIO()
     with pytest.raises(CommandError):
         call_command("verify_audit", stdout=out, stderr=StringIO())

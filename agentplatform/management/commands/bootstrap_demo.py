@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 from django.db import transaction
 
+from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Membership, Tenant
 from agentplatform.services import api_key_create, operator_ensure
 from agents.models import Agent
@@ -19,7 +20,7 @@ DEMO_SLUG = "demo"
 DEMO_PROMPT = "You are a friendly, concise assistant. Answer in one or two sentences."
 
 
-class Command(BaseCommand):
+class Command(PlatformCommand):
     help = (
         "Make sure tenant 'demo' exists with an agent, an admin login and an API key. "
         "The secrets are written once to a 0600 file under the data directory."

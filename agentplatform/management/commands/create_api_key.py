@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agentplatform.services import api_key_create
 
 
-class Command(BaseCommand):
+class Command(PlatformCommand):
     help = "Create another API key for an existing tenant; the key is printed once."
 
     def add_arguments(self, parser: CommandParser) -> None:

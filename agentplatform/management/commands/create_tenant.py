@@ -4,13 +4,14 @@ import json
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agentplatform.services import tenant_create
 
 
-class Command(BaseCommand):
+class Command(PlatformCommand):
     help = "Create a tenant and its first API key; the key is printed once."
 
     def add_arguments(self, parser: CommandParser) -> None:

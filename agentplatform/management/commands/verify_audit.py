@@ -2,14 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from agentplatform.audit import audit_verify
+from agentplatform.management.base import PlatformCommand
 from agentplatform.models import AuditEvent
 from agentplatform.progress import ProgressBar
 
 
-class Command(BaseCommand):
+class Command(PlatformCommand):
     help = "Check every tenant's audit chain; report the first break of each (exit 1 if any)."
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agents.engine.concurrency import QueueTimeout, SessionBusy
 from agents.engine.turn import TurnFailed, turn_run
@@ -12,7 +13,7 @@ from agents.models import Agent, Session
 from agents.services import session_open
 
 
-class Command(BaseCommand):
+class Command(PlatformCommand):
     help = "Chat with an agent of a tenant in the terminal; replies stream as they come."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agentplatform.progress import ProgressBar
 from memory.embeddings import get_embedder
 from memory.models import Memory
 
 
-class Command(BaseCommand):
+class Command(PlatformCommand):
     help = (
         "Re-embed a tenant's memories with the configured embedding model: those made by "
         "another model (a model change), or all of them with --all."

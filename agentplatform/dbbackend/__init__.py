@@ -1,0 +1,1 @@
+"""Django's PostgreSQL backend, with each connection kept in the current tenant scope."""
