@@ -12,7 +12,7 @@ class PlatformConfig(AppConfig):
 
     def ready(self) -> None:
         # The Celery app must be loaded in web processes too, so shared tasks enqueue to it.
-        from agentplatform import rls, schema  # noqa: F401  (schema: the OpenAPI auth extension)
+        from agentplatform import checks, rls, schema  # noqa: F401  (checks, schema: registered on import)
         from agentplatform.celery import app  # noqa: F401
 
         # Once per `migrate`, after every app's migrations: policies and grants.

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -75,5 +76,41 @@ class Server:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Worker:
+    """A Celery worker process (solo pool) on the same database and Redis as `Server`."""
+
+    def __init__(self, env: dict[str, str], *, concurrency: int | None = None) -> None:
+        pool = ["--pool", "solo"] if concurrency is None else ["--concurrency", str(concurrency)]
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": current_database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
+            "CELERY_TASK_ALWAYS_EAGER": "0",
+            "AGENTS_LLM_BACKEND": "scripted",
+            **env,
+        }
+        self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
+            [sys.executable, "-m", "celery", "-A", "agentplatform.celery", "worker",
+             *pool, "--loglevel", "warning", "--without-heartbeat", "--without-gossip",
+             "--without-mingle"],
+            cwd=ROOT, env=full_env, start_new_session=True,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as in a crash."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()

@@ -155,7 +155,7 @@ def main() -> None:
         "100-500": (sizes["500"] - sizes["100"]) / 400,
         "500-1000": (sizes["1000"] - sizes["500"]) / 500,
     }
-    lg_writes, lg_sizes = _langgraph(os.environ["DATABASE_URL"])
+    lg_writes, lg_sizes = _langgraph(os.environ["DATABASE_OWNER_URL"])  # it creates its tables
     results = {
         "write_ms": writes,
         "storage_bytes": sizes,

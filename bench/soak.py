@@ -68,18 +68,48 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-async def _sample(pid: int, redis: Any, samples: list[dict[str, Any]], start: float) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process so far (/proc/<pid>/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_by_family(redis: Any) -> dict[str, float]:
+    """Redis memory (MB) per key family: `<prefix>:<family>:...`, or the whole name for the
+    Celery broker's lists, which carry no prefix."""
+    families: dict[str, int] = {}
+    for name in redis.scan_iter(count=1000):
+        parts = name.decode().split(":")
+        family = parts[1] if len(parts) > 2 else parts[0]
+        families[family] = families.get(family, 0) + (redis.memory_usage(name) or 0)
+    return {family: round(size / 1e6, 2) for family, size in sorted(families.items())}
+
+
+async def _sample(
+    pid: int, redis: Any, samples: list[dict[str, Any]], start: float, minutes: list[Minute]
+) -> None:
+    cpu_before = _cpu_seconds(pid)
     while time.monotonic() - start < DURATION:
         await asyncio.sleep(min(60.0, DURATION / 10))
+        at = time.monotonic() - start
+        cpu_now = _cpu_seconds(pid)
+        replies = len(minutes[min(len(minutes) - 1, max(0, int(at // 60) - 1))].latencies)
         info = redis.info("memory")
         samples.append(
             {
-                "at_s": round(time.monotonic() - start),
+                "at_s": round(at),
                 "server_rss_mb": round(_rss_kb(pid) / 1024, 1),
+                # CPU the server spent per reply in the last interval: flat means a turn
+                # costs the same at minute 10 as at minute 1.
+                "server_cpu_ms_per_reply": round(
+                    (cpu_now - cpu_before) * 1000 / max(1, replies), 2
+                ),
                 "redis_used_mb": round(info["used_memory"] / 1e6, 2),
                 "redis_keys": redis.dbsize(),
+                "redis_mb_by_family": _redis_by_family(redis),
             }
         )
+        cpu_before = cpu_now
 
 
 async def _soak(url: str, key: str, sessions: list[Any], pid: int, redis: Any) -> Any:
@@ -88,7 +118,9 @@ async def _soak(url: str, key: str, sessions: list[Any], pid: int, redis: Any) -
     samples: list[dict[str, Any]] = []
     headers = {"Authorization": f"Bearer {key}"}
     clients = [_client(f"{url}/ws/sessions/{s.pk}/", headers, minutes, start) for s in sessions]
-    await asyncio.gather(_sample(pid, redis, samples, start), *clients, return_exceptions=True)
+    await asyncio.gather(
+        _sample(pid, redis, samples, start, minutes), *clients, return_exceptions=True
+    )
     return minutes, samples
 
 
@@ -98,13 +130,16 @@ def main() -> None:
     from django.conf import settings
 
     from agentplatform.services import tenant_create
-    from agentplatform.testing import Server
+    from agentplatform.testing import Server, Worker
     from agents.services import agent_create, session_open
 
     tenant, key = tenant_create(slug=f"soak-{uuid.uuid4().hex[:8]}")
     agent = agent_create(tenant=tenant, name="soak", system_prompt="Be brief.")
     sessions = [session_open(tenant=tenant, agent=agent, user_id=f"u{i}") for i in range(CLIENTS)]
-    server = Server({"SCRIPTED_LLM_DELAY": "0", "DB_POOL_MAX_SIZE": "40"})
+    # Production's shape: the web process and a Celery worker (memory extraction, compaction).
+    env = {"SCRIPTED_LLM_DELAY": "0", "CELERY_TASK_ALWAYS_EAGER": "0"}
+    server = Server({**env, "DB_POOL_MAX_SIZE": "40"})
+    worker = Worker(env, concurrency=1)
     redis = redis_lib.Redis.from_url(settings.REDIS_URL)
     try:
         minutes, samples = asyncio.run(
@@ -112,6 +147,7 @@ def main() -> None:
         )
     finally:
         server.stop()
+        worker.stop()
         tenant.delete()
     per_minute = [
         {

@@ -44,6 +44,7 @@ def _tenant_and_agent() -> tuple[Any, Any, str]:
 def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dict[str, Any]:
     from django.db import connection
 
+    from agentplatform import rls
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
@@ -51,11 +52,12 @@ def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dic
     lock = threading.Lock()
 
     def worker() -> None:
-        session = session_open(tenant=tenant, agent=agent, user_id=f"u-{uuid.uuid4().hex[:6]}")
-        times = [
-            turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds
-            for i in range(turns)
-        ]
+        with rls.tenant_scope(tenant.pk):  # as a request or task would: row-level security on
+            session = session_open(tenant=tenant, agent=agent, user_id=f"u-{uuid.uuid4().hex[:6]}")
+            times = [
+                turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds
+                for i in range(turns)
+            ]
         with lock:
             platform.extend(times)
         connection.close()
@@ -132,6 +134,28 @@ def _growth(tenant: Any, agent: Any) -> tuple[dict[str, Any], list[float], float
     cost = {"turn_1_ms": around(1), "turn_100_ms": around(100), "turn_500_ms": around(TURNS - 5)}
     cost["ratio_500_over_1"] = round(cost["turn_500_ms"] / cost["turn_1_ms"], 3)
     return cost, per_turn, TURNS / elapsed, session
+
+
+def _rls_cost(tenant: Any, agent: Any, turns: int = 200) -> dict[str, float]:
+    """Per-turn platform time with the policies in force (the application's role, in the
+    tenant's scope) and bypassed (the owner, a superuser in the embedded set-up)."""
+    from agentplatform import rls
+    from agents.engine.turn import turn_run
+    from agents.services import session_open
+
+    def p50(user_id: str) -> float:
+        session = session_open(tenant=tenant, agent=agent, user_id=user_id)
+        times = [
+            turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds
+            for i in range(turns)
+        ]
+        return round(statistics.median(times) * 1000, 3)
+
+    with rls.tenant_scope(tenant.pk):
+        enforced = p50("rls-on")
+    with rls.as_owner():
+        bypassed = p50("rls-bypassed")
+    return {"enforced_p50_ms": enforced, "bypassed_p50_ms": bypassed}
 
 
 def _our_storage(session: Any) -> dict[str, int]:
@@ -234,10 +258,16 @@ def main() -> None:
         print(f"c={concurrency:>2} service {results['service'][f'c{concurrency}']}")
         print(f"c={concurrency:>2} rest    {results['rest'][f'c{concurrency}']}")
 
-    cost, ours_per_turn, ours_tps, session = _growth(tenant, agent)
+    from agentplatform import rls
+
+    with rls.tenant_scope(tenant.pk):
+        cost, ours_per_turn, ours_tps, session = _growth(tenant, agent)
     results["growth"] = cost
     print(f"growth {cost}")
-    theirs_tps, theirs_per_turn, theirs_storage = _langgraph(os.environ["DATABASE_URL"])
+    results["row_level_security"] = _rls_cost(tenant, agent)
+    print(f"row-level security {results['row_level_security']}")
+    # LangGraph creates its own tables, so it runs as the owner (and without row-level security).
+    theirs_tps, theirs_per_turn, theirs_storage = _langgraph(os.environ["DATABASE_OWNER_URL"])
     ours_storage = _our_storage(session)
     ratio = ours_tps / theirs_tps
     results["vs_langgraph"] = {

@@ -40,6 +40,7 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
+from agentplatform import rls
 from agentplatform.models import Tenant
 from memory.models import GraphBlob, GraphCheckpoint, GraphWrite
 
@@ -48,10 +49,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _releases_connection(method: F) -> F:
+    """Runs the method in the saver's tenant scope (row-level security), whatever scope the
+    caller is in, and gives a worker thread's connection back to the pool afterwards."""
+
     @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: PlatformCheckpointSaver, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            with rls.tenant_scope(self.tenant.pk):
+                return method(self, *args, **kwargs)
         finally:
             outside_main = threading.current_thread() is not threading.main_thread()
             if outside_main and not connection.in_atomic_block:

@@ -556,7 +556,8 @@ def _with_seqs(memory: WorkingMemory, rows: list[Message]) -> WorkingMemory:
     def seq(value: int) -> int:
         return rows[-1 - value].seq if value < 0 else value
 
-    messages = [replace(m, seq=seq(m.seq)) for m in memory.messages]
+    # Only this turn's new messages carry placeholder seqs; the rest are kept as they are.
+    messages = [replace(m, seq=seq(m.seq)) if m.seq < 0 else m for m in memory.messages]
     return replace(memory, messages=messages, high_water_seq=seq(memory.high_water_seq))
 
 

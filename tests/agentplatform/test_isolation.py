@@ -19,12 +19,15 @@ from typing import Any
 
 import pytest
 from django.apps import apps
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Model
+from django.test import override_settings
 from drf_spectacular.generators import SchemaGenerator
 from pgvector.django import CosineDistance
 
 from agentplatform import rls
+from agentplatform.checks import row_level_security_binds
 from agentplatform.models import Tenant
 from agents.client_tokens import client_token_mint
 from agents.models import Agent, Message, Session
@@ -73,6 +76,15 @@ def test_the_application_connects_as_a_role_the_policies_bind() -> None:
         owned = cursor.fetchone()[0]
     assert (superuser, bypasses, owned) == (False, False, 0), role
     assert not rls.role_bypasses_rls()
+
+
+@pytest.mark.django_db(transaction=True)  # switches connections
+def test_a_system_check_warns_when_the_application_role_escapes_the_policies() -> None:
+    assert row_level_security_binds(databases=["default"]) == []
+    # A deployment whose application connects as the superuser (the embedded owner).
+    with override_settings(DATABASE_APP=settings.DATABASE_OWNER), rls.as_owner():
+        warnings = row_level_security_binds(databases=["default"])
+    assert [w.id for w in warnings] == ["agentplatform.W001"]
 
 
 def test_every_table_with_tenant_data_has_forced_row_level_security() -> None:

@@ -61,3 +61,21 @@ def test_env_example_lists_every_variable_the_settings_read() -> None:
     example = (ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^#?\s*([A-Z_]+)=", example, flags=re.MULTILINE))
     assert read - listed == set()
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [("5", "True 5"), ("0", "False None")])
+def test_prepared_statements_can_be_turned_off_for_poolers(threshold: str, expected: str) -> None:
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "o = settings.DATABASES['default']['OPTIONS']; "
+        "print(o.get('server_side_binding', False), o.get('prepare_threshold'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "DB_PREPARE_THRESHOLD": threshold},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip().splitlines()[-1] == expected, result.stderr

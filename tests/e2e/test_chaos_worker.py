@@ -3,18 +3,13 @@ late, is delivered again to a new worker, and runs to one summary (it is idempot
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 
 from agentplatform.celery import app as celery_app
-from agentplatform.testing import ROOT, current_database_url
+from agentplatform.testing import Worker
 from agents.engine.turn import turn_run
 from memory.models import Summary
 from memory.tasks import summarize_session
@@ -24,30 +19,11 @@ pytestmark = [pytest.mark.chaos, pytest.mark.django_db(transaction=True)]
 SLOW_SUMMARY = " ".join(f"point{i}" for i in range(60))  # 60 deltas x 0.1 s: killable
 
 
-class Worker:
-    def __init__(self) -> None:
-        env = {
-            **os.environ,
-            "DATABASE_URL": current_database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
-            "CELERY_TASK_ALWAYS_EAGER": "0",
-            "CELERY_VISIBILITY_TIMEOUT": "3",
-            "AGENTS_LLM_BACKEND": "scripted",
-            "SCRIPTED_LLM_DELAY": "0.1",
-            "SCRIPTED_LLM_REPLY": SLOW_SUMMARY,
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "agentplatform.celery", "worker",
-             "--pool", "solo", "--loglevel", "warning", "--without-heartbeat",
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, start_new_session=True,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+def _worker() -> Worker:
+    return Worker(
+        {"CELERY_VISIBILITY_TIMEOUT": "3", "SCRIPTED_LLM_DELAY": "0.1",
+         "SCRIPTED_LLM_REPLY": SLOW_SUMMARY}
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -71,14 +47,14 @@ def test_a_worker_killed_mid_summary_is_replaced_and_the_task_runs_once(
 ) -> None:
     for content in ("My name is Ada.", "I live in Lisbon.", "Thanks!"):
         turn_run(session=alice.session, content=content)
-    first = Worker()
+    first = _worker()
     try:
         summarize_session.delay(str(alice.session.pk))
         time.sleep(4)  # the worker picked it up and is streaming the (slow) summary
         assert not Summary.objects.filter(session=alice.session).exists()
     finally:
         first.kill()
-    second = Worker()
+    second = _worker()
     try:
         written = _wait(
             lambda: Summary.objects.filter(session=alice.session, kind="session").exists(), 60

@@ -11,6 +11,7 @@ import pytest
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.report import ProgressCallbacks
 
+from agentplatform import rls
 from agentplatform.models import Tenant
 from memory.langgraph_saver import PlatformCheckpointSaver
 from memory.models import GraphBlob, GraphCheckpoint
@@ -66,6 +67,18 @@ def test_a_graph_runs_on_it_and_another_tenant_sees_nothing(alice: Persona, bob:
     bobs.prune(["support-1"], strategy="delete")
     assert GraphCheckpoint.objects.filter(tenant=alice.tenant).count() >= 4
     assert _graph(bobs).get_state(thread).values == {}
+
+
+def test_it_runs_in_its_tenants_scope_from_code_that_has_none(alice: Persona) -> None:
+    """Row-level security: a graph run from plain application code (no request, no task:
+    no tenant scope) still reads and writes its tenant's rows, and only those."""
+    thread = {"configurable": {"thread_id": "no-scope"}}
+    with rls.request_scope():
+        graph = _graph(PlatformCheckpointSaver(tenant=alice.tenant))
+        graph.invoke({"messages": [("user", "hello")]}, thread)
+        assert len(graph.get_state(thread).values["messages"]) == 2
+        assert GraphCheckpoint.objects.count() == 0  # outside the saver: nothing visible
+    assert GraphCheckpoint.objects.filter(tenant=alice.tenant).exists()
 
 
 def test_unchanged_channels_are_not_stored_again(alice: Persona) -> None:
