@@ -33,7 +33,27 @@ def current_database_url() -> str:
     return urlunparse(parsed._replace(path="/" + settings.DATABASES["default"]["NAME"]))
 
 
-class Server:
+class _Process:
+    """A child process in its own process group (so a kill reaches its children too)."""
+
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as in a crash."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Server(_Process):
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,22 +85,8 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError("server did not become ready")
 
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, as in a crash."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-class Worker:
+class Worker(_Process):
     """A Celery worker process (solo pool) on the same database and Redis as `Server`."""
 
     def __init__(self, env: dict[str, str], *, concurrency: int | None = None) -> None:
@@ -100,17 +106,3 @@ class Worker:
              "--without-mingle"],
             cwd=ROOT, env=full_env, start_new_session=True,
         )  # fmt: skip
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, as in a crash."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
