@@ -20,7 +20,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from agentplatform import keys
-from agentplatform.redis import get_redis
+from agentplatform.redis import Script, get_redis
 from agents.conf import agents_settings
 
 LocalSink = Callable[[str, dict[str, Any]], None]
@@ -28,7 +28,7 @@ SEQ_TTL_SECONDS = 30 * 86_400
 
 # One call numbers and stores a batch of ARGV[4] frames: ARGV[5..] are frame bodies without
 # their closing brace, each completed with its seq.
-_PUBLISH = """
+_PUBLISH = Script("""
 local before = redis.call('INCRBY', KEYS[1], ARGV[4]) - ARGV[4]
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local frames = {}
@@ -40,7 +40,7 @@ for i = 5, #ARGV do
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {before + 1, redis.call('SCARD', KEYS[3]), frames}
-"""
+""")
 
 
 def group_name(session_id: uuid.UUID | str) -> str:
@@ -88,17 +88,15 @@ def publish_many(
     ]
     first, listening, stored = cast(
         list[Any],
-        get_redis().eval(
-            _PUBLISH,
-            3,
-            keys.frame_seq(session_id),
-            keys.frame_stream(session_id),
-            keys.listeners(session_id),
-            conf.FRAME_STREAM_MAXLEN,
-            SEQ_TTL_SECONDS,
-            conf.FRAME_RETENTION_SECONDS,
-            len(bodies),
-            *bodies,
+        _PUBLISH(
+            [keys.frame_seq(session_id), keys.frame_stream(session_id), keys.listeners(session_id)],
+            [
+                conf.FRAME_STREAM_MAXLEN,
+                SEQ_TTL_SECONDS,
+                conf.FRAME_RETENTION_SECONDS,
+                len(bodies),
+                *bodies,
+            ],
         ),
     )
     texts = [frame.decode() if isinstance(frame, bytes) else frame for frame in stored]

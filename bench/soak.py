@@ -180,12 +180,17 @@ def _plot(per_minute: list[dict[str, Any]], samples: list[dict[str, Any]], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (latency, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (latency, cpu, memory) = plt.subplots(1, 3, figsize=(15, 4))
     latency.plot([m["minute"] for m in per_minute], [m["p99_ms"] for m in per_minute], marker=".")
     latency.set_xlabel("minute")
     latency.set_ylabel("reply p99 (ms)")
     latency.set_title(f"{CLIENTS} websockets, one message per {INTERVAL:.0f} s each")
     times = [s["at_s"] / 60 for s in samples]
+    cpu.plot(times, [s["server_cpu_ms_per_reply"] for s in samples], marker=".")
+    cpu.set_xlabel("minute")
+    cpu.set_ylabel("server CPU per reply (ms)")
+    cpu.set_ylim(bottom=0)
+    cpu.set_title("Cost of a turn over the run")
     memory.plot(times, [s["server_rss_mb"] for s in samples], marker=".", label="server RSS (MB)")
     memory.plot(times, [s["redis_used_mb"] for s in samples], marker=".", label="Redis used (MB)")
     memory.set_xlabel("minute")

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from agentplatform import keys
-from agentplatform.redis import get_redis
+from agentplatform.redis import deferred
 from memory.conf import memory_settings
 from memory.tasks import SCHEDULED_TTL_SECONDS, compact_session, extract_pending
 
@@ -40,24 +41,27 @@ def extraction_request(tenant_id: uuid.UUID, message_ids: Iterable[int]) -> None
     ids = [str(message_id) for message_id in message_ids]
     if not ids:
         return
-    client = get_redis()
-    claimed = client.eval(
-        _PUSH,
-        2,
-        keys.pending_extraction(tenant_id),
-        keys.extraction_scheduled(tenant_id),
-        PENDING_TTL_SECONDS,
-        SCHEDULED_TTL_SECONDS,
-        *ids,
-    )
-    if claimed:
-        extract_pending.apply_async(
-            (str(tenant_id),), countdown=memory_settings().EXTRACTION_DELAY_SECONDS
-        )
+
+    def schedule(claimed: Any) -> None:
+        if claimed:
+            extract_pending.apply_async(
+                (str(tenant_id),), countdown=memory_settings().EXTRACTION_DELAY_SECONDS
+            )
+
+    # Within a turn this joins the turn's last Redis round trip (agentplatform.redis).
+    pending, scheduled = keys.pending_extraction(tenant_id), keys.extraction_scheduled(tenant_id)
+    deferred(
+        "eval", _PUSH, 2, pending, scheduled, PENDING_TTL_SECONDS, SCHEDULED_TTL_SECONDS, *ids,
+        then=schedule,
+    )  # fmt: skip
 
 
 def compaction_request(session_id: uuid.UUID, first_seq: int, last_seq: int) -> None:
     """Queue one compaction of the session unless one is already queued or running."""
+
+    def schedule(claimed: Any) -> None:
+        if claimed:
+            compact_session.delay(str(session_id), first_seq, last_seq)
+
     flag = keys.compaction_scheduled(session_id)
-    if get_redis().set(flag, "1", nx=True, ex=COMPACTION_FLAG_SECONDS):
-        compact_session.delay(str(session_id), first_seq, last_seq)
+    deferred("set", flag, "1", nx=True, ex=COMPACTION_FLAG_SECONDS, then=schedule)

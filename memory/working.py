@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import cast
 
 from agentplatform import keys
-from agentplatform.redis import get_redis
+from agentplatform.redis import deferred, get_redis
 from agents.engine.ports import WorkingMemory, WorkingMessage
 from agents.models import Message, Session
 
@@ -28,7 +28,7 @@ def wm_read(session: Session) -> WorkingMemory | None:
 
 def wm_write(session: Session, memory: WorkingMemory, ttl_seconds: int) -> None:
     payload = json.dumps(memory.as_dict(), separators=(",", ":"))
-    get_redis().set(keys.working_memory(session.pk), payload, ex=ttl_seconds)
+    deferred("set", keys.working_memory(session.pk), payload, ex=ttl_seconds)
 
 
 def wm_fit(memory: WorkingMemory, budget: int) -> WorkingMemory:

@@ -23,7 +23,7 @@ from typing import cast
 from django.db import connection
 
 from agentplatform import keys
-from agentplatform.redis import get_redis
+from agentplatform.redis import deferred, get_redis
 from agents.conf import agents_settings
 from agents.models import Agent, Session
 from agents.services import StaleLease
@@ -98,7 +98,7 @@ class Lease:
         return False
 
     def release(self) -> None:
-        get_redis().eval(_RELEASE, 1, keys.lease(self.session_id), self.holder)
+        deferred("eval", _RELEASE, 1, keys.lease(self.session_id), self.holder)
 
     def cancel_requested(self) -> str | None:
         """'interrupt' or 'rollback' when a newer message asked this turn to stop."""

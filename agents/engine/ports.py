@@ -46,8 +46,10 @@ class WorkingMemory:
         return sum(message.tokens for message in self.messages)
 
     def as_dict(self) -> dict[str, Any]:
+        # Messages as [seq, role, content, tokens]: the whole value is rewritten every turn,
+        # and lists encode faster and smaller than dicts with repeated keys.
         return {
-            "messages": [message.as_dict() for message in self.messages],
+            "messages": [[m.seq, m.role, m.content, m.tokens] for m in self.messages],
             "task_state": self.task_state,
             "high_water_seq": self.high_water_seq,
             "checkpoint_id": self.checkpoint_id,
@@ -56,7 +58,11 @@ class WorkingMemory:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkingMemory:
         return cls(
-            messages=[WorkingMessage(**item) for item in data.get("messages", [])],
+            # Dicts: the format written before lists (a working memory lives up to its TTL).
+            messages=[
+                WorkingMessage(**item) if isinstance(item, dict) else WorkingMessage(*item)
+                for item in data.get("messages", [])
+            ],
             task_state=data.get("task_state", {}),
             high_water_seq=int(data.get("high_water_seq", 0)),
             checkpoint_id=data.get("checkpoint_id"),

@@ -25,6 +25,7 @@ from typing import Any
 from django.db import transaction
 
 from agentplatform import idempotency
+from agentplatform.redis import write_batch
 from agents.conf import agents_settings
 from agents.engine.concurrency import Lease, LeaseLost, QueueTimeout, SessionBusy, admit
 from agents.engine.context import extras_budget, llm_messages, working_memory_budget
@@ -159,11 +160,13 @@ def turn_run(
         lease = admit(
             session=session, agent=agent, on_queued=lambda n: publisher("queued", {"position": n})
         )
-        try:
-            turn = _Turn(session, agent, lease, publisher, turn_key)
-            result = turn.run(content, metadata, resumable=resumable)
-        finally:
-            lease.release()
+        # The final working-memory save and the release share one Redis round trip.
+        with write_batch():
+            try:
+                turn = _Turn(session, agent, lease, publisher, turn_key)
+                result = turn.run(content, metadata, resumable=resumable)
+            finally:
+                lease.release()
     except TURN_FAILURES as error:
         publisher("error", {"code": failure_code(error), "detail": str(error)})
         raise
