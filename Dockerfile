@@ -1,6 +1,10 @@
 # Production image: one image for web, worker and beat (see docker-compose.yml).
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# glibc gives each thread that allocates its own malloc arena, and each keeps memory once
+# freed; the web server runs turns in a thread pool, so two arenas keep it smaller (the soak
+# bench, bench/soak.py, runs its server this way).
+ENV MALLOC_ARENA_MAX=2
 WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends gcc \
     && rm -rf /var/lib/apt/lists/*

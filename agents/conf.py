@@ -34,7 +34,9 @@ class AgentsSettings:
     MAX_MESSAGE_CHARS: int = 32_000
     # Frames of a session stay replayable (`resume`) at least this long, up to this many.
     FRAME_RETENTION_SECONDS: int = 900
-    FRAME_STREAM_MAXLEN: int = 1_000
+    # 500 frames are ~80 turns: more than a reconnect needs (older history is in the
+    # messages endpoint), and they bound Redis at ~80 KB per active session.
+    FRAME_STREAM_MAXLEN: int = 500
     # Token deltas are sent in batches at most this far apart (one fan-out per batch).
     TOKEN_FLUSH_SECONDS: float = 0.03
     # Websockets: largest accepted frame, and messages allowed per connection per window.

@@ -32,6 +32,8 @@ def main() -> None:
     from agents.llm.scripted import Step, scripted_backend
     from agents.models import Session
     from agents.services import agent_create, session_open
+
+    scripted_backend.reset(record=True)  # the recall check reads what the LLM was sent
     from memory.facts import key_facts, missing_facts
     from memory.models import Memory, Summary
     from memory.tasks import summarize_session

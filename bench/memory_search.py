@@ -62,9 +62,11 @@ def _load(cursor: Any, tenant_ids: list[str], vectors: np.ndarray, users: np.nda
 
 
 def _query(
-    cursor: Any, sql: str, params: list[Any], settings: list[str]
+    cursor: Any, tenant: str | None, sql: str, params: list[Any], settings: list[str]
 ) -> tuple[list[str], float]:
     cursor.execute("BEGIN")
+    if tenant is not None:  # the application's role, in the tenant's row-level security scope
+        cursor.execute("SELECT set_config('app.tenant_ids', %s, true)", [tenant])
     for statement in settings:
         cursor.execute(statement)
     started = time.perf_counter()
@@ -92,9 +94,16 @@ def main() -> None:
     users = (np.arange(ROWS) // TENANTS) % USERS_PER_TENANT + (np.arange(ROWS) % TENANTS) * 10
 
     db = django_settings.DATABASES["default"]
-    url = f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
+    owner = django_settings.DATABASE_OWNER["USER"]
+    url = f"postgresql://{owner}@/{db['NAME']}?host={db['HOST']}"  # loads and builds the index
+    app_url = f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"  # queries
     results: dict[str, Any] = {"rows": ROWS, "tenants": TENANTS, "end_users": TENANTS * 10}
-    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        conn.cursor() as cursor,
+        psycopg.connect(app_url, autocommit=True) as app_conn,
+        app_conn.cursor() as app_cursor,
+    ):
         cursor.execute("DROP INDEX IF EXISTS memory_embedding_hnsw")
         started = time.perf_counter()
         _load(cursor, tenant_ids, vectors, users)
@@ -106,7 +115,7 @@ def main() -> None:
         )
         results["hnsw_build_seconds"] = round(time.perf_counter() - started, 1)
         cursor.execute("ANALYZE memory_memory")
-        results["plans"] = _measure(cursor, tenant_ids, vectors, users, centres)
+        results["plans"] = _measure(cursor, app_cursor, tenant_ids, vectors, users, centres)
     print(json.dumps(results, indent=2))
     save("memory_search", results)
     for tenant in tenants:
@@ -114,7 +123,12 @@ def main() -> None:
 
 
 def _measure(
-    cursor: Any, tenant_ids: list[str], vectors: np.ndarray, users: np.ndarray, centres: np.ndarray
+    cursor: Any,
+    app_cursor: Any,
+    tenant_ids: list[str],
+    vectors: np.ndarray,
+    users: np.ndarray,
+    centres: np.ndarray,
 ) -> dict[str, Any]:
     base = (
         "SELECT id FROM memory_memory WHERE {filter} "
@@ -152,9 +166,14 @@ def _measure(
             query = _unit(
                 centres[RNG.integers(0, len(centres))][None, :] + 0.05 * RNG.normal(size=(1, 384))
             )[0]
+            # The platform's plan runs as the platform does (its role, row-level security in
+            # force); the others as a store without it would, as the owner: the policy's
+            # indexable tenant condition would otherwise change the plans being compared.
+            platform = name.startswith("platform")
             rows, elapsed = _query(
-                cursor, sql, [tenant, f"user-{pick}", _literal(query), K], session_settings
-            )
+                app_cursor if platform else cursor, tenant if platform else None, sql,
+                [tenant, f"user-{pick}", _literal(query), K], session_settings,
+            )  # fmt: skip
             times.append(elapsed)
             truth = _exact(cursor, tenant, f"user-{pick}", query)
             recalls.append(len(set(rows) & set(truth)) / max(1, min(K, int(mask.sum()))))

@@ -23,8 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, save, setup_django
 
 CLIENTS = 200
-INTERVAL = 4.0  # seconds between one client's messages: 50 messages/s in all
+INTERVAL = 8.0  # seconds between one client's messages: 25 messages/s in all
 DURATION = float(os.environ.get("SOAK_SECONDS", "600"))
+# Messages of an ordinary chat's length (~25 and ~40 tokens), so each session's working
+# memory reaches its token budget within the first minutes, as real conversations do.
+USER_TEXT = "Could you check where my order is and whether it can still arrive before Friday?"
+REPLY_TEXT = (
+    "Your order left the warehouse this morning and is with the courier now. It should "
+    "arrive on Thursday; I will tell you if anything changes before then."
+)
 
 
 class Minute:
@@ -42,7 +49,7 @@ async def _client(url: str, headers: dict[str, str], minutes: list[Minute], star
             minute = minutes[min(len(minutes) - 1, int((time.monotonic() - start) // 60))]
             client_id = uuid.uuid4().hex
             sent = time.monotonic()
-            message = {"type": "message", "content": "soak", "client_message_id": client_id}
+            message = {"type": "message", "content": USER_TEXT, "client_message_id": client_id}
             try:
                 await socket.send(json.dumps(message))
                 while True:
@@ -137,8 +144,12 @@ def main() -> None:
     agent = agent_create(tenant=tenant, name="soak", system_prompt="Be brief.")
     sessions = [session_open(tenant=tenant, agent=agent, user_id=f"u{i}") for i in range(CLIENTS)]
     # Production's shape: the web process and a Celery worker (memory extraction, compaction).
-    env = {"SCRIPTED_LLM_DELAY": "0", "CELERY_TASK_ALWAYS_EAGER": "0"}
-    server = Server({**env, "DB_POOL_MAX_SIZE": "40"})
+    env = {
+        "SCRIPTED_LLM_DELAY": "0",
+        "SCRIPTED_LLM_REPLY": REPLY_TEXT,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+    }
+    server = Server({**env, "DB_POOL_MAX_SIZE": "40", "MALLOC_ARENA_MAX": "2"})
     worker = Worker(env, concurrency=1)
     redis = redis_lib.Redis.from_url(settings.REDIS_URL)
     try:

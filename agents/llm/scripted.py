@@ -46,18 +46,22 @@ class ScriptedBackend:
         self._steps: deque[Step] = deque()
         self._lock = threading.Lock()
         self.delay = float(os.environ.get("SCRIPTED_LLM_DELAY", "0"))
-        # What each call was sent, for tests; bounded, since benchmarks and soaks run the
-        # scripted backend in long-lived servers (an unbounded list grew 1 GB in 10 minutes).
+        # What each call was sent, kept only while a test records (`reset(record=True)`):
+        # benchmarks and soaks run this backend in long-lived servers, where even a bounded
+        # log of the last calls held every message of their contexts (the soak found it:
+        # RSS and garbage-collection time grew with the conversations).
+        self.record = False
         self.calls: deque[list[ChatMessage]] = deque(maxlen=CALLS_KEPT)
 
     def script(self, *steps: Step) -> None:
         with self._lock:
             self._steps.extend(steps)
 
-    def reset(self) -> None:
+    def reset(self, *, record: bool = False) -> None:
         with self._lock:
             self._steps.clear()
             self.calls.clear()
+            self.record = record
         self.delay = float(os.environ.get("SCRIPTED_LLM_DELAY", "0"))
 
     def _next_step(self) -> Step:
@@ -65,8 +69,9 @@ class ScriptedBackend:
             return self._steps.popleft() if self._steps else Step()
 
     def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[LLMEvent]:
-        with self._lock:
-            self.calls.append(list(messages))
+        if self.record:
+            with self._lock:
+                self.calls.append(list(messages))
         step = self._next_step()
         text = step.reply if step.reply is not None else _default_reply(messages)
         delay = self.delay if step.delay is None else step.delay

@@ -9,7 +9,7 @@ from agents.llm.scripted import ScriptedBackend, scripted_backend
 
 @pytest.fixture(autouse=True)
 def llm() -> Iterator[ScriptedBackend]:
-    """The scripted LLM, reset around each test."""
-    scripted_backend.reset()
+    """The scripted LLM, reset around each test, recording what each call was sent."""
+    scripted_backend.reset(record=True)
     yield scripted_backend
     scripted_backend.reset()
