@@ -206,7 +206,10 @@ def _hnsw_search(
         # Without iterative scans a filtered HNSW search stops after ef_search candidates
         # and returns too few rows; relaxed order is re-sorted by score below.
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        cursor.execute("SET LOCAL hnsw.ef_search = %s", [memory_settings().HNSW_EF_SEARCH])
+        # set_config, not SET: SET takes no bound parameters (server-side binding is on).
+        cursor.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true)", [str(memory_settings().HNSW_EF_SEARCH)]
+        )
         literal = vector_literal(vector)
         hits = _run(sql, [literal, tenant.pk, user_id, *params, literal, k])
     return sorted(hits, key=lambda hit: -hit.score)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
+from django.test import override_settings
 
 from memory.extraction import extract_facts
 from memory.models import Memory
@@ -160,3 +162,27 @@ def test_reembed_updates_vectors_made_by_another_model(alice: Persona) -> None:
     assert "100.0%" in err.getvalue() and "Re-embedded 1" in out.getvalue()
     hits = memory_search(tenant=alice.tenant, user_id="u1", query="my name is Ada", k=1)
     assert hits[0].score > 0.6  # a real embedding again, not the constant vector
+
+
+def test_a_large_partition_is_searched_through_hnsw_in_the_tenants_scope(
+    alice: Persona, bob: Persona
+) -> None:
+    """Above EXACT_SCAN_LIMIT the search takes the HNSW path (iterative scan, its own
+    transaction settings), through the API: under row-level security, as the app's role."""
+    for persona in (alice, bob):
+        for index in range(6):
+            memory_upsert(
+                tenant=persona.tenant,
+                user_id="big",
+                text=f"The user's order {index} is 44{index}.",
+                source=Source("api"),
+            )
+    with override_settings(MEMORY={**getattr(settings, "MEMORY", {}), "EXACT_SCAN_LIMIT": 3}):
+        response = alice.client().post(
+            "/api/v1/memories/search/", {"user_id": "big", "query": "order", "k": 5}, format="json"
+        )
+    assert response.status_code == 200, response.content
+    hits = response.json()
+    mine = Memory.objects.filter(tenant=alice.tenant).values_list("pk", flat=True)
+    own = {str(pk) for pk in mine}
+    assert len(hits) == 5 and {hit["id"] for hit in hits} <= own
