@@ -78,4 +78,4 @@ class TenantScopeMiddleware:
             return
         from agentplatform.console import operator_roles  # the admin loads after middleware
 
-        rls.enter(rls.tenants_of(operator_roles(request)))
+        rls.enter(rls.tenant_scope_of(*operator_roles(request)))

@@ -22,8 +22,8 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -78,13 +78,17 @@ def tenant_scope_of(*tenant_ids: uuid.UUID | str) -> Scope:
 
 
 @contextmanager
-def tenant_scope(*tenant_ids: uuid.UUID | str) -> Iterator[None]:
-    """Run the block with only these tenants' rows visible."""
-    token = _scope.set(tenant_scope_of(*tenant_ids))
+def _scoped(scope: Scope) -> Iterator[None]:
+    token = _scope.set(scope)
     try:
         yield
     finally:
         _scope.reset(token)
+
+
+def tenant_scope(*tenant_ids: uuid.UUID | str) -> AbstractContextManager[None]:
+    """Run the block with only these tenants' rows visible."""
+    return _scoped(tenant_scope_of(*tenant_ids))
 
 
 # Looked up on every request: logged at DEBUG so the log is not one line per API call.
@@ -96,15 +100,10 @@ def _log_crossing(reason: CrossTenantReason, detail: str) -> None:
     logger.log(level, "cross-tenant scope: %s%s", reason.value, f" ({detail})" if detail else "")
 
 
-@contextmanager
-def cross_tenant(reason: CrossTenantReason, detail: str = "") -> Iterator[None]:
+def cross_tenant(reason: CrossTenantReason, detail: str = "") -> AbstractContextManager[None]:
     """Run the block with every tenant's rows visible: the one audited way across tenants."""
     _log_crossing(reason, detail)
-    token = _scope.set(ALL_TENANTS)
-    try:
-        yield
-    finally:
-        _scope.reset(token)
+    return _scoped(ALL_TENANTS)
 
 
 def enter(scope: Scope) -> None:
@@ -119,14 +118,9 @@ def enter_cross_tenant(reason: CrossTenantReason, detail: str = "") -> None:
     _scope.set(ALL_TENANTS)
 
 
-@contextmanager
-def request_scope() -> Iterator[None]:
+def request_scope() -> AbstractContextManager[None]:
     """A request starts with no tenant and leaves nothing behind."""
-    token = _scope.set(NO_TENANT)
-    try:
-        yield
-    finally:
-        _scope.reset(token)
+    return _scoped(NO_TENANT)
 
 
 # --- the connection side (called by agentplatform.dbbackend) ------------------------------
@@ -252,10 +246,6 @@ def role_bypasses_rls(using: str = "default") -> bool:
         cursor.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
         row = cursor.fetchone()
     return bool(row and row[0])
-
-
-def tenants_of(values: Iterable[Any]) -> Scope:
-    return tenant_scope_of(*{str(value) for value in values})
 
 
 def tenant_of(model: type[Model], pk: Any) -> str | None:

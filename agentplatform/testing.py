@@ -34,9 +34,23 @@ def current_database_url() -> str:
 
 
 class _Process:
-    """A child process in its own process group (so a kill reaches its children too)."""
+    """A child process in its own process group (so a kill reaches its children too), on
+    this process's database and Redis, with the scripted LLM."""
 
     process: subprocess.Popen[bytes]
+
+    def _start(self, command: list[str], env: dict[str, str]) -> None:
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": current_database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
+            "AGENTS_LLM_BACKEND": "scripted",
+            **env,
+        }
+        self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
+            command, cwd=ROOT, env=full_env, start_new_session=True
+        )
 
     def kill(self) -> None:
         """SIGKILL: no clean-up, as in a crash."""
@@ -57,20 +71,7 @@ class Server(_Process):
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "DATABASE_URL": current_database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
-            "AGENTS_LLM_BACKEND": "scripted",
-            **env,
-        }
-        self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
-            web_command(self.port),
-            cwd=ROOT,
-            env=full_env,
-            start_new_session=True,
-        )
+        self._start(web_command(self.port), env)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30) -> None:
@@ -91,18 +92,9 @@ class Worker(_Process):
 
     def __init__(self, env: dict[str, str], *, concurrency: int | None = None) -> None:
         pool = ["--pool", "solo"] if concurrency is None else ["--concurrency", str(concurrency)]
-        full_env = {
-            **os.environ,
-            "DATABASE_URL": current_database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
-            "CELERY_TASK_ALWAYS_EAGER": "0",
-            "AGENTS_LLM_BACKEND": "scripted",
-            **env,
-        }
-        self.process = subprocess.Popen(  # noqa: S603 - our own fixed command
+        self._start(
             [sys.executable, "-m", "celery", "-A", "agentplatform.celery", "worker",
              *pool, "--loglevel", "warning", "--without-heartbeat", "--without-gossip",
              "--without-mingle"],
-            cwd=ROOT, env=full_env, start_new_session=True,
+            {"CELERY_TASK_ALWAYS_EAGER": "0", **env},
         )  # fmt: skip

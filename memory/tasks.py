@@ -143,11 +143,10 @@ def extract_pending_sweep() -> int:
 @shared_task(name="memory.compact_session", acks_late=True, ignore_result=True)
 def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | None:
     try:
-        tenant_id = rls.tenant_of(Session, session_id)
-        if tenant_id is None:
+        session = _session(session_id)
+        if session is None:
             return None
-        with rls.tenant_scope(tenant_id):
-            session = Session.objects.select_related("agent").get(pk=session_id)
+        with rls.tenant_scope(session.tenant_id):
             summary = summary_create(
                 session=session,
                 kind=Summary.Kind.COMPACTION,
@@ -164,11 +163,18 @@ def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | Non
 def summarize_session(session_id: str) -> str | None:
     """The whole session as one summary for the end user's later sessions (replaced when
     the session grew since)."""
-    tenant_id = rls.tenant_of(Session, session_id)
-    if tenant_id is None:
+    session = _session(session_id)
+    if session is None:
         return None
-    with rls.tenant_scope(tenant_id):
-        return _summarize(Session.objects.select_related("agent").get(pk=session_id))
+    with rls.tenant_scope(session.tenant_id):
+        return _summarize(session)
+
+
+def _session(session_id: str) -> Session | None:
+    """The session a task was given (looked up across tenants: the task runs in its
+    tenant's scope once it knows it), or None when it is gone."""
+    with rls.cross_tenant(rls.CrossTenantReason.TASK_DISPATCH, "session"):
+        return Session.objects.select_related("agent").filter(pk=session_id).first()
 
 
 def _summarize(session: Session) -> str | None:
