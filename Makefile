@@ -34,7 +34,8 @@ local-llm: install
 	  touch $(LOCAL_LLM_STAMP); \
 	fi
 
-test: install system-tools lint typecheck pytest
+# local-llm: the tests of the bundled model and of its portable build run, not skip.
+test: install system-tools local-llm lint typecheck pytest
 
 lint: install
 	$(PY) -m ruff check .

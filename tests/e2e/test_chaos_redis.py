@@ -14,7 +14,7 @@ import pytest
 import redis
 import requests
 
-from agentplatform.embedded import _redis_binary
+from agentplatform.embedded import redis_binary
 from agentplatform.testing import Server, free_port
 from tests.conftest import Persona
 
@@ -32,7 +32,7 @@ class OwnRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip

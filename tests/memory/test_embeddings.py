@@ -4,11 +4,13 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import numpy as np
 import pytest
 
-from memory.embeddings import DIMENSIONS, MiniLMEmbedder, OpenAIEmbedder
+from agentplatform import cpu
+from memory.embeddings import DIMENSIONS, MiniLMEmbedder, OpenAIEmbedder, bundled_precision
 
 
 class FakeEmbeddings(BaseHTTPRequestHandler):
@@ -61,3 +63,40 @@ def test_the_bundled_model_scores_paraphrases_high_and_unrelated_low() -> None:
     # Batches pad to their longest text and mask the padding: a text embeds the same alone.
     alone = embedder.embed(["My name is Ada."])[0]
     assert float(alone @ a) > 0.9999
+
+
+def test_int8_precision_keeps_the_fp32_vectors_meaning() -> None:
+    """The dynamically quantised model (derived from the shipped file, cached) answers like
+    fp32: paraphrases high, unrelated low, every vector within a small angle of fp32's."""
+    texts = ["My name is Ada.", "I am called Ada.", "The weather is sunny."]
+    int8 = MiniLMEmbedder("int8")
+    fp32 = MiniLMEmbedder("fp32")
+    a, b, c = int8.embed(texts)
+    assert int8.name != fp32.name  # each stored vector records which one made it
+    assert float(a @ b) > 0.75
+    assert float(a @ c) < 0.3
+    assert (int8.embed(texts) * fp32.embed(texts)).sum(axis=1).min() > 0.97
+    assert np.allclose(np.linalg.norm(int8.embed(texts), axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "picked"),
+    [({"sse4_2", "avx"}, "fp32"), ({"avx2", "fma"}, "int8"), ({"avx512_vnni"}, "int8"),
+     ({"asimd", "asimddp"}, "int8")],
+)  # fmt: skip
+def test_auto_precision_follows_the_cpus_int8_kernels(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, flags: set[str], picked: str
+) -> None:
+    settings.EMBEDDINGS_PRECISION = "auto"
+    monkeypatch.setattr(cpu, "flags", lambda: frozenset(flags))
+    assert bundled_precision() == picked
+
+
+def test_a_pinned_precision_wins_over_the_cpu(settings: Any) -> None:
+    settings.EMBEDDINGS_PRECISION = "fp32"
+    assert bundled_precision() == "fp32"
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        MiniLMEmbedder("fp16")

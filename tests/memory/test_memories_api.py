@@ -4,6 +4,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from memory.embeddings import get_embedder
 from memory.extraction import extract_facts
 from memory.models import Memory
 from memory.semantic import Source, memory_search, memory_upsert
@@ -23,7 +24,7 @@ def test_create_list_read_delete_a_memory(alice: Persona) -> None:
     assert created.status_code == 201
     body = created.json()
     assert body["sources"][0]["kind"] == "api"
-    assert body["embedding_model"] == "all-MiniLM-L6-v2-int8"
+    assert body["embedding_model"] == get_embedder().name  # the bundled model, at its precision
     listed = alice.client().get("/api/v1/memories/?user_id=u1").json()["results"]
     assert [m["id"] for m in listed] == [body["id"]]
     assert alice.client().get(f"/api/v1/memories/{body['id']}/").status_code == 200
@@ -158,7 +159,7 @@ def test_reembed_updates_vectors_made_by_another_model(alice: Persona) -> None:
     out, err = StringIO(), StringIO()
     call_command("reembed", "alice", stdout=out, stderr=err)
     memory.refresh_from_db()
-    assert memory.embedding_model == "all-MiniLM-L6-v2-int8"
+    assert memory.embedding_model == get_embedder().name
     assert "100.0%" in err.getvalue() and "Re-embedded 1" in out.getvalue()
     hits = memory_search(tenant=alice.tenant, user_id="u1", query="my name is Ada", k=1)
     assert hits[0].score > 0.6  # a real embedding again, not the constant vector
