@@ -8,11 +8,12 @@ holder died) takes the record over and runs again.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -44,15 +45,20 @@ RETRYABLE = {409, 429}
 H = TypeVar("H", bound=Callable[..., HttpResponseBase])
 
 
-@dataclass
-class _Running:
-    record_id: int
-    deferred: bool = False  # a streamed response completes the record when it ends
-
-
-_current: contextvars.ContextVar[_Running | None] = contextvars.ContextVar(
+# The record the work running in this context holds (see `running` and `heartbeat`).
+_current: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "idempotency_record", default=None
 )
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's key for one request, with what identifies the request it was used for."""
+
+    key: str
+    method: str
+    path: str
+    fingerprint: str
 
 
 class KeyReused(Exception):
@@ -116,42 +122,57 @@ def idempotent(handler: H) -> H:
 
     @functools.wraps(handler)
     def wrapper(view: Any, request: Request, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        key = request.headers.get(HEADER)
+        key = request_idempotency_key(request)
         if key is None:
             return handler(view, request, *args, **kwargs)
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise ValidationError({HEADER: [f"Must be 1 to {MAX_KEY_LENGTH} characters."]})
-        method = request.method or "POST"
         try:
             claim = idempotency_claim(
                 tenant=request_tenant(request),
-                key=key,
-                method=method,
-                path=request.path,
-                fingerprint=request_fingerprint(method, request.path, request.data),
+                key=key.key,
+                method=key.method,
+                path=key.path,
+                fingerprint=key.fingerprint,
             )
         except KeyReused as error:
             raise ValidationError({HEADER: [str(error)]}) from None
         except InProgress as error:
             raise Conflict(str(error)) from None
         if claim.replay is not None:
-            return _replay(*claim.replay)
-        running = _Running(claim.record_id)
-        token = _current.set(running)
-        try:
-            response = handler(view, request, *args, **kwargs)
-        except BaseException:
-            idempotency_release(claim.record_id)
-            raise
-        finally:
-            _current.reset(token)
-        if not running.deferred:
-            idempotency_complete(
-                claim.record_id, response.status_code, getattr(response, "data", None)
-            )
+            return replay_response(*claim.replay)
+        with running(claim.record_id):
+            try:
+                response = handler(view, request, *args, **kwargs)
+            except BaseException:
+                idempotency_release(claim.record_id)
+                raise
+        idempotency_complete(claim.record_id, response.status_code, getattr(response, "data", None))
         return response
 
     return cast(H, wrapper)
+
+
+def request_idempotency_key(request: Request) -> IdempotencyKey | None:
+    """The request's Idempotency-Key with its fingerprint, if it sent one; 422 when the
+    header is empty or too long."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise ValidationError({HEADER: [f"Must be 1 to {MAX_KEY_LENGTH} characters."]})
+    method = request.method or "POST"
+    fingerprint = request_fingerprint(method, request.path, request.data)
+    return IdempotencyKey(key=key, method=method, path=request.path, fingerprint=fingerprint)
+
+
+@contextlib.contextmanager
+def running(record_id: int | None) -> Iterator[None]:
+    """Mark the work in this context (this thread) as holding `record_id`, so that
+    `heartbeat()` calls made deep inside it extend that record's lock."""
+    token = _current.set(record_id)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def key_digest(tenant_id: object, key: str) -> str:
@@ -160,18 +181,12 @@ def key_digest(tenant_id: object, key: str) -> str:
     return hashlib.sha256(f"{tenant_id}:{key}".encode()).hexdigest()[:32]
 
 
-def request_key(request: Request) -> str | None:
-    """The digest of the request's Idempotency-Key, if it sent one."""
-    key = request.headers.get(HEADER)
-    return key_digest(request_tenant(request).pk, key) if key else None
-
-
 def request_fingerprint(method: str, path: str, data: Any) -> str:
     body = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(f"{method} {path}\n{body}".encode()).hexdigest()
 
 
-def _replay(status_code: int, body: Any) -> Response:
+def replay_response(status_code: int, body: Any) -> Response:
     response = Response(body, status=status_code)
     response["Idempotent-Replayed"] = "true"
     return response
@@ -194,22 +209,11 @@ def idempotency_release(record_id: int) -> None:
     IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True).delete()
 
 
-def defer_completion() -> Callable[[int, Any], None] | None:
-    """For a streamed response: the function that records its outcome when the stream ends
-    (status code and JSON body; a body of None releases the key). None without a key."""
-    running = _current.get()
-    if running is None:
-        return None
-    running.deferred = True
-    record_id = running.record_id
-    return lambda status_code, data: idempotency_complete(record_id, status_code, data)
-
-
 def heartbeat() -> None:
     """Extend the lock of the record this request is running under, if any."""
-    running = _current.get()
-    if running is not None:
-        IdempotencyRecord.objects.filter(pk=running.record_id, status_code__isnull=True).update(
+    record_id = _current.get()
+    if record_id is not None:
+        IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True).update(
             locked_until=timezone.now() + _lock()
         )
 

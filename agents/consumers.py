@@ -9,7 +9,6 @@ worker thread, so this socket keeps forwarding frames while its own turn streams
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections import deque
@@ -19,25 +18,31 @@ from urllib.parse import parse_qs, urlparse
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import close_old_connections
 from django.http.request import validate_host
 
 from agentplatform import keys, rls
-from agentplatform.idempotency import (
-    InProgress,
-    KeyReused,
-    idempotency_claim,
-    idempotency_complete,
-    idempotency_release,
-    key_digest,
-)
 from agentplatform.redis import get_redis
 from agents import live
 from agents.client_tokens import client_token_verify
 from agents.conf import agents_settings
-from agents.engine.turn import TURN_FAILURES, turn_run, validate_content
+from agents.engine.turn import TURN_FAILURES, TurnResult
+from agents.entry import (
+    Sink,
+    client_message_id_validate,
+    client_message_key,
+    content_validate,
+    turn_begin,
+)
+from agents.errors import (
+    ContentInvalid,
+    KeyInProgress,
+    KeyUsedForAnotherMessage,
+    SessionNotFound,
+    TurnRefused,
+)
 from agents.models import Session
+from agents.selectors import session_find
 
 CLOSE_BAD_CREDENTIAL = 4401
 CLOSE_BAD_ORIGIN = 4403
@@ -115,13 +120,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         content, client_id = frame.get("content"), frame.get("client_message_id")
-        try:
-            validate_content(content)
-        except ValueError as error:
+        try:  # early, so that a bad frame costs no thread and no rate
+            content_validate(content)
+            client_message_id_validate(client_id)
+        except ContentInvalid as error:
             await self._error("bad_message", str(error), client_message_id=client_id)
-            return
-        if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 100):
-            await self._error("bad_message", "client_message_id must be a string of <= 100.")
             return
         if not self._within_rate():
             await self._error("rate_limited", "Too many messages; slow down.", client_id)
@@ -215,47 +218,42 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._error(code, detail, client_message_id)
 
 
+# How refusals read on the socket: (code, detail); None keeps the error's own detail.
+WS_REFUSALS: dict[type[TurnRefused], tuple[str, str | None]] = {
+    KeyUsedForAnotherMessage: (
+        "client_message_id_reused",
+        "This client_message_id was used for another message.",
+    ),
+    KeyInProgress: ("in_progress", "This message is still being processed; retry shortly."),
+}
+
+
 def _turn_in_thread(
     session: Session, content: str, client_message_id: str | None, fanout: live.Fanout
 ) -> tuple[str, str] | None:
-    """Run the turn once per client_message_id (the websocket's idempotency key): a resend
-    after a reconnect never runs a turn twice. Returns (code, detail) when it did not run."""
+    """Run the turn through the one door, once per client_message_id (the websocket's
+    idempotency key): a resend after a reconnect never runs a turn twice. Returns
+    (code, detail) when it did not run; a turn that ran and failed published its own frame."""
     try:
-        claim, turn_key = None, None
-        if client_message_id:
-            key = f"ws:{session.pk}:{client_message_id}"
-            turn_key = key_digest(session.tenant_id, key)
-            claim = idempotency_claim(
-                tenant=session.tenant,
-                key=key,
-                method="WS",
-                path=f"/ws/sessions/{session.pk}/",
-                fingerprint=hashlib.sha256(content.encode()).hexdigest(),
-            )
-            if claim.replay is not None:
-                return "duplicate", "This client_message_id already ran; see its frames."
-        try:
-            result = turn_run(
-                session=session,
-                content=content,
-                client_message_id=client_message_id,
-                fanout=fanout,
-                turn_key=turn_key,
-            )
-        except TURN_FAILURES:  # the turn published its `error` frame to the session
-            if claim is not None:
-                idempotency_release(claim.record_id)
-            return None
-        if claim is not None:
-            seqs = {"user_seq": result.user_message.seq, "outcome": result.outcome}
-            idempotency_complete(claim.record_id, 201, seqs)
-        return None
-    except KeyReused:
-        return "client_message_id_reused", "This client_message_id was used for another message."
-    except InProgress:
-        return "in_progress", "This message is still being processed; retry shortly."
+        key = client_message_key(session, client_message_id, content) if client_message_id else None
+        pending = turn_begin(
+            session=session, content=content, key=key, client_message_id=client_message_id
+        )
+        if pending.replay is not None:
+            return "duplicate", "This client_message_id already ran; see its frames."
+        pending.run(Sink(fanout=fanout), record=_ws_record)
+    except TurnRefused as error:
+        code, detail = WS_REFUSALS.get(type(error), (error.code, None))
+        return code, detail or str(error)
+    except TURN_FAILURES:
+        pass
     finally:
         close_old_connections()
+    return None
+
+
+def _ws_record(result: TurnResult) -> dict[str, Any]:
+    return {"user_seq": result.user_message.seq, "outcome": result.outcome}
 
 
 def _origin_allowed(scope: dict[str, Any]) -> bool:
@@ -295,14 +293,9 @@ def _tenant_for_key(raw: str) -> str | None:
 
 @database_sync_to_async
 def _load_session(tenant_id: str, session_id: str) -> Session | None:
-    from agentplatform.models import Tenant
-
-    tenant = Tenant.objects.filter(pk=tenant_id, status=Tenant.Status.ACTIVE).first()
-    if tenant is None:
-        return None
     try:
-        return Session.objects.select_related("agent").filter(tenant=tenant).get(pk=session_id)
-    except (Session.DoesNotExist, ValueError, ValidationError):  # missing or malformed id
+        return session_find(id=session_id, tenant_ids=[tenant_id], active_tenant=True)
+    except SessionNotFound:
         return None
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
+from rest_framework.exceptions import NotFound
 
 from agentplatform.models import Tenant
 from agentplatform.tenancy import access_object
+from agents.errors import SessionNotFound
 from agents.models import Agent, Message, Session
 
 
@@ -35,14 +40,29 @@ def session_list(
     return sessions
 
 
+def session_find(
+    *, id: object, tenant_ids: Collection[object] | None, active_tenant: bool = False
+) -> Session:
+    """The session with its agent (every turn needs both), if it belongs to one of
+    `tenant_ids` (None: any tenant, for a superuser); `active_tenant` also requires its tenant
+    not to be suspended. Missing, foreign and malformed ids are one SessionNotFound."""
+    sessions = Session.objects.select_related("agent")
+    if tenant_ids is not None:
+        sessions = sessions.filter(tenant_id__in=list(tenant_ids))
+    if active_tenant:
+        sessions = sessions.filter(tenant__status=Tenant.Status.ACTIVE)
+    try:
+        return sessions.get(pk=id)  # type: ignore[misc]  # any malformed id is not found
+    except (Session.DoesNotExist, ValueError, ValidationError):
+        raise SessionNotFound() from None
+
+
 def access_session(*, tenant: Tenant, id: object) -> Session:
-    """The tenant's session with its agent loaded (every turn needs both)."""
-    return access_object(
-        Session,
-        tenant=tenant,
-        id=id,  # type: ignore[arg-type]
-        queryset=Session.objects.select_related("agent"),
-    )
+    """The tenant's session with its agent loaded, or the REST API's uniform 404."""
+    try:
+        return session_find(id=id, tenant_ids=[tenant.pk])
+    except SessionNotFound as error:
+        raise NotFound(str(error)) from None
 
 
 def message_list(*, session: Session, include_inactive: bool = True) -> QuerySet[Message]:

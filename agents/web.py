@@ -11,7 +11,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.clickjacking import xframe_options_exempt
@@ -22,8 +21,9 @@ from agentplatform.console import operator_roles
 from agents import live
 from agents.client_tokens import client_token_mint, client_token_verify
 from agents.engine.turn import message_payload
+from agents.errors import SessionNotFound
 from agents.models import Message, Session
-from agents.selectors import message_list
+from agents.selectors import message_list, session_find
 
 HISTORY_LIMIT = 200
 
@@ -87,12 +87,9 @@ def _session_for_operator(request: HttpRequest, session_id: str) -> Session:
 
 
 def _get_session(session_id: str, *, tenant_ids: list[str] | None) -> Session:
-    sessions = Session.objects.select_related("agent")
-    if tenant_ids is not None:
-        sessions = sessions.filter(tenant_id__in=tenant_ids)
     try:
-        return sessions.get(pk=session_id)
-    except (Session.DoesNotExist, ValueError, ValidationError) as error:
+        return session_find(id=session_id, tenant_ids=tenant_ids)
+    except SessionNotFound as error:
         raise Http404("No such chat.") from error
 
 

@@ -52,10 +52,11 @@ def format_event(event: str, payload: dict[str, Any], seq: int | None = None) ->
 def stream_in_thread(
     run: Callable[[Callable[[str, dict[str, Any]], None]], None],
 ) -> Iterator[bytes]:
-    """Run `run(emit)` in a thread and yield its events as SSE.
+    """Start `run(emit)` in a thread now, and return an iterator of its events as SSE.
 
-    The turn runs to the end even if the client goes away: the thread does not depend on the
-    response being read, so a dropped connection loses nothing that was accepted.
+    The thread starts here, in the request's context (its tenant scope comes along), not
+    when the response is first read; and the turn runs to the end even if the client goes
+    away, so a dropped connection loses nothing that was accepted.
     """
     events: queue.Queue[Event] = queue.Queue()
 
@@ -71,6 +72,10 @@ def stream_in_thread(
     # The thread runs in a copy of this context: the request's tenant scope comes with it.
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(target,), daemon=True, name="sse-turn").start()
+    return _as_events(events)
+
+
+def _as_events(events: queue.Queue[Event]) -> Iterator[bytes]:
     while True:
         event, frame = events.get()
         if (event, frame) == _END:

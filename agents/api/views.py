@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,12 +23,13 @@ from rest_framework.views import APIView
 
 from agentplatform.audit import actor_of, audit_record
 from agentplatform.authentication import request_tenant
-from agentplatform.idempotency import defer_completion, idempotent, request_key
+from agentplatform.idempotency import idempotent, replay_response, request_idempotency_key
 from agentplatform.models import Tenant, TenantSecret
 from agentplatform.pagination import CreatedCursorPagination
-from agentplatform.problems import BadGateway, Conflict, ServiceUnavailable
+from agentplatform.problems import BadGateway
 from agentplatform.vault import secret_delete, secret_set
 from agents import selectors, services
+from agents.api.errors import failure_problem, refusal_problem
 from agents.api.serializers import (
     AgentSerializer,
     ClientTokenSerializer,
@@ -41,12 +43,12 @@ from agents.api.serializers import (
 )
 from agents.api.sse import EventStreamRenderer, stream_in_thread
 from agents.client_tokens import client_token_mint
-from agents.engine.concurrency import QueueTimeout
 from agents.engine.invoke import invoke_stateless
-from agents.engine.turn import TURN_FAILURES, TurnFailed, failure_code, turn_run
+from agents.engine.turn import TURN_FAILURES, TurnResult
+from agents.entry import PendingTurn, Sink, turn_begin
+from agents.errors import TurnRefused
 from agents.llm import LLMError
 from agents.models import Agent, Message, Session
-from agents.services import StaleLease
 
 
 class TenantViewSet(viewsets.GenericViewSet):
@@ -182,24 +184,31 @@ class SessionMessagesViewSet(mixins.ListModelMixin, TenantViewSet):
             "events (`accepted`, `queued`, `token`, `message`, `checkpoint`, `error`)."
         ),
     )
-    @idempotent
     def create(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        session = selectors.access_session(tenant=self.tenant, id=self.kwargs["session_pk"])
-        serializer = MessageCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        content: str = serializer.validated_data["content"]
-        metadata = _message_metadata(serializer.validated_data)
-        # A retry under the same Idempotency-Key resumes a turn cut off between LLM calls.
-        turn_key = request_key(request)
-        if isinstance(request.accepted_renderer, EventStreamRenderer):
-            return _turn_event_stream(session, content, metadata, turn_key)
+        key = request_idempotency_key(request)
         try:
-            result = turn_run(
-                session=session, content=content, metadata=metadata, turn_key=turn_key
+            session = selectors.session_find(
+                id=self.kwargs["session_pk"], tenant_ids=[self.tenant.pk]
             )
-        except TURN_ERRORS as error:
-            raise turn_problem(error) from error
-        return Response(TurnResultSerializer(result).data, status=201)
+            serializer = MessageCreateSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            pending = turn_begin(
+                session=session,
+                content=serializer.validated_data["content"],
+                key=key,
+                metadata=_message_metadata(serializer.validated_data),
+            )
+        except TurnRefused as error:
+            raise refusal_problem(error) from None
+        if pending.replay is not None:
+            return replay_response(*pending.replay)
+        if isinstance(request.accepted_renderer, EventStreamRenderer):
+            return _turn_event_stream(pending)
+        try:
+            pending.run(record=_turn_body)
+        except TURN_FAILURES as error:
+            raise failure_problem(error) from error
+        return Response(pending.recorded, status=201)
 
 
 class InvokeView(APIView):
@@ -223,22 +232,9 @@ class InvokeView(APIView):
         return Response(InvokeResultSerializer(result).data)
 
 
-TURN_ERRORS = (*TURN_FAILURES, ValueError)
-
-
-def turn_problem(error: Exception) -> APIException:
-    """The problem a failed turn answers with; its type ends with the `error` frame's code."""
-    if isinstance(error, ValueError):
-        return ValidationError({"content": [str(error)]})
-    code = failure_code(error)
-    if isinstance(error, QueueTimeout):
-        return ServiceUnavailable(str(error), code=code)
-    if isinstance(error, TurnFailed):
-        detail = f"The LLM failed: {error}. The message was kept as seq {error.user_message.seq}."
-        return BadGateway(detail, code=code)
-    if isinstance(error, StaleLease):
-        return Conflict("The session was taken over by another turn.", code=code)
-    return Conflict(str(error), code=code)
+def _turn_body(result: TurnResult) -> dict[str, Any]:
+    """A turn's 201 body, which an idempotent retry gets again."""
+    return dict(TurnResultSerializer(result).data)
 
 
 def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
@@ -248,22 +244,10 @@ def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _turn_event_stream(
-    session: Session, content: str, metadata: dict[str, Any], turn_key: str | None
-) -> StreamingHttpResponse:
-    complete = defer_completion()
-
+def _turn_event_stream(pending: PendingTurn) -> StreamingHttpResponse:
     def run(emit: Callable[[str, dict[str, Any]], None]) -> None:
-        try:
-            result = turn_run(
-                session=session, content=content, emit=emit, metadata=metadata, turn_key=turn_key
-            )
-        except TURN_ERRORS as error:  # the turn already published its `error` frame
-            if complete is not None:
-                complete(turn_problem(error).status_code, None)
-        else:
-            if complete is not None:
-                complete(201, TurnResultSerializer(result).data)
+        with contextlib.suppress(*TURN_FAILURES):  # the turn published its `error` frame
+            pending.run(Sink(emit=emit), record=_turn_body)
 
     response = StreamingHttpResponse(stream_in_thread(run), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

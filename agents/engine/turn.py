@@ -118,15 +118,6 @@ def _timed(events: Iterator[LLMEvent], result: _Generation) -> Iterator[LLMEvent
         yield event
 
 
-def validate_content(content: object) -> str:
-    if not isinstance(content, str) or not content.strip():
-        raise ValueError("content must be a non-empty string")
-    limit = agents_settings().MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise ValueError(f"content must be at most {limit} characters")
-    return content
-
-
 def turn_run(
     *,
     session: Session,
@@ -144,7 +135,6 @@ def turn_run(
     under the same `turn_key` is resumed (or, when it finished, its result returned).
     """
     started = time.perf_counter()
-    validate_content(content)
     agent: Agent = session.agent
     publisher = FramePublisher(session.pk, local=emit, fanout=fanout)
     resumable = turn_key is not None  # only a caller's key can have been used before
@@ -651,5 +641,4 @@ __all__ = [
     "TurnFailed",
     "TurnResult",
     "turn_run",
-    "validate_content",
 ]

@@ -7,9 +7,11 @@ from django.core.management.base import CommandError, CommandParser
 
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
-from agents.engine.concurrency import QueueTimeout, SessionBusy
-from agents.engine.turn import TurnFailed, turn_run
+from agents.engine.turn import TURN_FAILURES
+from agents.entry import Sink, turn_begin
+from agents.errors import SessionNotFound, TurnRefused
 from agents.models import Agent, Session
+from agents.selectors import session_find
 from agents.services import session_open
 
 
@@ -43,10 +45,10 @@ class Command(PlatformCommand):
 
     def _session(self, tenant: Tenant, options: dict[str, Any]) -> Session:
         if options["session"]:
-            found = Session.objects.for_tenant(tenant).filter(pk=options["session"]).first()
-            if found is None:
-                raise CommandError("No such session for this tenant.")
-            return found
+            try:
+                return session_find(id=options["session"], tenant_ids=[tenant.pk])
+            except SessionNotFound:
+                raise CommandError("No such session for this tenant.") from None
         agents = Agent.objects.for_tenant(tenant).order_by("created_at")
         agent = agents.filter(pk=options["agent"]).first() if options["agent"] else agents.first()
         if agent is None:
@@ -63,7 +65,7 @@ class Command(PlatformCommand):
 
         sys.stdout.write("agent> ")
         try:
-            turn_run(session=session, content=content, emit=emit)
-        except (TurnFailed, SessionBusy, QueueTimeout) as error:
+            turn_begin(session=session, content=content).run(Sink(emit=emit))
+        except (TurnRefused, *TURN_FAILURES) as error:
             sys.stdout.write(f"\n[error: {error}]")
         sys.stdout.write("\n")

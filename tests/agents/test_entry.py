@@ -1,0 +1,184 @@
+"""The one door for a turn (agents.entry): every transport claims its key there, keeps it
+alive while the turn runs, and completes or releases it; refusals are one set of errors."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from agentplatform import idempotency
+from agentplatform.models import IdempotencyRecord
+from agents import consumers
+from agents.entry import client_message_key, content_validate, turn_begin
+from agents.errors import ContentInvalid, KeyUsedForAnotherMessage, SessionNotFound
+from agents.llm.scripted import ScriptedBackend, Step
+from agents.models import Message
+from agents.selectors import session_find
+from tests.conftest import Persona
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SLOW_REPLY = Step(reply=" ".join(["word"] * 24), delay=0.05)  # ~1.2 s of streaming
+
+
+def _post(persona: Persona, content: object, **headers: str) -> Any:
+    return persona.client().post(
+        f"/api/v1/sessions/{persona.session.pk}/messages/",
+        {"content": content},
+        format="json",
+        **headers,
+    )
+
+
+def _rest(persona: Persona) -> None:
+    assert _post(persona, "slow one", HTTP_IDEMPOTENCY_KEY="door-1").status_code == 201
+
+
+def _sse(persona: Persona) -> None:
+    response = _post(
+        persona, "slow one", HTTP_IDEMPOTENCY_KEY="door-1", HTTP_ACCEPT="text/event-stream"
+    )
+    assert b"event: checkpoint" in b"".join(response.streaming_content)
+
+
+def _websocket(persona: Persona) -> None:
+    """What the consumer runs in its worker thread for a `message` frame."""
+    outcome: list[Any] = []
+    context = contextvars.copy_context()  # the socket's tenant scope, as database_sync_to_async
+    thread = threading.Thread(
+        target=context.run,
+        args=(
+            lambda: outcome.append(
+                consumers._turn_in_thread(persona.session, "slow one", "door-1", lambda s, t: None)
+            ),
+        ),
+    )
+    thread.start()
+    thread.join(30)
+    assert outcome == [None]
+
+
+@pytest.mark.parametrize("transport", [_rest, _sse, _websocket], ids=["rest", "sse", "ws"])
+def test_every_transport_keeps_its_key_alive_while_the_turn_runs_then_completes_it(
+    alice: Persona,
+    llm: ScriptedBackend,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: Callable[[Persona], None],
+) -> None:
+    """The lease renews every third of AGENTS_LEASE_SECONDS; each renewal extends the key's
+    lock, which a websocket or streamed turn's heartbeat used to miss (it ran outside the
+    claim's context)."""
+    settings.AGENTS = {**settings.AGENTS, "LEASE_SECONDS": 0.6}
+    beats: list[int | None] = []
+    original = idempotency.heartbeat
+    monkeypatch.setattr(
+        idempotency, "heartbeat", lambda: (beats.append(idempotency._current.get()), original())
+    )
+    llm.script(SLOW_REPLY)
+
+    transport(alice)
+
+    record = IdempotencyRecord.objects.get(tenant=alice.tenant)
+    assert beats and set(beats) == {record.pk}
+    assert record.status_code == 201 and record.locked_until is None
+
+
+@pytest.mark.parametrize("transport", [_rest, _websocket], ids=["rest", "ws"])
+def test_a_turn_cut_off_by_an_unexpected_error_releases_its_key(
+    alice: Persona, monkeypatch: pytest.MonkeyPatch, transport: Callable[[Persona], None]
+) -> None:
+    """Not only the engine's failures: anything that stops a turn frees its key, so a retry
+    runs instead of waiting out a lock nobody holds."""
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("a bug deep in the turn")
+
+    monkeypatch.setattr("agents.entry.turn_run", broken)
+    if transport is _rest:
+        client = alice.client()
+        client.raise_request_exception = False
+        response = client.post(
+            f"/api/v1/sessions/{alice.session.pk}/messages/",
+            {"content": "x"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="door-2",
+        )
+        assert response.status_code == 500
+    else:
+        pending = turn_begin(
+            session=alice.session, content="x", key=client_message_key(alice.session, "door-2", "x")
+        )
+        with pytest.raises(RuntimeError):
+            pending.run()
+    assert not IdempotencyRecord.objects.filter(tenant=alice.tenant).exists()
+
+
+def test_a_stray_value_error_inside_a_turn_is_a_server_error_not_bad_content(
+    alice: Persona, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(**_: Any) -> None:
+        raise ValueError("not the client's fault")
+
+    monkeypatch.setattr("agents.entry.turn_run", broken)
+    client = alice.client()
+    client.raise_request_exception = False
+    response = client.post(
+        f"/api/v1/sessions/{alice.session.pk}/messages/", {"content": "fine"}, format="json"
+    )
+    assert response.status_code == 500
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [("", "non-empty"), ("   ", "non-empty"), (7, "non-empty"), ("x" * 32_001, "at most")],
+)
+def test_content_is_checked_in_one_place_with_one_answer_per_transport(
+    alice: Persona, content: object, detail: str
+) -> None:
+    with pytest.raises(ContentInvalid, match=detail):
+        content_validate(content)
+    response = _post(alice, content)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["pointer"] == "#/content"
+    refused = consumers._turn_in_thread(alice.session, content, None, lambda s, t: None)  # type: ignore[arg-type]
+    assert refused is not None and refused[0] == "bad_message"
+    assert not Message.objects.filter(session=alice.session).exists()
+
+
+def test_a_key_reused_for_another_message_is_refused_before_anything_runs(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    key = client_message_key(alice.session, "door-3", "first")
+    turn_begin(session=alice.session, content="first", key=key).run()
+    other = client_message_key(alice.session, "door-3", "second")
+    with pytest.raises(KeyUsedForAnotherMessage):
+        turn_begin(session=alice.session, content="second", key=other)
+    replay = turn_begin(session=alice.session, content="first", key=key).replay
+    assert replay is not None and replay[0] == 201
+    assert len(llm.calls) == 1
+
+
+def test_one_session_lookup_refuses_another_tenants_session_everywhere(
+    alice: Persona, bob: Persona
+) -> None:
+    with pytest.raises(SessionNotFound):
+        session_find(id=alice.session.pk, tenant_ids=[bob.tenant.pk])
+    with pytest.raises(SessionNotFound):
+        session_find(id="not-a-uuid", tenant_ids=[alice.tenant.pk])
+    assert session_find(id=alice.session.pk, tenant_ids=None).pk == alice.session.pk
+    with pytest.raises(CommandError, match="No such session"):
+        call_command(
+            "chat",
+            "--tenant",
+            bob.tenant.slug,
+            "--session",
+            str(alice.session.pk),
+            stdout=StringIO(),
+        )
