@@ -8,7 +8,6 @@ from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
-from agentplatform.audit import audit_record
 from agentplatform.console import TenantScopedAdmin, is_superuser, operator_actor
 from agentplatform.models import ApiKey, AuditEvent, Membership, Tenant, TenantSecret
 from agentplatform.services import api_key_revoke
@@ -57,14 +56,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
         for key in queryset:
             if not self.has_change_permission(request, key):
                 continue  # a viewer of this tenant
-            api_key_revoke(key=key)
-            audit_record(
-                tenant=key.tenant,
-                actor=operator_actor(request),
-                action="api_key.revoked",
-                target=key,
-                payload={"prefix": key.prefix},
-            )
+            api_key_revoke(key=key, actor=operator_actor(request))
             revoked += 1
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
 

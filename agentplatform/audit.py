@@ -1,5 +1,10 @@
 """The audit trail: append-only events, hash-chained per tenant.
 
+Write services own their events: each takes an `actor`, records exactly one event for its
+action inside its own transaction, and is registered with `@audited(action)` (or says why
+not with `@unaudited(reason)`); transports (views, admin, commands, tasks) only call services.
+tests/agentplatform/test_audit_services.py holds every service to that.
+
 `audit_record` appends an event under a per-tenant advisory lock (so a chain never forks),
 hashing the event's fields with the previous event's hash. Nothing updates or deletes an
 event: a trigger refuses it. `audit_verify` recomputes every chain and reports the first
@@ -9,11 +14,12 @@ break, which any edit or deletion made around the trigger produces.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connection, transaction
 from django.db.models import Model
@@ -32,6 +38,44 @@ class Actor:
 
 
 SYSTEM = Actor("system", "platform")
+
+
+def command_actor(module: str) -> Actor:
+    """The actor of a management command: `command_actor(__name__)` in its module."""
+    return Actor("system", f"manage.py {module.rsplit('.', 1)[-1]}")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+# action -> the service that records it, and service -> why it records nothing.
+AUDITED: dict[str, Callable[..., Any]] = {}
+UNAUDITED: dict[Callable[..., Any], str] = {}
+
+
+def audited(*actions: str) -> Callable[[F], F]:
+    """Register a write service as the one that records `actions` (usually one; a service
+    whose action depends on what it found, like an upsert, names each)."""
+
+    def register(service: F) -> F:
+        if "actor" not in inspect.signature(service).parameters:
+            raise TypeError(f"{service.__qualname__} records audit events: it takes an actor")
+        for action in actions:
+            if action in AUDITED:
+                raise ValueError(f"{action!r} is recorded by {AUDITED[action].__qualname__}")
+            AUDITED[action] = service
+        return service
+
+    return register
+
+
+def unaudited(reason: str) -> Callable[[F], F]:
+    """Register a write service that records no event, and why (data-plane writes whose
+    rows are their own record, or writes audited by the service that calls them)."""
+
+    def register(service: F) -> F:
+        UNAUDITED[service] = reason
+        return service
+
+    return register
 
 
 def actor_of(request: Request) -> Actor:
@@ -98,6 +142,16 @@ def audit_record(
         event.hash = _event_hash(event)
         event.save()
     return event
+
+
+def audit_delete(row: Model, *, actor: Actor, action: str, payload: Any = None) -> None:
+    """Delete a tenant's row and record it, in one transaction (the event is written first:
+    it names the row)."""
+    tenant_id = getattr(row, "tenant_id", None)
+    with transaction.atomic():
+        tenant = Tenant(pk=tenant_id) if tenant_id else None
+        audit_record(tenant=tenant, actor=actor, action=action, target=row, payload=payload)
+        row.delete()
 
 
 def _lock_chain(tenant: Tenant | None) -> None:

@@ -26,9 +26,10 @@ from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponse
 
 from agentplatform import keys, rls
-from agentplatform.audit import Actor, audit_record
+from agentplatform.audit import Actor
 from agentplatform.models import Membership, Tenant
 from agentplatform.redis import get_redis
+from agentplatform.services import admin_object_delete, admin_object_save
 
 
 def operator_roles(request: HttpRequest) -> dict[uuid.UUID, str]:
@@ -125,35 +126,22 @@ class TenantScopedAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return is_superuser(request) or bool(managed_tenants(request))
 
-    # --- audited writes ------------------------------------------------------------------
+    # --- writes, through the services that audit them ------------------------------------
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        if not is_superuser(request) and self.tenant_of(obj) not in managed_tenants(request):
+        tenant_id = self.tenant_of(obj)
+        if not is_superuser(request) and tenant_id not in managed_tenants(request):
             raise Http404("No such tenant.")
-        super().save_model(request, obj, form, change)
-        self._audit(request, obj, "admin.change" if change else "admin.add",
-                    {"fields": sorted(form.changed_data)})  # fmt: skip
+        fields, actor = list(form.changed_data), operator_actor(request)
+        admin_object_save(obj=obj, tenant_id=tenant_id, created=not change, fields=fields,
+                          actor=actor)  # fmt: skip
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        self._audit(request, obj, "admin.delete", {})
-        super().delete_model(request, obj)
+        admin_object_delete(obj=obj, actor=operator_actor(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for obj in queryset:
-            self._audit(request, obj, "admin.delete", {})
-        super().delete_queryset(request, queryset)
-
-    def _audit(self, request: HttpRequest, obj: Any, action: str, payload: dict[str, Any]) -> None:
-        tenant_id = self.tenant_of(obj)
-        if tenant_id is None:
-            return
-        audit_record(
-            tenant=Tenant(pk=tenant_id),
-            actor=operator_actor(request),
-            action=action,
-            target=obj,
-            payload={"model": obj._meta.label, **payload},
-        )
+            self.delete_model(request, obj)
 
 
 # --- the admin login, rate-limited ---------------------------------------------------------

@@ -15,8 +15,9 @@ import uuid
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.db import transaction
 
-from agentplatform.audit import Actor, audit_record
+from agentplatform.audit import Actor, audit_delete, audit_record, audited
 from agentplatform.models import Tenant, TenantSecret
 
 
@@ -36,6 +37,8 @@ def cipher() -> MultiFernet:
     return _cipher(settings.SECRETS_KEY, settings.SECRET_KEY)
 
 
+@audited("secret.set")
+@transaction.atomic
 def secret_set(*, tenant: Tenant, name: str, value: str, actor: Actor) -> tuple[TenantSecret, bool]:
     ciphertext = cipher().encrypt(value.encode()).decode()
     secret, created = TenantSecret.objects.update_or_create(
@@ -51,12 +54,9 @@ def secret_set(*, tenant: Tenant, name: str, value: str, actor: Actor) -> tuple[
     return secret, created
 
 
+@audited("secret.deleted")
 def secret_delete(*, secret: TenantSecret, actor: Actor) -> None:
-    audit_record(
-        tenant=secret.tenant, actor=actor, action="secret.deleted", target=secret,
-        payload={"name": secret.name},
-    )  # fmt: skip
-    secret.delete()
+    audit_delete(secret, actor=actor, action="secret.deleted", payload={"name": secret.name})
 
 
 def secret_value(*, tenant_id: uuid.UUID, name: str) -> str:

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
+from agentplatform.audit import Actor, audit_delete, audit_record, audited, unaudited
 from agentplatform.models import Tenant
 from agents.models import Agent, Message, Session
 
@@ -25,29 +26,71 @@ AGENT_EDITABLE = (
 )
 
 
-def agent_create(*, tenant: Tenant, name: str, **fields: Any) -> Agent:
+@audited("agent.created")
+@transaction.atomic
+def agent_create(*, tenant: Tenant, name: str, actor: Actor, **fields: Any) -> Agent:
     agent = Agent(tenant=tenant, name=name, **fields)
     agent.full_clean()
     agent.save()
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="agent.created",
+        target=agent,
+        payload={"fields": sorted(["name", *fields])},
+    )
     return agent
 
 
-def agent_update(*, agent: Agent, **fields: Any) -> Agent:
+@audited("agent.updated")
+@transaction.atomic
+def agent_update(*, agent: Agent, actor: Actor, **fields: Any) -> Agent:
     for name, value in fields.items():
         if name not in AGENT_EDITABLE:
             raise ValueError(f"{name} is not editable")
         setattr(agent, name, value)
     agent.full_clean()
     agent.save()
+    audit_record(
+        tenant=Tenant(pk=agent.tenant_id),
+        actor=actor,
+        action="agent.updated",
+        target=agent,
+        payload={"fields": sorted(fields)},
+    )
     return agent
 
 
-def agent_delete(*, agent: Agent) -> None:
+@audited("agent.deleted")
+def agent_delete(*, agent: Agent, actor: Actor) -> None:
     """Delete the agent and, with it, its sessions and their messages."""
-    agent.delete()
+    audit_delete(agent, actor=actor, action="agent.deleted", payload={"name": agent.name})
 
 
+@audited("session.opened")
+@transaction.atomic
 def session_open(
+    *,
+    tenant: Tenant,
+    agent: Agent,
+    user_id: str,
+    metadata: dict[str, Any] | None = None,
+    actor: Actor,
+) -> Session:
+    session = session_new(tenant=tenant, agent=agent, user_id=user_id, metadata=metadata)
+    # The end user's id is the tenant's own data: the trail names the session, not the person.
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="session.opened",
+        target=session,
+        payload={"agent": str(agent.pk)},
+    )
+    return session
+
+
+@unaudited("a step of a service that records the whole action (session_open, checkpoint_fork)")
+def session_new(
     *, tenant: Tenant, agent: Agent, user_id: str, metadata: dict[str, Any] | None = None
 ) -> Session:
     if agent.tenant_id != tenant.pk:
@@ -58,8 +101,11 @@ def session_open(
     return session
 
 
-def session_delete(*, session: Session) -> None:
-    session.delete()
+@audited("session.deleted")
+def session_delete(*, session: Session, actor: Actor) -> None:
+    audit_delete(
+        session, actor=actor, action="session.deleted", payload={"agent": str(session.agent_id)}
+    )
 
 
 class StaleLease(Exception):
@@ -137,6 +183,7 @@ def _companion_sql(row: CompanionRow, params: dict[str, Any]) -> str:
     )
 
 
+@unaudited("the conversation itself: its messages and checkpoints are their own record")
 def messages_append(
     *,
     session: Session,

@@ -42,6 +42,7 @@ def _timed_writes(times: list[float]) -> None:
 
 
 def _ours(tenant: Any, agent_for: Any) -> tuple[dict[str, Any], dict[str, Any], list[int]]:
+    from agentplatform.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.models import Session
     from agents.services import session_open
@@ -51,7 +52,7 @@ def _ours(tenant: Any, agent_for: Any) -> tuple[dict[str, Any], dict[str, Any], 
     _timed_writes(times)
     for policy in ("every_llm_call", "every_turn", "transitions"):
         times.clear()
-        session = session_open(tenant=tenant, agent=agent_for(policy), user_id=policy)
+        session = session_open(actor=SYSTEM, tenant=tenant, agent=agent_for(policy), user_id=policy)
         session = Session.objects.select_related("agent").get(pk=session.pk)
         for i in range(200):
             turn_run(session=session, content=TEXT.format(i=i))
@@ -60,7 +61,9 @@ def _ours(tenant: Any, agent_for: Any) -> tuple[dict[str, Any], dict[str, Any], 
         writes["every_turn"]["p50_ms"] - writes["transitions"]["p50_ms"], 3
     )
     times.clear()
-    session = session_open(tenant=tenant, agent=agent_for("every_turn"), user_id="growth")
+    session = session_open(
+        actor=SYSTEM, tenant=tenant, agent=agent_for("every_turn"), user_id="growth"
+    )
     session = Session.objects.select_related("agent").get(pk=session.pk)
     sizes: dict[str, Any] = {}
     curve: list[int] = []
@@ -139,13 +142,18 @@ def main() -> None:
     setup_django()
     import os
 
+    from agentplatform.audit import SYSTEM
     from agentplatform.services import tenant_create
     from agents.services import agent_create
 
-    tenant, _ = tenant_create(slug=f"ckpt-{uuid.uuid4().hex[:8]}")
+    tenant, _ = tenant_create(actor=SYSTEM, slug=f"ckpt-{uuid.uuid4().hex[:8]}")
     agents = {
         policy: agent_create(
-            tenant=tenant, name=policy, system_prompt="Be brief.", checkpoint_policy=policy
+            actor=SYSTEM,
+            tenant=tenant,
+            name=policy,
+            system_prompt="Be brief.",
+            checkpoint_policy=policy,
         )
         for policy in ("every_llm_call", "every_turn", "transitions")
     }

@@ -18,16 +18,21 @@ TURNS, BUDGET = 500, 1024
 
 def main() -> None:
     setup_django(CELERY_TASK_ALWAYS_EAGER="1")
+    from agentplatform.audit import SYSTEM
     from agentplatform.services import tenant_create
     from agents.engine.turn import turn_run
     from agents.models import Session
     from agents.services import agent_create, session_open
 
-    tenant, _ = tenant_create(slug=f"growth-{uuid.uuid4().hex[:8]}")
+    tenant, _ = tenant_create(actor=SYSTEM, slug=f"growth-{uuid.uuid4().hex[:8]}")
     agent = agent_create(
-        tenant=tenant, name="g", system_prompt="Be brief.", context_token_budget=BUDGET
+        actor=SYSTEM,
+        tenant=tenant,
+        name="g",
+        system_prompt="Be brief.",
+        context_token_budget=BUDGET,
     )
-    session = session_open(tenant=tenant, agent=agent, user_id="growth")
+    session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id="growth")
     session = Session.objects.select_related("agent").get(pk=session.pk)
     tokens, times = [], []
     for index in range(TURNS):

@@ -27,6 +27,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "memory_quality.json"
 
 def main() -> None:
     setup_django(CELERY_TASK_ALWAYS_EAGER="1")
+    from agentplatform.audit import SYSTEM
     from agentplatform.services import tenant_create
     from agents.engine.turn import turn_run
     from agents.llm.scripted import Step, scripted_backend
@@ -38,16 +39,18 @@ def main() -> None:
     from memory.models import Memory, Summary
     from memory.tasks import summarize_session
 
-    tenant, _ = tenant_create(slug=f"quality-{uuid.uuid4().hex[:8]}")
+    tenant, _ = tenant_create(actor=SYSTEM, slug=f"quality-{uuid.uuid4().hex[:8]}")
     agent = agent_create(
-        tenant=tenant, name="q", system_prompt="Be brief.", context_token_budget=700
+        actor=SYSTEM, tenant=tenant, name="q", system_prompt="Be brief.", context_token_budget=700
     )
     conversations = json.loads(FIXTURES.read_text())["conversations"]
     recalled, asked, retention = 0, 0, []
     duplicates, memories = 0, 0
     for conversation in conversations:
         user = conversation["user_id"]
-        first = _session(session_open(tenant=tenant, agent=agent, user_id=user), Session)
+        first = _session(
+            session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=user), Session
+        )
         for statement in conversation["statements"]:
             turn_run(session=first, content=statement)
         for index in range(conversation["filler"]):
@@ -59,7 +62,9 @@ def main() -> None:
         source = " ".join(conversation["statements"])
         facts = key_facts(source)
         retention.append(1 - len(missing_facts(facts, summary.text)) / max(1, len(facts)))
-        later = _session(session_open(tenant=tenant, agent=agent, user_id=user), Session)
+        later = _session(
+            session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=user), Session
+        )
         for question, fact in conversation["questions"]:
             turn_run(session=later, content=question)
             prompt = "\n".join(m.content for m in scripted_backend.calls[-1])

@@ -82,11 +82,14 @@ def main() -> None:
     import psycopg
     from django.conf import settings as django_settings
 
+    from agentplatform.audit import SYSTEM
     from agentplatform.services import tenant_create
     from memory.models import Memory
 
     Memory.objects.all().delete()
-    tenants = [tenant_create(slug=f"ms-{uuid.uuid4().hex[:10]}")[0] for _ in range(TENANTS)]
+    tenants = [
+        tenant_create(actor=SYSTEM, slug=f"ms-{uuid.uuid4().hex[:10]}")[0] for _ in range(TENANTS)
+    ]
     tenant_ids = [str(t.pk) for t in tenants]
     centres = _unit(RNG.normal(size=(TOPICS, 384)))
     topic = RNG.integers(0, TOPICS, size=ROWS)

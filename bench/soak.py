@@ -136,13 +136,17 @@ def main() -> None:
     import redis as redis_lib
     from django.conf import settings
 
+    from agentplatform.audit import SYSTEM
     from agentplatform.services import tenant_create
     from agentplatform.testing import Server, Worker
     from agents.services import agent_create, session_open
 
-    tenant, key = tenant_create(slug=f"soak-{uuid.uuid4().hex[:8]}")
-    agent = agent_create(tenant=tenant, name="soak", system_prompt="Be brief.")
-    sessions = [session_open(tenant=tenant, agent=agent, user_id=f"u{i}") for i in range(CLIENTS)]
+    tenant, key = tenant_create(actor=SYSTEM, slug=f"soak-{uuid.uuid4().hex[:8]}")
+    agent = agent_create(actor=SYSTEM, tenant=tenant, name="soak", system_prompt="Be brief.")
+    sessions = [
+        session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"u{i}")
+        for i in range(CLIENTS)
+    ]
     # Production's shape: the web process and a Celery worker (memory extraction, compaction).
     env = {
         "SCRIPTED_LLM_DELAY": "0",

@@ -26,11 +26,13 @@ USER_TEXT = "turn {i}: please keep note of order number {i} and the delivery win
 
 
 def _tenant_and_agent() -> tuple[Any, Any, str]:
+    from agentplatform.audit import SYSTEM
     from agentplatform.services import tenant_create
     from agents.services import agent_create
 
-    tenant, key = tenant_create(slug=f"bench-{uuid.uuid4().hex[:8]}")
+    tenant, key = tenant_create(actor=SYSTEM, slug=f"bench-{uuid.uuid4().hex[:8]}")
     agent = agent_create(
+        actor=SYSTEM,
         tenant=tenant,
         name="bench",
         system_prompt="You are a concise assistant.",
@@ -45,6 +47,7 @@ def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dic
     from django.db import connection
 
     from agentplatform import rls
+    from agentplatform.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
@@ -53,7 +56,9 @@ def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dic
 
     def worker() -> None:
         with rls.tenant_scope(tenant.pk):  # as a request or task would: row-level security on
-            session = session_open(tenant=tenant, agent=agent, user_id=f"u-{uuid.uuid4().hex[:6]}")
+            session = session_open(
+                actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"u-{uuid.uuid4().hex[:6]}"
+            )
             times = [
                 turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds
                 for i in range(turns)
@@ -117,10 +122,11 @@ def _run_threads(target: Any, count: int) -> None:
 
 
 def _growth(tenant: Any, agent: Any) -> tuple[dict[str, Any], list[float], float, Any]:
+    from agentplatform.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
-    session = session_open(tenant=tenant, agent=agent, user_id="growth")
+    session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id="growth")
     per_turn: list[float] = []
     started = time.perf_counter()
     for i in range(TURNS):
@@ -140,11 +146,12 @@ def _rls_cost(tenant: Any, agent: Any, turns: int = 200) -> dict[str, float]:
     """Per-turn platform time with the policies in force (the application's role, in the
     tenant's scope) and bypassed (the owner, a superuser in the embedded set-up)."""
     from agentplatform import rls
+    from agentplatform.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
     def p50(user_id: str) -> float:
-        session = session_open(tenant=tenant, agent=agent, user_id=user_id)
+        session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=user_id)
         times = [
             turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds
             for i in range(turns)

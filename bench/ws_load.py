@@ -86,13 +86,17 @@ def _report(name: str, stats: dict[str, Any], elapsed: float, failures: list) ->
 
 def main() -> None:
     setup_django()
+    from agentplatform.audit import SYSTEM
     from agentplatform.services import tenant_create
     from agentplatform.testing import Server
     from agents.services import agent_create, session_open
 
-    tenant, key = tenant_create(slug=f"wsbench-{uuid.uuid4().hex[:8]}")
-    agent = agent_create(tenant=tenant, name="ws", system_prompt="Be brief.")
-    sessions = [session_open(tenant=tenant, agent=agent, user_id=f"u{i}") for i in range(SOCKETS)]
+    tenant, key = tenant_create(actor=SYSTEM, slug=f"wsbench-{uuid.uuid4().hex[:8]}")
+    agent = agent_create(actor=SYSTEM, tenant=tenant, name="ws", system_prompt="Be brief.")
+    sessions = [
+        session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"u{i}")
+        for i in range(SOCKETS)
+    ]
     server = Server({"SCRIPTED_LLM_DELAY": "0", "WS_ECHO_ENDPOINT": "1", "DB_POOL_MAX_SIZE": "40"})
     base = server.url.replace("http://", "ws://")
     headers = {"Authorization": f"Bearer {key}"}

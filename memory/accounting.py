@@ -14,6 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from agentplatform import keys
+from agentplatform.audit import unaudited
 from agentplatform.models import Tenant
 from agentplatform.redis import get_redis
 from agents.models import Session
@@ -69,7 +70,8 @@ def _redis_usage(tenant: Tenant) -> Usage:
     return Usage("redis", rows, size)
 
 
-def storage_sample(tenant: Tenant, day: datetime.date | None = None) -> list[StorageSample]:
+@unaudited("measurements of the stores, not changes to what a tenant keeps")
+def storage_sample(*, tenant: Tenant, day: datetime.date | None = None) -> list[StorageSample]:
     """Record today's usage of `tenant` (a second sample the same day replaces the first)."""
     day = day or timezone.localdate()
     samples = []
@@ -84,9 +86,10 @@ def storage_sample(tenant: Tenant, day: datetime.date | None = None) -> list[Sto
     return samples
 
 
+@unaudited("measurements of the stores, not changes to what a tenant keeps")
 def storage_sample_all() -> int:
     count = 0
     for tenant in Tenant.objects.filter(status=Tenant.Status.ACTIVE).iterator():
-        storage_sample(tenant)
+        storage_sample(tenant=tenant)
         count += 1
     return count

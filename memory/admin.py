@@ -17,7 +17,6 @@ from django.urls import path, reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
-from agentplatform.audit import audit_record
 from agentplatform.console import TenantScopedAdmin, operator_actor
 from agentplatform.models import Tenant
 from agents.admin import SessionAdmin
@@ -88,20 +87,12 @@ class CheckpointAdmin(TenantScopedAdmin):
         session = Session.objects.select_related("agent", "tenant").get(pk=checkpoint.session_id)
         if request.method == "POST":
             try:
-                receipt = checkpoint_rollback(session=session, checkpoint=checkpoint)
+                receipt = checkpoint_rollback(
+                    session=session, checkpoint=checkpoint, actor=operator_actor(request)
+                )
             except SessionBusy as error:
                 self.message_user(request, str(error), messages.ERROR)
                 return HttpResponseRedirect(request.path)
-            audit_record(
-                tenant=session.tenant,
-                actor=operator_actor(request),
-                action="session.rollback",
-                target=session,
-                payload={
-                    "checkpoint": str(checkpoint.pk),
-                    "rolled_back_seqs": receipt.rolled_back_seqs,
-                },
-            )
             self.message_user(
                 request, f"Rolled back: {len(receipt.rolled_back_seqs)} message(s) undone."
             )
@@ -127,13 +118,8 @@ class CheckpointAdmin(TenantScopedAdmin):
         checkpoint = self._managed_checkpoint(request, pk)
         session = Session.objects.select_related("agent", "tenant").get(pk=checkpoint.session_id)
         if request.method == "POST":
-            fork = checkpoint_fork(session=session, checkpoint=checkpoint)
-            audit_record(
-                tenant=session.tenant,
-                actor=operator_actor(request),
-                action="session.fork",
-                target=session,
-                payload={"checkpoint": str(checkpoint.pk), "fork": str(fork.pk)},
+            fork = checkpoint_fork(
+                session=session, checkpoint=checkpoint, actor=operator_actor(request)
             )
             self.message_user(request, f"Forked into session {fork.pk}.")
             return HttpResponseRedirect(reverse("admin:agents_session_change", args=[fork.pk]))
@@ -289,7 +275,7 @@ class RetentionPolicyAdmin(TenantScopedAdmin):
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)  # audited there
-        retention_apply_ttl(obj)
+        retention_apply_ttl(policy=obj)
 
 
 @admin.register(StorageSample)

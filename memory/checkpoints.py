@@ -15,11 +15,12 @@ from typing import Any
 from django.db import transaction
 
 from agentplatform import keys
+from agentplatform.audit import Actor, audit_record, audited
 from agentplatform.redis import get_redis
 from agents.engine.concurrency import SessionBusy, lease_try_acquire
 from agents.live import publish
 from agents.models import Message, Session
-from agents.services import NewMessage, messages_append, session_open
+from agents.services import NewMessage, messages_append, session_new
 from memory.models import Checkpoint, Memory, Summary
 from memory.state import rebuild_working_memory
 from memory.working import wm_write
@@ -38,8 +39,12 @@ class RollbackReceipt:
     side_effects: list[dict[str, Any]] = field(default_factory=list)
 
 
-def checkpoint_rollback(*, session: Session, checkpoint: Checkpoint) -> RollbackReceipt:
-    """Make `checkpoint` the head of `session` (see the module docstring).
+@audited("session.rollback")
+def checkpoint_rollback(
+    *, session: Session, checkpoint: Checkpoint, actor: Actor
+) -> RollbackReceipt:
+    """Make `checkpoint` the head of `session` (see the module docstring); the event records
+    which messages were undone, with the rollback's own transaction.
 
     Raises SessionBusy while a turn runs on the session.
     """
@@ -49,6 +54,13 @@ def checkpoint_rollback(*, session: Session, checkpoint: Checkpoint) -> Rollback
     try:
         with transaction.atomic():
             receipt = _rollback(session, checkpoint)
+            audit_record(
+                tenant=session.tenant,
+                actor=actor,
+                action="session.rollback",
+                target=session,
+                payload=_receipt_payload(receipt),
+            )
         memory = rebuild_working_memory(session, session.agent)
         wm_write(session, memory, session.agent.working_memory_ttl_seconds)
     finally:
@@ -59,6 +71,16 @@ def checkpoint_rollback(*, session: Session, checkpoint: Checkpoint) -> Rollback
         {"checkpoint": str(checkpoint.pk), "high_water_seq": checkpoint.high_water_seq},
     )
     return receipt
+
+
+def _receipt_payload(receipt: RollbackReceipt) -> dict[str, Any]:
+    return {
+        "checkpoint": str(receipt.checkpoint.pk),
+        "head": str(receipt.head.pk),
+        "rolled_back_seqs": receipt.rolled_back_seqs,
+        "retracted_memories": receipt.retracted_memories,
+        "removed_summaries": receipt.removed_summaries,
+    }
 
 
 def _rollback(session: Session, checkpoint: Checkpoint) -> RollbackReceipt:
@@ -115,10 +137,12 @@ def side_effects_after(session: Session, checkpoint: Checkpoint) -> list[dict[st
     return effects
 
 
-def checkpoint_fork(*, session: Session, checkpoint: Checkpoint) -> Session:
-    """A new session of the same agent and end user whose history is the checkpoint's."""
+@audited("session.fork")
+def checkpoint_fork(*, session: Session, checkpoint: Checkpoint, actor: Actor) -> Session:
+    """A new session of the same agent and end user whose history is the checkpoint's
+    (one event: the fork, not a separate session opening)."""
     with transaction.atomic():
-        fork = session_open(
+        fork = session_new(
             tenant=session.tenant,
             agent=session.agent,
             user_id=session.user_id,
@@ -133,11 +157,16 @@ def checkpoint_fork(*, session: Session, checkpoint: Checkpoint) -> Session:
         copies = messages_append(
             session=fork,
             messages=[
-                NewMessage(m.role, m.content, m.token_count, m.status,
-                           {**m.metadata, "forked_from_seq": m.seq})
+                NewMessage(
+                    m.role,
+                    m.content,
+                    m.token_count,
+                    m.status,
+                    {**m.metadata, "forked_from_seq": m.seq},
+                )
                 for m in history
             ],
-        )  # fmt: skip
+        )
         Checkpoint.objects.create(
             tenant_id=session.tenant_id,
             session=fork,
@@ -145,6 +174,13 @@ def checkpoint_fork(*, session: Session, checkpoint: Checkpoint) -> Session:
             high_water_seq=len(copies),
             task_state=checkpoint.task_state,
             metadata={"forked_from": str(checkpoint.pk)},
+        )
+        audit_record(
+            tenant=session.tenant,
+            actor=actor,
+            action="session.fork",
+            target=session,
+            payload={"checkpoint": str(checkpoint.pk), "fork": str(fork.pk)},
         )
     fork.refresh_from_db()
     get_redis().delete(keys.working_memory(fork.pk))

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from agentplatform import keys
-from agentplatform.audit import Actor, audit_record
+from agentplatform.audit import Actor, audit_record, audited
 from agentplatform.models import IdempotencyRecord, Tenant
 from agentplatform.redis import get_redis
 from agents.models import Message, Session
@@ -36,6 +36,7 @@ class ErasureReceipt:
     redis_keys: int = 0
 
 
+@audited("user.erase")
 def user_erase(*, tenant: Tenant, user_id: str, actor: Actor) -> ErasureReceipt:
     receipt = ErasureReceipt(user_id=user_id)
     session_ids = list(

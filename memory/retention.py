@@ -16,7 +16,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from agentplatform import keys
-from agentplatform.audit import SYSTEM, audit_record
+from agentplatform.audit import SYSTEM, Actor, audit_record, audited, unaudited
 from agentplatform.models import Tenant
 from agentplatform.redis import get_redis
 from agents.models import Agent, Message, Session
@@ -66,10 +66,11 @@ def effective(policy: RetentionPolicy) -> RetentionPolicy:
     for name, value in filled.items():
         if value is None:
             filled[name] = getattr(default, name)
-    return replace_policy(policy, filled)
+    return policy_with(policy, filled)
 
 
-def replace_policy(policy: RetentionPolicy, values: dict[str, Any]) -> RetentionPolicy:
+def policy_with(policy: RetentionPolicy, values: dict[str, Any]) -> RetentionPolicy:
+    """An unsaved copy of `policy` with `values` (what an edit would make it), to preview."""
     copy = RetentionPolicy(pk=policy.pk, tenant_id=policy.tenant_id, agent_id=policy.agent_id)
     for name in POLICY_FIELDS:
         setattr(copy, name, values.get(name, getattr(policy, name)))
@@ -163,7 +164,10 @@ def _stale_memories(plan: _Plan) -> QuerySet[Memory]:
     return memories.filter(Q(agent__isnull=True) | ~Exists(own))
 
 
-def retention_enforce(policy: RetentionPolicy, now: datetime | None = None) -> RetentionCounts:
+@audited("retention.enforced")
+def retention_enforce(
+    *, policy: RetentionPolicy, now: datetime | None = None, actor: Actor
+) -> RetentionCounts:
     """Apply one policy now; audited with what it deleted."""
     from memory.tasks import summarize_session  # the task module imports this one
 
@@ -181,7 +185,7 @@ def retention_enforce(policy: RetentionPolicy, now: datetime | None = None) -> R
         counts.memories, _ = _stale_memories(plan).delete()
     audit_record(
         tenant=Tenant(pk=policy.tenant_id),
-        actor=SYSTEM,
+        actor=actor,
         action="retention.enforced",
         target=policy,
         payload=asdict(counts),
@@ -210,7 +214,8 @@ def _delete_old_messages(plan: _Plan, counts: RetentionCounts) -> int:
     return deleted
 
 
-def retention_apply_ttl(policy: RetentionPolicy) -> int:
+@unaudited("part of an operator's policy save, which admin_object_save records")
+def retention_apply_ttl(*, policy: RetentionPolicy) -> int:
     """Give the policy's agents its working-memory TTL; returns how many changed."""
     ttl = effective(policy).working_memory_ttl_seconds
     if ttl is None:
@@ -223,11 +228,12 @@ def retention_apply_ttl(policy: RetentionPolicy) -> int:
     return agents.exclude(working_memory_ttl_seconds=ttl).update(working_memory_ttl_seconds=ttl)
 
 
-def retention_run_all(now: datetime | None = None) -> RetentionCounts:
-    """Beat: every policy of every tenant."""
+@unaudited("each policy it enforces records its own event")
+def retention_run_all(*, now: datetime | None = None) -> RetentionCounts:
+    """Beat: every policy of every tenant, enforced by the platform."""
     total = RetentionCounts()
     for policy in RetentionPolicy.objects.order_by("tenant_id", "agent_id").iterator():
-        total.add(retention_enforce(policy, now))
+        total.add(retention_enforce(policy=policy, now=now, actor=SYSTEM))
     return total
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
+from agentplatform.audit import Actor, audit_delete, audit_record, audited
 from agentplatform.models import Tenant
 from agents.models import Agent
 from memory.conf import memory_settings
@@ -58,6 +59,7 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()[:MAX_TEXT]
 
 
+@audited("memory.created", "memory.source_added")
 def memory_upsert(
     *,
     tenant: Tenant,
@@ -65,11 +67,13 @@ def memory_upsert(
     text: str,
     source: Source,
     agent: Agent | None = None,
+    actor: Actor,
 ) -> tuple[Memory, bool]:
     """Store a fact about an end user, or add `source` to the memory that already says it.
 
     Returns (memory, created). Writers of one end user are serialised by an advisory lock,
-    so the same fact arriving twice at once is still stored once.
+    so the same fact arriving twice at once is still stored once. The event keeps no text:
+    the trail outlives erasure, so it holds no personal data.
     """
     text = normalise(text)
     if not text:
@@ -87,6 +91,7 @@ def memory_upsert(
                 sources.append(entry)
             twin.sources = sources
             twin.save(update_fields=["sources", "updated_at"])
+            _audit_upsert(twin, source, actor, created=False)
             return twin, False
         memory = Memory.objects.create(
             tenant=tenant,
@@ -98,7 +103,27 @@ def memory_upsert(
             sources=[source.as_dict(now)],
             author=source.author,
         )
+        _audit_upsert(memory, source, actor, created=True)
         return memory, True
+
+
+def _audit_upsert(memory: Memory, source: Source, actor: Actor, *, created: bool) -> None:
+    action = "memory.created" if created else "memory.source_added"
+    payload = {"source": source.kind, "message_id": source.message_id}
+    audit_record(
+        tenant=Tenant(pk=memory.tenant_id),
+        actor=actor,
+        action=action,
+        target=memory,
+        payload=payload,
+    )
+
+
+@audited("memory.deleted")
+def memory_delete(*, memory: Memory, actor: Actor) -> None:
+    audit_delete(
+        memory, actor=actor, action="memory.deleted", payload={"sources": len(memory.sources)}
+    )
 
 
 def _lock_user(tenant: Tenant, user_id: str) -> None:

@@ -14,6 +14,7 @@ import re
 
 from django.db import IntegrityError, transaction
 
+from agentplatform.audit import unaudited
 from agents.llm import backend_for, options_for
 from agents.llm.base import ChatMessage, Done, LLMError, estimate_tokens
 from agents.models import Message, Session
@@ -30,6 +31,7 @@ PROMPT = (
 )
 
 
+@unaudited("derived from the messages it covers, which its row names")
 def summary_create(*, session: Session, kind: str, first_seq: int, last_seq: int) -> Summary | None:
     """Summarise messages first_seq..last_seq of `session`; None if there is nothing to
     summarise or the range is already covered (safe to run twice)."""

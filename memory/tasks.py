@@ -13,7 +13,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from agentplatform import keys, rls
-from agentplatform.audit import SYSTEM, audit_record
+from agentplatform.audit import SYSTEM
 from agentplatform.redis import get_redis
 from agents.llm import backend_for, options_for
 from agents.llm.base import ChatMessage, Done, LLMError
@@ -50,19 +50,12 @@ def _extract_in_scope(message_ids: list[int]) -> int:
     for message in messages:
         session = message.session
         for fact in facts_of(message):
-            memory, created = memory_upsert(
+            memory_upsert(
                 tenant=session.tenant,
                 user_id=session.user_id,
                 text=fact,
                 source=Source("message", message_id=message.pk, session_id=str(session.pk)),
-            )
-            audit_record(
-                tenant=session.tenant,
                 actor=SYSTEM,
-                action="memory.learned" if created else "memory.source_added",
-                target=memory,
-                # No text: the trail outlives erasure, so it keeps no personal data.
-                payload={"message_id": message.pk},
             )
             stored += 1
     return stored

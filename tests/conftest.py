@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from agentplatform import rls
+from agentplatform.audit import SYSTEM
 from agentplatform.models import Membership, Tenant
 from agentplatform.services import operator_ensure, tenant_create
 from agents.engine.turn import turn_run
@@ -40,13 +41,19 @@ class Persona:
 
 
 def make_persona(slug: str) -> Persona:
-    tenant, api_key = tenant_create(slug=slug, name=slug.title())
+    tenant, api_key = tenant_create(actor=SYSTEM, slug=slug, name=slug.title())
     operator, _ = operator_ensure(
-        tenant=tenant, username=f"{slug}-op", password="pw-" + slug, role=Membership.Role.MANAGER
+        actor=SYSTEM,
+        tenant=tenant,
+        username=f"{slug}-op",
+        password="pw-" + slug,
+        role=Membership.Role.MANAGER,
     )
-    agent = agent_create(tenant=tenant, name=f"{slug} agent", system_prompt="Be brief.")
+    agent = agent_create(
+        actor=SYSTEM, tenant=tenant, name=f"{slug} agent", system_prompt="Be brief."
+    )
     user_id = f"{slug}-user-1"
-    session = session_open(tenant=tenant, agent=agent, user_id=user_id)
+    session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=user_id)
     return Persona(tenant, api_key, operator, agent, user_id, session)
 
 
@@ -55,6 +62,7 @@ def populate(persona: Persona) -> None:
     memory, a summary, an audited API write, a retention policy, a storage sample, a secret."""
     turn_run(session=persona.session, content=f"hello from {persona.tenant.slug}")
     memory_upsert(
+        actor=SYSTEM,
         tenant=persona.tenant,
         user_id=persona.user_id,
         text=f"The user works at {persona.tenant.slug}.",
@@ -76,7 +84,7 @@ def populate(persona: Persona) -> None:
     )
     persona.client().post("/api/v1/agents/", {"name": "audited"}, format="json")
     RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
-    storage_sample(persona.tenant)
+    storage_sample(tenant=persona.tenant)
     persona.client().post("/api/v1/secrets/", {"name": "llm", "value": "s3cret"}, format="json")
 
 

@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
-from agentplatform.audit import actor_of, audit_record
+from agentplatform.audit import Actor, actor_of
 from agentplatform.authentication import request_tenant
 from agentplatform.idempotency import idempotent, replay_response, request_idempotency_key
 from agentplatform.models import Tenant, TenantSecret
@@ -52,29 +52,16 @@ from agents.models import Agent, Message, Session
 
 
 class TenantViewSet(viewsets.GenericViewSet):
-    """A viewset whose every query is scoped to the tenant of the request's API key, and
-    whose every successful write is recorded in the tenant's audit trail."""
+    """A viewset whose every query is scoped to the tenant of the request's API key. Writes
+    go through services, which record their own audit events (agentplatform.audit)."""
 
     @property
     def tenant(self) -> Tenant:
         return request_tenant(self.request)
 
-    def finalize_response(
-        self, request: Request, response: Response, *args: Any, **kwargs: Any
-    ) -> Response:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        written = request.method in {"POST", "PATCH", "PUT", "DELETE"}
-        replayed = response.has_header("Idempotent-Replayed")
-        if written and 200 <= response.status_code < 300 and not replayed:
-            data = getattr(response, "data", None)
-            target = data.get("id") if isinstance(data, dict) else self.kwargs.get("pk")
-            audit_record(
-                tenant=self.tenant,
-                actor=actor_of(request),
-                action=f"api.{self.basename}.{self.action}",
-                payload={"path": request.path, "status": response.status_code, "id": target},
-            )
-        return response
+    @property
+    def actor(self) -> Actor:
+        return actor_of(self.request)
 
 
 class AgentViewSet(
@@ -101,14 +88,18 @@ class AgentViewSet(
         return super().create(request, *args, **kwargs)
 
     def perform_create(self, serializer: BaseSerializer[Agent]) -> None:
-        serializer.instance = services.agent_create(tenant=self.tenant, **serializer.validated_data)
+        serializer.instance = services.agent_create(
+            tenant=self.tenant, actor=self.actor, **serializer.validated_data
+        )
 
     def perform_update(self, serializer: BaseSerializer[Agent]) -> None:
         assert isinstance(serializer.instance, Agent)
-        services.agent_update(agent=serializer.instance, **serializer.validated_data)
+        services.agent_update(
+            agent=serializer.instance, actor=self.actor, **serializer.validated_data
+        )
 
     def perform_destroy(self, instance: Agent) -> None:
-        services.agent_delete(agent=instance)
+        services.agent_delete(agent=instance, actor=self.actor)
 
 
 @extend_schema_view(
@@ -150,10 +141,12 @@ class SessionViewSet(
     def perform_create(self, serializer: BaseSerializer[Session]) -> None:
         data = dict(serializer.validated_data)
         agent = selectors.access_agent(tenant=self.tenant, id=data.pop("agent"))
-        serializer.instance = services.session_open(tenant=self.tenant, agent=agent, **data)
+        serializer.instance = services.session_open(
+            tenant=self.tenant, agent=agent, actor=self.actor, **data
+        )
 
     def perform_destroy(self, instance: Session) -> None:
-        services.session_delete(session=instance)
+        services.session_delete(session=instance, actor=self.actor)
 
     @extend_schema(request=None, responses={201: ClientTokenSerializer})
     @action(detail=True, methods=["post"], url_path="client-token")
@@ -291,9 +284,9 @@ class SecretViewSet(
             tenant=self.tenant,
             name=data.validated_data["name"],
             value=data.validated_data["value"],
-            actor=actor_of(request),
+            actor=self.actor,
         )
         return Response(SecretSerializer(secret).data, status=201 if created else 200)
 
     def perform_destroy(self, instance: TenantSecret) -> None:
-        secret_delete(secret=instance, actor=actor_of(self.request))
+        secret_delete(secret=instance, actor=self.actor)

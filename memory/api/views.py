@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agentplatform.audit import actor_of, audit_record
+from agentplatform.audit import actor_of
 from agentplatform.authentication import request_tenant
 from agentplatform.idempotency import idempotent
 from agentplatform.pagination import CreatedCursorPagination
@@ -39,7 +39,7 @@ from memory.api.serializers import (
 from memory.checkpoints import checkpoint_fork, checkpoint_rollback
 from memory.erasure import user_erase
 from memory.models import Checkpoint, Memory, Summary
-from memory.semantic import Source, memory_search, memory_upsert
+from memory.semantic import Source, memory_delete, memory_search, memory_upsert
 
 
 @extend_schema_view(
@@ -81,8 +81,12 @@ class MemoryViewSet(
             text=data.validated_data["text"],
             agent=agent,
             source=Source("api", author=f"api_key:{getattr(key, 'prefix', '')}"),
+            actor=actor_of(request),
         )
         return Response(MemorySerializer(memory).data, status=201 if created else 200)
+
+    def perform_destroy(self, instance: Memory) -> None:
+        memory_delete(memory=instance, actor=actor_of(self.request))
 
     @extend_schema(request=MemorySearchSerializer, responses={200: MemoryHitSerializer(many=True)})
     # Top-k hits, not a page of a list: no pagination (nor its parameters in the schema).
@@ -159,16 +163,11 @@ class SessionRollbackView(APIView):
         tenant = request_tenant(request)
         session, checkpoint = _session_and_checkpoint(request, tenant, session_pk)
         try:
-            receipt = checkpoint_rollback(session=session, checkpoint=checkpoint)
+            receipt = checkpoint_rollback(
+                session=session, checkpoint=checkpoint, actor=actor_of(request)
+            )
         except SessionBusy as error:
             raise Conflict(str(error), code="session_busy") from error
-        audit_record(
-            tenant=tenant,
-            actor=actor_of(request),
-            action="session.rollback",
-            target=session,
-            payload=RollbackReceiptSerializer(receipt).data,
-        )
         return Response(RollbackReceiptSerializer(receipt).data)
 
 
@@ -178,14 +177,7 @@ class SessionForkView(APIView):
         """A new session whose history is the checkpoint's."""
         tenant = request_tenant(request)
         session, checkpoint = _session_and_checkpoint(request, tenant, session_pk)
-        fork = checkpoint_fork(session=session, checkpoint=checkpoint)
-        audit_record(
-            tenant=tenant,
-            actor=actor_of(request),
-            action="session.fork",
-            target=session,
-            payload={"checkpoint": str(checkpoint.pk), "fork": str(fork.pk)},
-        )
+        fork = checkpoint_fork(session=session, checkpoint=checkpoint, actor=actor_of(request))
         return Response(SessionSerializer(fork).data, status=201)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from agentplatform.audit import SYSTEM
 from agentplatform.models import ApiKey, Tenant
 from agentplatform.services import api_key_create, api_key_revoke
 from tests.conftest import Persona
@@ -39,8 +40,8 @@ def test_a_key_with_the_right_prefix_but_wrong_secret_is_401(alice: Persona) -> 
 
 
 def test_revoked_key_is_401_and_other_keys_still_work(alice: Persona) -> None:
-    second_key, second_raw = api_key_create(tenant=alice.tenant, name="second")
-    api_key_revoke(key=second_key)
+    second_key, second_raw = api_key_create(actor=SYSTEM, tenant=alice.tenant, name="second")
+    api_key_revoke(actor=SYSTEM, key=second_key)
     assert _get(f"Bearer {second_raw}")[0] == 401
     assert _get(f"Bearer {alice.api_key}")[0] == 200
 

@@ -27,6 +27,7 @@ from drf_spectacular.generators import SchemaGenerator
 from pgvector.django import CosineDistance
 
 from agentplatform import rls
+from agentplatform.audit import SYSTEM
 from agentplatform.checks import row_level_security_binds
 from agentplatform.models import Tenant
 from agents.client_tokens import client_token_mint
@@ -175,9 +176,15 @@ def test_a_rolled_back_transaction_does_not_leave_the_connection_in_a_wider_scop
 def test_identical_memories_never_cross_tenants_or_end_users_in_the_database(
     alice: Persona, bob: Persona
 ) -> None:
-    mine = memory_upsert(tenant=alice.tenant, user_id="u1", text=SAME_TEXT, source=Source("api"))[0]
-    memory_upsert(tenant=alice.tenant, user_id="u2", text=SAME_TEXT, source=Source("api"))
-    memory_upsert(tenant=bob.tenant, user_id="u1", text=SAME_TEXT, source=Source("api"))
+    mine = memory_upsert(
+        actor=SYSTEM, tenant=alice.tenant, user_id="u1", text=SAME_TEXT, source=Source("api")
+    )[0]
+    memory_upsert(
+        actor=SYSTEM, tenant=alice.tenant, user_id="u2", text=SAME_TEXT, source=Source("api")
+    )
+    memory_upsert(
+        actor=SYSTEM, tenant=bob.tenant, user_id="u1", text=SAME_TEXT, source=Source("api")
+    )
     vector = embed_one(SAME_TEXT)
     with rls.tenant_scope(alice.tenant.pk):
         # Nearest neighbours with no tenant filter at all: the policy is the only guard.

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from django.db.models import Q
 
+from agentplatform.audit import SYSTEM
 from agentplatform.models import AuditEvent, IdempotencyRecord
 from agents.engine.turn import turn_run
 from agents.models import Message, Session
@@ -24,7 +25,9 @@ def test_erase_removes_the_user_from_every_store_and_nothing_else(
         HTTP_IDEMPOTENCY_KEY="erase-me",
     )
     turn_run(session=session, content="I live in Lisbon.")
-    other = session_open(tenant=alice.tenant, agent=alice.agent, user_id="someone-else")
+    other = session_open(
+        actor=SYSTEM, tenant=alice.tenant, agent=alice.agent, user_id="someone-else"
+    )
     turn_run(
         session=Session.objects.select_related("agent").get(pk=other.pk), content="My name is Zoe."
     )

@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from agentplatform import keys
+from agentplatform.audit import SYSTEM
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend, Step
 from agents.models import Message
@@ -30,6 +31,7 @@ def test_the_inspector_shows_the_whole_story_of_a_session(
     alice: Persona, llm: ScriptedBackend, redis_client
 ) -> None:
     memory_upsert(
+        actor=SYSTEM,
         tenant=alice.tenant,
         user_id=alice.user_id,
         text="The user's name is Ada.",
@@ -41,6 +43,7 @@ def test_the_inspector_shows_the_whole_story_of_a_session(
     turn_run(session=alice.session, content="a mistake")
     assert first.checkpoint is not None
     checkpoint_rollback(
+        actor=SYSTEM,
         session=alice.session,
         checkpoint=alice.session.checkpoints.get(pk=first.checkpoint.id),
     )

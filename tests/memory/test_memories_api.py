@@ -4,6 +4,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from agentplatform.audit import SYSTEM
 from memory.embeddings import get_embedder
 from memory.extraction import extract_facts
 from memory.models import Memory
@@ -43,6 +44,7 @@ def test_the_same_fact_stated_five_ways_is_one_memory_with_five_sources(alice: P
     for message_id, statement in enumerate(statements, start=1):
         for fact in extract_facts(statement):
             memory_upsert(
+                actor=SYSTEM,
                 tenant=alice.tenant,
                 user_id="u1",
                 text=fact,
@@ -60,7 +62,9 @@ def test_different_facts_about_the_same_thing_stay_apart(alice: Persona) -> None
         "The user's order is 4411.",
         "The user's order is 5522.",
     ]:
-        memory_upsert(tenant=alice.tenant, user_id="u1", text=text, source=Source("api"))
+        memory_upsert(
+            actor=SYSTEM, tenant=alice.tenant, user_id="u1", text=text, source=Source("api")
+        )
     assert Memory.objects.filter(tenant=alice.tenant, user_id="u1").count() == 4
 
 
@@ -129,10 +133,11 @@ def test_a_memory_for_another_tenants_agent_is_404(alice: Persona, bob: Persona)
 def test_filtered_search_returns_k_rows_whenever_k_exist_across_many_tenants(db: None) -> None:
     from agentplatform.services import tenant_create
 
-    tenants = [tenant_create(slug=f"t{i:02d}")[0] for i in range(50)]
+    tenants = [tenant_create(actor=SYSTEM, slug=f"t{i:02d}")[0] for i in range(50)]
     for tenant in tenants:
         for index in range(6):
             memory_upsert(
+                actor=SYSTEM,
                 tenant=tenant,
                 user_id="same-user",
                 text=f"The user's order {index} is 44{index}.",
@@ -151,7 +156,11 @@ def test_reembed_updates_vectors_made_by_another_model(alice: Persona) -> None:
     from django.core.management import call_command
 
     memory, _ = memory_upsert(
-        tenant=alice.tenant, user_id="u1", text="The user's name is Ada.", source=Source("api")
+        actor=SYSTEM,
+        tenant=alice.tenant,
+        user_id="u1",
+        text="The user's name is Ada.",
+        source=Source("api"),
     )
     Memory.objects.filter(pk=memory.pk).update(
         embedding=np.ones(384, dtype=np.float32) / np.sqrt(384), embedding_model="old-model"
@@ -173,6 +182,7 @@ def test_a_large_partition_is_searched_through_hnsw_in_the_tenants_scope(
     for persona in (alice, bob):
         for index in range(6):
             memory_upsert(
+                actor=SYSTEM,
                 tenant=persona.tenant,
                 user_id="big",
                 text=f"The user's order {index} is 44{index}.",

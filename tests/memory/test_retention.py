@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agentplatform import keys
+from agentplatform.audit import SYSTEM
 from agentplatform.models import AuditEvent
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend
@@ -33,7 +34,9 @@ def _days_ago(days: float) -> datetime.datetime:
 
 
 def _aged_session(persona: Persona, user_id: str, turns: int, age_days: float) -> Session:
-    session = session_open(tenant=persona.tenant, agent=persona.agent, user_id=user_id)
+    session = session_open(
+        actor=SYSTEM, tenant=persona.tenant, agent=persona.agent, user_id=user_id
+    )
     session = Session.objects.select_related("agent").get(pk=session.pk)
     for index in range(turns):
         turn_run(session=session, content=f"{user_id} message {index}")
@@ -55,11 +58,15 @@ def aged(alice: Persona, llm: ScriptedBackend) -> dict[str, Session]:
     for index in range(4):
         turn_run(session=recent, content=f"more {index}")
     stale = memory_upsert(
-        tenant=alice.tenant, user_id="old-user", text="The user likes tea.", source=Source("api")
+        actor=SYSTEM,
+        tenant=alice.tenant,
+        user_id="old-user",
+        text="The user likes tea.",
+        source=Source("api"),
     )
     Memory.objects.filter(pk=stale[0].pk).update(updated_at=_days_ago(400))
-    memory_upsert(tenant=alice.tenant, user_id="recent-user", text="The user likes jazz.",
-                  source=Source("api"))  # fmt: skip
+    memory_upsert(actor=SYSTEM, tenant=alice.tenant, user_id="recent-user",
+                  text="The user likes jazz.", source=Source("api"))  # fmt: skip
     return {"old": old, "recent": recent}
 
 
@@ -149,12 +156,12 @@ def test_storage_is_sampled_per_store_and_charted_on_the_admin_index(
     alice: Persona, bob: Persona, llm: ScriptedBackend, redis_client
 ) -> None:
     turn_run(session=alice.session, content="hello")
-    samples = {s.store: s for s in storage_sample(alice.tenant)}
+    samples = {s.store: s for s in storage_sample(tenant=alice.tenant)}
     assert set(samples) >= {"messages", "summaries", "memories", "checkpoints", "redis"}
     assert samples["messages"].rows == 2 and samples["messages"].bytes > 0
     assert samples["checkpoints"].rows == 1
     assert samples["redis"].rows >= 2 and samples["redis"].bytes > 0  # working memory, frames
-    storage_sample(alice.tenant)  # the same day again: replaced, not doubled
+    storage_sample(tenant=alice.tenant)  # the same day again: replaced, not doubled
     assert StorageSample.objects.filter(tenant=alice.tenant, store="messages").count() == 1
 
     client = Client()
@@ -169,7 +176,9 @@ def test_erasing_end_users_from_the_admin_leaves_nothing(
     alice: Persona, llm: ScriptedBackend, redis_client
 ) -> None:
     turn_run(session=alice.session, content="My name is Ada.")
-    other = session_open(tenant=alice.tenant, agent=alice.agent, user_id="someone-else")
+    other = session_open(
+        actor=SYSTEM, tenant=alice.tenant, agent=alice.agent, user_id="someone-else"
+    )
     turn_run(session=Session.objects.select_related("agent").get(pk=other.pk), content="hi")
     client = Client()
     client.force_login(alice.operator)

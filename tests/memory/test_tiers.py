@@ -5,6 +5,7 @@ import itertools
 import pytest
 from django.db import IntegrityError, transaction
 
+from agentplatform.audit import SYSTEM
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend, Step
 from agents.models import Agent, Session
@@ -42,7 +43,9 @@ def test_facts_stated_early_are_recalled_after_60_turns_and_in_a_new_session(
     turn_run(session=session, content="What was my order number again?")
     assert "4411" in _prompt_text(llm)
 
-    later = session_open(tenant=alice.tenant, agent=alice.agent, user_id=alice.user_id)
+    later = session_open(
+        actor=SYSTEM, tenant=alice.tenant, agent=alice.agent, user_id=alice.user_id
+    )
     later = Session.objects.select_related("agent").get(pk=later.pk)
     for question, fact in [
         ("What is my name?", "Ada"),
@@ -179,7 +182,9 @@ def test_idle_sessions_get_a_session_summary_that_later_sessions_see(
     assert summarize_idle_sessions() == 1
     summary = Summary.objects.get(session=alice.session, kind="session")
     assert (summary.first_seq, summary.last_seq) == (1, 2)
-    later = session_open(tenant=alice.tenant, agent=alice.agent, user_id=alice.user_id)
+    later = session_open(
+        actor=SYSTEM, tenant=alice.tenant, agent=alice.agent, user_id=alice.user_id
+    )
     extras = compile_extras(
         session=later, agent=alice.agent, query="which room?", budget=500, first_in_memory=None
     )

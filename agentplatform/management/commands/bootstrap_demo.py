@@ -10,11 +10,14 @@ from django.conf import settings
 from django.core.management.base import CommandParser
 from django.db import transaction
 
+from agentplatform.audit import command_actor
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Membership, Tenant
 from agentplatform.services import api_key_create, operator_ensure
 from agents.models import Agent
 from agents.services import agent_create
+
+COMMAND = command_actor(__name__)
 
 DEMO_SLUG = "demo"
 DEMO_PROMPT = "You are a friendly, concise assistant. Answer in one or two sentences."
@@ -49,9 +52,12 @@ def _ensure_demo(saved: dict[str, Any]) -> dict[str, Any]:
     tenant, _ = Tenant.objects.get_or_create(slug=DEMO_SLUG, defaults={"name": "Demo"})
     agent = Agent.objects.for_tenant(tenant).order_by("created_at").first()
     if agent is None:
-        agent = agent_create(tenant=tenant, name="Demo assistant", system_prompt=DEMO_PROMPT)
+        agent = agent_create(
+            actor=COMMAND, tenant=tenant, name="Demo assistant", system_prompt=DEMO_PROMPT
+        )
     password = saved.get("admin_password") or secrets.token_urlsafe(12)
     user, created = operator_ensure(
+        actor=COMMAND,
         tenant=tenant,
         username=saved.get("admin_username", "admin"),
         password=password,
@@ -63,7 +69,7 @@ def _ensure_demo(saved: dict[str, Any]) -> dict[str, Any]:
         user.save(update_fields=["password"])
     api_key = saved.get("api_key")
     if not api_key or not _key_is_valid(api_key):
-        _, api_key = api_key_create(tenant=tenant, name="demo")
+        _, api_key = api_key_create(actor=COMMAND, tenant=tenant, name="demo")
     return {
         "tenant": tenant.slug,
         "agent_id": str(agent.pk),

@@ -5,9 +5,12 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from agentplatform.audit import command_actor
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agentplatform.services import api_key_create
+
+COMMAND = command_actor(__name__)
 
 
 class Command(PlatformCommand):
@@ -22,7 +25,7 @@ class Command(PlatformCommand):
         tenant = Tenant.objects.filter(slug=options["slug"]).first()
         if tenant is None:
             raise CommandError(f"No tenant {options['slug']!r}.")
-        _, raw_key = api_key_create(tenant=tenant, name=options["name"])
+        _, raw_key = api_key_create(actor=COMMAND, tenant=tenant, name=options["name"])
         if options["json"]:
             self.stdout.write(json.dumps({"tenant": tenant.slug, "api_key": raw_key}))
             return

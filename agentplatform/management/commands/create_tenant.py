@@ -6,9 +6,12 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError, CommandParser
 
+from agentplatform.audit import command_actor
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agentplatform.services import tenant_create
+
+COMMAND = command_actor(__name__)
 
 
 class Command(PlatformCommand):
@@ -24,7 +27,7 @@ class Command(PlatformCommand):
         if Tenant.objects.filter(slug=slug).exists():
             raise CommandError(f"Tenant {slug!r} already exists; use create_api_key.")
         try:
-            tenant, raw_key = tenant_create(slug=slug, name=options["name"])
+            tenant, raw_key = tenant_create(actor=COMMAND, slug=slug, name=options["name"])
         except ValidationError as error:
             raise CommandError("; ".join(error.messages)) from None
         if options["json"]:

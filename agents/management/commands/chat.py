@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from agentplatform.audit import command_actor
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agents.engine.turn import TURN_FAILURES
@@ -13,6 +14,8 @@ from agents.errors import SessionNotFound, TurnRefused
 from agents.models import Agent, Session
 from agents.selectors import session_find
 from agents.services import session_open
+
+COMMAND = command_actor(__name__)
 
 
 class Command(PlatformCommand):
@@ -53,7 +56,7 @@ class Command(PlatformCommand):
         agent = agents.filter(pk=options["agent"]).first() if options["agent"] else agents.first()
         if agent is None:
             raise CommandError("The tenant has no such agent.")
-        return session_open(tenant=tenant, agent=agent, user_id=options["user_id"])
+        return session_open(actor=COMMAND, tenant=tenant, agent=agent, user_id=options["user_id"])
 
     def _turn(self, session: Session, content: str) -> None:
         def emit(event: str, payload: dict[str, Any]) -> None:
