@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -19,6 +20,15 @@ from django.conf import settings
 from agentplatform.devrun import web_command
 
 ROOT = Path(__file__).resolve().parents[1]  # the project
+
+
+def wait_until(condition: Callable[[], bool], *, what: str, timeout: float = 10) -> None:
+    """Poll `condition` until it holds (a state the test waits for, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 def free_port() -> int:

@@ -39,7 +39,7 @@ class Usage:
     bytes: int
 
 
-def storage_usage(tenant: Tenant) -> list[Usage]:
+def storage_usage(*, tenant: Tenant) -> list[Usage]:
     usage = []
     with connection.cursor() as cursor:
         for store, table in TABLES.items():
@@ -75,7 +75,7 @@ def storage_sample(*, tenant: Tenant, day: datetime.date | None = None) -> list[
     """Record today's usage of `tenant` (a second sample the same day replaces the first)."""
     day = day or timezone.localdate()
     samples = []
-    for usage in storage_usage(tenant):
+    for usage in storage_usage(tenant=tenant):
         sample, _ = StorageSample.objects.update_or_create(
             tenant=tenant,
             taken_on=day,

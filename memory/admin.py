@@ -213,19 +213,23 @@ class InspectableSessionAdmin(SessionAdmin):
         )
         before_seq = _int(request.GET.get("before"))
         checkpoints_before = parse_datetime(request.GET.get("cp_before") or "")
-        messages_page = inspector.message_page(session, before_seq)
+        messages_page = inspector.message_page(session=session, before_seq=before_seq)
         turns = inspector.turns_of(messages_page.rows)
         context = {
             **self.admin_site.each_context(request),
             "title": f"Session {session.pk}",
             "session": session,
             "opts": self.model._meta,
-            "live": inspector.live_state(session),
+            "live": inspector.session_live_state(session=session),
             "messages_page": messages_page,
-            "turns": [(turn, inspector.context_parts(session, turn)) for turn in turns],
-            "checkpoints_page": inspector.checkpoint_page(session, checkpoints_before),
-            "summaries": inspector.session_summaries(session),
-            "memories": inspector.learned_memories(session),
+            "turns": [
+                (turn, inspector.turn_context_parts(session=session, turn=turn)) for turn in turns
+            ],
+            "checkpoints_page": inspector.checkpoint_page(
+                session=session, before=checkpoints_before
+            ),
+            "summaries": inspector.summary_list(session=session),
+            "memories": inspector.memory_list_learned(session=session),
             "can_undo": self.has_change_permission(request, session),
         }
         return TemplateResponse(request, "admin/agents/session/inspect.html", context)
@@ -262,7 +266,7 @@ class RetentionPolicyForm(forms.ModelForm):
                 agent=agent,
                 **{name: data.get(name) for name in POLICY_FIELDS},
             )
-            self.preview = retention_preview(candidate)
+            self.preview = retention_preview(policy=candidate)
             raise forms.ValidationError("Preview only: nothing was saved.", code="preview")
         return data
 

@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from agentplatform import keys
-from agentplatform.redis import deferred
+from celery import current_app
+
+from agentplatform import keys, rls
+from agentplatform.redis import deferred, get_redis
 from memory.conf import memory_settings
-from memory.tasks import SCHEDULED_TTL_SECONDS, compact_session, extract_pending
+from memory.learning import memories_extract
 
 PENDING_TTL_SECONDS = 86_400
 COMPACTION_FLAG_SECONDS = 600
+SCHEDULED_TTL_SECONDS = 60
+RUNNING_TTL_SECONDS = 600
+DRAIN_BATCH = 200
+# The tasks of memory.tasks, named rather than imported: a service never imports a transport.
+EXTRACT_PENDING = "memory.extract_pending"
+COMPACT_SESSION = "memory.compact_session"
 
 _PUSH = """
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
@@ -44,8 +52,10 @@ def extraction_request(tenant_id: uuid.UUID, message_ids: Iterable[int]) -> None
 
     def schedule(claimed: Any) -> None:
         if claimed:
-            extract_pending.apply_async(
-                (str(tenant_id),), countdown=memory_settings().EXTRACTION_DELAY_SECONDS
+            enqueue(
+                EXTRACT_PENDING,
+                str(tenant_id),
+                countdown=memory_settings().EXTRACTION_DELAY_SECONDS,
             )
 
     # Within a turn this joins the turn's last Redis round trip (agentplatform.redis).
@@ -61,7 +71,49 @@ def compaction_request(session_id: uuid.UUID, first_seq: int, last_seq: int) -> 
 
     def schedule(claimed: Any) -> None:
         if claimed:
-            compact_session.delay(str(session_id), first_seq, last_seq)
+            enqueue(COMPACT_SESSION, str(session_id), first_seq, last_seq)
 
     flag = keys.compaction_scheduled(session_id)
     deferred("set", flag, "1", nx=True, ex=COMPACTION_FLAG_SECONDS, then=schedule)
+
+
+def enqueue(task: str, *args: Any, countdown: float = 0) -> None:
+    """Send a task by its name (eager in tests, like any registered task)."""
+    current_app.signature(task, args=args).apply_async(countdown=countdown)
+
+
+def pending_drain(*, tenant_id: str) -> int | None:
+    """Extract memories from the tenant's pending messages, oldest first; ids leave the
+    list only once processed. None when another run holds the list (retry later)."""
+    client = get_redis()
+    pending = keys.pending_extraction(tenant_id)
+    running = keys.extraction_running(tenant_id)
+    client.delete(keys.extraction_scheduled(tenant_id))
+    if not client.set(running, "1", nx=True, ex=RUNNING_TTL_SECONDS):
+        return None
+    stored = 0
+    try:
+        with rls.tenant_scope(tenant_id):
+            while True:
+                raw = cast(list[bytes], client.lrange(pending, 0, DRAIN_BATCH - 1))
+                if not raw:
+                    return stored
+                stored += memories_extract(message_ids=[int(item) for item in raw])
+                client.ltrim(pending, len(raw), -1)
+    finally:
+        client.delete(running)
+
+
+def pending_tenants_unscheduled() -> list[str]:
+    """Tenants whose ids wait with no task queued (a task was lost, or the tenant went
+    quiet right after its flag expired); claims each one's flag for the caller to enqueue."""
+    client = get_redis()
+    claimed = []
+    prefix = keys.pending_extraction("")
+    for name in client.scan_iter(match=keys.pending_extraction("*"), count=500):
+        tenant_id = name.decode()[len(prefix) :]
+        if ":" in tenant_id or not client.llen(name):
+            continue
+        if client.set(keys.extraction_scheduled(tenant_id), "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
+            claimed.append(tenant_id)
+    return claimed

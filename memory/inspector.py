@@ -47,7 +47,7 @@ class Turn:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
-def live_state(session: Session) -> LiveState:
+def session_live_state(*, session: Session) -> LiveState:
     client = get_redis()
     pipe = client.pipeline(transaction=False)
     pipe.get(keys.lease(session.pk))
@@ -74,7 +74,7 @@ def _keyset_page(rows: QuerySet[Any], key: str, before: object | None) -> tuple[
     return page[:PAGE], len(page) > PAGE
 
 
-def message_page(session: Session, before_seq: int | None) -> Page:
+def message_page(*, session: Session, before_seq: int | None) -> Page:
     """Newest first, every status (rolled back and interrupted included)."""
     rows = Message.objects.filter(session=session, tenant_id=session.tenant_id)
     page, more = _keyset_page(rows, "seq", before_seq)
@@ -89,19 +89,19 @@ def turns_of(messages: list[Message]) -> list[Turn]:
     ]
 
 
-def checkpoint_page(session: Session, before: datetime | None) -> Page:
+def checkpoint_page(*, session: Session, before: datetime | None) -> Page:
     rows = Checkpoint.objects.filter(session=session, tenant_id=session.tenant_id)
     page, more = _keyset_page(rows, "created_at", before)
     return Page(page, page[-1].created_at.isoformat() if more else None)
 
 
-def session_summaries(session: Session) -> list[Summary]:
+def summary_list(*, session: Session) -> list[Summary]:
     return list(
         Summary.objects.filter(session=session, tenant_id=session.tenant_id).order_by("first_seq")
     )
 
 
-def learned_memories(session: Session) -> list[Memory]:
+def memory_list_learned(*, session: Session) -> list[Memory]:
     """Memories with a source in this session (JSON containment, through the user's rows)."""
     return list(
         Memory.objects.filter(
@@ -112,7 +112,7 @@ def learned_memories(session: Session) -> list[Memory]:
     )
 
 
-def context_parts(session: Session, turn: Turn) -> dict[str, Any]:
+def turn_context_parts(*, session: Session, turn: Turn) -> dict[str, Any]:
     """A reply's compiled context, resolved: the working-memory messages it held and the
     texts of its summaries (memories carry their text and score already)."""
     record = turn.context

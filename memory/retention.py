@@ -7,6 +7,7 @@ The preview and the run share one plan, so the preview counts what the run would
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from agentplatform.models import Tenant
 from agentplatform.redis import get_redis
 from agents.models import Agent, Message, Session
 from memory.models import Checkpoint, Memory, RetentionPolicy, Summary
+from memory.summaries import session_summarize
 
 POLICY_FIELDS = (
     "working_memory_ttl_seconds",
@@ -55,7 +57,7 @@ class _Plan:
     stale_memories: int = 0
 
 
-def effective(policy: RetentionPolicy) -> RetentionPolicy:
+def policy_effective(*, policy: RetentionPolicy) -> RetentionPolicy:
     """An agent's policy with its empty fields taken from the tenant's default."""
     if policy.agent_id is None:
         return policy
@@ -77,7 +79,7 @@ def policy_with(policy: RetentionPolicy, values: dict[str, Any]) -> RetentionPol
     return copy
 
 
-def scope(policy: RetentionPolicy) -> QuerySet[Session]:
+def policy_sessions(*, policy: RetentionPolicy) -> QuerySet[Session]:
     sessions = Session.objects.filter(tenant_id=policy.tenant_id)
     if policy.agent_id is not None:
         return sessions.filter(agent_id=policy.agent_id)
@@ -85,9 +87,9 @@ def scope(policy: RetentionPolicy) -> QuerySet[Session]:
     return sessions.filter(~Exists(own))
 
 
-def retention_preview(policy: RetentionPolicy, now: datetime | None = None) -> RetentionCounts:
+def retention_preview(*, policy: RetentionPolicy, now: datetime | None = None) -> RetentionCounts:
     """What enforcing `policy` (saved or not) would delete now; changes nothing."""
-    plan = _plan(effective(policy), now)
+    plan = _plan(policy_effective(policy=policy), now)
     return RetentionCounts(
         sessions_archived=len(plan.idle),
         messages=plan.old_messages,
@@ -97,7 +99,7 @@ def retention_preview(policy: RetentionPolicy, now: datetime | None = None) -> R
 
 
 def _plan(policy: RetentionPolicy, now: datetime | None) -> _Plan:
-    plan = _Plan(policy, scope(policy), now or timezone.now())
+    plan = _Plan(policy, policy_sessions(policy=policy), now or timezone.now())
     plan.idle = list(_idle(plan).values_list("pk", flat=True))
     plan.old_messages = _old_messages(plan).count()
     plan.checkpoints = _thinned_checkpoints(plan)
@@ -169,13 +171,10 @@ def retention_enforce(
     *, policy: RetentionPolicy, now: datetime | None = None, actor: Actor
 ) -> RetentionCounts:
     """Apply one policy now; audited with what it deleted."""
-    from memory.tasks import summarize_session  # the task module imports this one
-
-    plan = _plan(effective(policy), now)
+    plan = _plan(policy_effective(policy=policy), now)
     counts = RetentionCounts()
     for session_id in plan.idle:
-        if summarize_session(str(session_id)):
-            counts.summaries_written += 1
+        counts.summaries_written += _summarized(session_id)
         Session.objects.filter(pk=session_id).update(status=Session.Status.ARCHIVED)
         get_redis().delete(keys.working_memory(session_id))
         counts.sessions_archived += 1
@@ -193,14 +192,18 @@ def retention_enforce(
     return counts
 
 
+def _summarized(session_id: uuid.UUID) -> int:
+    """Summarise the session before retention removes it or its old messages (1 when a
+    summary exists afterwards)."""
+    session = Session.objects.select_related("agent").filter(pk=session_id).first()
+    return int(session is not None and session_summarize(session=session) is not None)
+
+
 def _delete_old_messages(plan: _Plan, counts: RetentionCounts) -> int:
     """Old messages are deleted once a summary covers them (written first when missing)."""
-    from memory.tasks import summarize_session
-
     old = _old_messages(plan)
     for session_id in old.values_list("session_id", flat=True).distinct():
-        if summarize_session(str(session_id)):
-            counts.summaries_written += 1
+        counts.summaries_written += _summarized(session_id)
     covered = Summary.objects.filter(
         session_id=OuterRef("session_id"),
         first_seq__lte=OuterRef("seq"),
@@ -217,7 +220,7 @@ def _delete_old_messages(plan: _Plan, counts: RetentionCounts) -> int:
 @unaudited("part of an operator's policy save, which admin_object_save records")
 def retention_apply_ttl(*, policy: RetentionPolicy) -> int:
     """Give the policy's agents its working-memory TTL; returns how many changed."""
-    ttl = effective(policy).working_memory_ttl_seconds
+    ttl = policy_effective(policy=policy).working_memory_ttl_seconds
     if ttl is None:
         return 0
     agents = Agent.objects.filter(tenant_id=policy.tenant_id)

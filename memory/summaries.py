@@ -13,6 +13,7 @@ import logging
 import re
 
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 
 from agentplatform.audit import unaudited
 from agents.llm import backend_for, options_for
@@ -121,3 +122,18 @@ def compaction_range(compacted_through: int, first_in_memory: int) -> tuple[int,
     if last - first + 1 >= memory_settings().COMPACTION_MIN_MESSAGES:
         return first, last
     return None
+
+
+@unaudited("derived from the messages it covers, which its row names")
+def session_summarize(*, session: Session) -> Summary | None:
+    """The whole session as one summary for the end user's later sessions, replaced when
+    the session grew since; the current one when it already covers every message."""
+    last = session.messages.aggregate(last=Max("seq"))["last"]
+    if not last:
+        return None
+    current = Summary.objects.filter(session=session, kind=Summary.Kind.SESSION).first()
+    if current is not None and current.last_seq >= last:
+        return current
+    if current is not None:
+        current.delete()
+    return summary_create(session=session, kind=Summary.Kind.SESSION, first_seq=1, last_seq=last)

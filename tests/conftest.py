@@ -18,6 +18,7 @@ from agentplatform.audit import SYSTEM
 from agentplatform.models import Membership, Tenant
 from agentplatform.services import operator_ensure, tenant_create
 from agents.engine.turn import turn_run
+from agents.llm.scripted import ScriptedBackend, scripted_backend
 from agents.models import Agent, Session
 from agents.services import agent_create, session_open
 from memory.accounting import storage_sample
@@ -86,6 +87,15 @@ def populate(persona: Persona) -> None:
     RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
     storage_sample(tenant=persona.tenant)
     persona.client().post("/api/v1/secrets/", {"name": "llm", "value": "s3cret"}, format="json")
+
+
+@pytest.fixture(autouse=True)
+def llm() -> Iterator[ScriptedBackend]:
+    """The one replaced part: the scripted LLM, reset around each test, recording what each
+    call was sent."""
+    scripted_backend.reset(record=True)
+    yield scripted_backend
+    scripted_backend.reset()
 
 
 @pytest.fixture

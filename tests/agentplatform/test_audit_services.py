@@ -45,6 +45,7 @@ SERVICE_MODULES = [
     "memory.retention",
     "memory.summaries",
     "memory.accounting",
+    "memory.learning",
 ]
 # Public functions of those modules that write nothing (reads, pure helpers).
 READS = {
@@ -54,10 +55,13 @@ READS = {
     "vector_literal",
     "side_effects_after",
     "policy_with",
+    "policy_effective",
+    "policy_sessions",
     "retention_preview",
     "extractive_summary",
     "compaction_range",
     "storage_usage",
+    "facts_of",
 }
 ACTOR = Actor("operator", "audit-test")
 

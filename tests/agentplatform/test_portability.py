@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ import pytest
 
 from agentplatform import embedded, vectorprobe
 from agentplatform.checks import pgvector_runs_on_this_cpu
-from agentplatform.testing import ROOT
+from agentplatform.testing import ROOT, wait_until
 
 QEMU = shutil.which("qemu-x86_64")
 SUPPORTED_FLOOR = "Haswell"  # x86-64-v3: AVX2, FMA, BMI2; no AVX-512, no VNNI
@@ -127,23 +126,22 @@ class EmulatedPostmaster:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                psycopg.connect(self.conninfo, connect_timeout=2).close()
-                return
-            except psycopg.OperationalError:
-                time.sleep(0.2)
-        raise AssertionError(f"postmaster did not start: {self.log.read_text()[-2000:]}")
+        wait_until(self._accepts, what=f"the emulated postmaster ({self.log})", timeout=60)
+
+    def _accepts(self) -> bool:
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
 
     def logged(self, line: str, timeout: float = 30) -> bool:
         """The postmaster logs a dead backend when it reaps it, a moment after the client
         saw its connection drop."""
-        deadline = time.monotonic() + timeout
-        while line not in self.log.read_text():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: line in self.log.read_text(), what=line, timeout=timeout)
+        except AssertionError:
+            return False
         return True
 
     @property
@@ -256,14 +254,14 @@ def test_the_embedded_redis_runs_on_a_cpu_without_avx512(tmp_path: Path) -> None
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = redis.Redis(port=port, socket_timeout=10)
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answers() -> bool:
             try:
-                client.ping()
-                break
+                return bool(client.ping())
             except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start under qemu"
-                time.sleep(0.2)
+                return False
+
+        wait_until(answers, what="redis-server under qemu", timeout=60)
         # What a turn does: a Lua script over a lease, a stream append, a TTL'd key.
         lease = client.eval(
             "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 5000) then return 1 end "

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import Counter
 
@@ -10,6 +9,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 
+from agentplatform import keys
+from agentplatform.redis import get_redis
+from agentplatform.testing import wait_until
 from agents.engine.concurrency import LeaseLost, fence_check, lease_try_acquire
 from agents.llm.scripted import ScriptedBackend
 from agents.models import Agent, Message
@@ -126,7 +128,7 @@ def test_a_stale_lease_holder_cannot_write(alice: Persona) -> None:
     with override_settings(AGENTS={**settings.AGENTS, "LEASE_SECONDS": 0.2}):
         stale = lease_try_acquire(alice.session)
         assert stale is not None
-        time.sleep(0.3)  # the holder pauses past its lease
+        _wait_for_lease_expiry(alice)  # the holder pauses past its lease
         fresh = lease_try_acquire(alice.session)
         assert fresh is not None
     with pytest.raises(LeaseLost), transaction.atomic():
@@ -148,5 +150,10 @@ def test_a_lease_whose_holder_died_is_recovered_after_expiry(alice: Persona) -> 
     with override_settings(AGENTS={**settings.AGENTS, "LEASE_SECONDS": 0.2}):
         assert lease_try_acquire(alice.session) is not None  # never released
         assert lease_try_acquire(alice.session) is None
-        time.sleep(0.3)
+        _wait_for_lease_expiry(alice)
         assert lease_try_acquire(alice.session) is not None
+
+
+def _wait_for_lease_expiry(persona: Persona) -> None:
+    key = keys.lease(persona.session.pk)
+    wait_until(lambda: not get_redis().exists(key), what="the lease to expire")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -218,7 +217,7 @@ async def test_enqueue_reports_the_queue_position(alice: Persona, llm: ScriptedB
     ws = _socket(alice)
     await _open(ws)
     await ws.send_json_to({"type": "message", "content": "first", "client_message_id": "a"})
-    await asyncio.sleep(0.2)
+    await _frames_until(ws, "token")  # the first turn streams: it holds the session
     await ws.send_json_to({"type": "message", "content": "second", "client_message_id": "b"})
     frames = await _frames_until(ws, "checkpoint", count=2)
     queued = [f for f in frames if f["type"] == "queued"]
@@ -233,7 +232,7 @@ async def test_reject_policy_answers_an_error_frame(alice: Persona, llm: Scripte
     ws = _socket(alice)
     await _open(ws)
     await ws.send_json_to({"type": "message", "content": "first"})
-    await asyncio.sleep(0.2)
+    await _frames_until(ws, "token")  # the first turn streams: it holds the session
     await ws.send_json_to({"type": "message", "content": "second", "client_message_id": "b"})
     frames = await _frames_until(ws, "checkpoint")
     errors = [f for f in frames if f["type"] == "error"]

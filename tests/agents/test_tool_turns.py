@@ -4,13 +4,17 @@ effects, and resuming a turn cut off between two calls (issue: checkpoints)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 
+from agentplatform import keys
+from agentplatform.redis import get_redis
+from agentplatform.testing import wait_until
+from agents.conf import agents_settings
 from agents.engine.recovery import turns_recover
 from agents.engine.turn import turn_run
 from agents.llm.base import ToolCall
@@ -191,7 +195,7 @@ def test_the_recovery_task_finishes_a_cut_off_turn_once(
 
     llm.script(Step(reply="Order 7 has shipped; I e-mailed you."))
     with override_settings(AGENTS={**settings.AGENTS, "TOOLS": tools.PATHS, "LEASE_SECONDS": 0.05}):
-        time.sleep(0.1)  # the cut-off turn's lease is surely over
+        _wait_until_the_lease_is_over(alice)
         assert turns_recover() == 1
         assert turns_recover() == 0  # the turn is closed now
     assert len(tools.CALLS) == 2
@@ -270,3 +274,17 @@ def test_a_rollback_lists_the_side_effects_it_cannot_undo(
     undone = response.json()
     assert [e["tool"] for e in undone["side_effects"]] == ["lookup_order", "send_email"]
     assert undone["rolled_back_seqs"] == list(range(3, 10))
+
+
+def _wait_until_the_lease_is_over(persona: Persona) -> None:
+    """The cut-off turn's lease has run out: its key is gone from Redis, and its open
+    checkpoint is older than a lease (what the recovery task looks for)."""
+    lease = keys.lease(persona.session.pk)
+    opened = Checkpoint.objects.filter(session=persona.session, turn_open=True).latest("created_at")
+    seconds = agents_settings().LEASE_SECONDS
+
+    def over() -> bool:
+        age = (timezone.now() - opened.created_at).total_seconds()
+        return not get_redis().exists(lease) and age > seconds
+
+    wait_until(over, what="the cut-off turn's lease to run out")

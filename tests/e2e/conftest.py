@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from agentplatform.testing import Server
-from tests.agents.conftest import llm  # noqa: F401  (the scripted LLM, reset per test)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"  # screenshots (not committed)

@@ -88,7 +88,7 @@ def test_the_daily_run_deletes_exactly_what_the_policy_says(
     # Beyond the last two, today's others would be thinned; an unfinished turn's must stay.
     open_one, thinned = recent_checkpoints[2], recent_checkpoints[3]
     Checkpoint.objects.filter(pk=open_one.pk).update(turn_open=True)
-    preview = retention_preview(policy)
+    preview = retention_preview(policy=policy)
 
     result = enforce_retention()
 
@@ -148,7 +148,7 @@ def test_an_agent_override_falls_back_to_the_default_field_by_field(
 ) -> None:
     RetentionPolicy.objects.create(tenant=alice.tenant, message_retention_days=30)
     override = RetentionPolicy(tenant=alice.tenant, agent=alice.agent, idle_session_days=30)
-    preview = retention_preview(override)
+    preview = retention_preview(policy=override)
     assert (preview.messages, preview.sessions_archived) == (6, 1)
 
 
