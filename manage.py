@@ -8,8 +8,8 @@ import sys
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
-    from agentplatform import embedded
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
+    from agentplatform.devtools import embedded
 
     embedded.configure()
     from django.core.management import execute_from_command_line

@@ -8,9 +8,9 @@ from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
-from agentplatform.console import TenantScopedAdmin, is_superuser, operator_actor
+from agentplatform.core.console import TenantScopedAdmin, is_superuser, operator_actor
+from agentplatform.core.services import api_key_revoke
 from agentplatform.models import ApiKey, AuditEvent, Membership, Tenant, TenantSecret
-from agentplatform.services import api_key_revoke
 
 
 class MembershipInline(admin.TabularInline):

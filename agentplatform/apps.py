@@ -12,8 +12,9 @@ class PlatformConfig(AppConfig):
 
     def ready(self) -> None:
         # The Celery app must be loaded in web processes too, so shared tasks enqueue to it.
-        from agentplatform import checks, rls, schema  # noqa: F401  (checks, schema: registered on import)
-        from agentplatform.celery import app  # noqa: F401
+        from agentplatform.core import rls
+        from agentplatform.http import schema  # noqa: F401  (checks, schema: registered on import)
+        from agentplatform.project.celery import app  # noqa: F401
 
         # Once per `migrate`, after every app's migrations: policies and grants.
-        post_migrate.connect(rls.install, sender=self, dispatch_uid="agentplatform.rls")
+        post_migrate.connect(rls.install, sender=self, dispatch_uid="agentplatform.core.rls")

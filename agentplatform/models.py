@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
-from agentplatform.tenancy import TenantOwned
+from agentplatform.core.tenancy import TenantOwned
 
 
 class Tenant(models.Model):
@@ -102,7 +102,7 @@ class IdempotencyRecord(TenantOwned):
 
 
 class AuditEvent(models.Model):
-    """An append-only, hash-chained record of a change (see agentplatform/audit.py).
+    """An append-only, hash-chained record of a change (see agentplatform/core/audit.py).
 
     Each tenant's events form a chain: `hash` covers the event's fields and the previous
     event's hash, so editing or deleting any event breaks every later link. A database
@@ -134,7 +134,7 @@ class AuditEvent(models.Model):
 
 
 class TenantSecret(TenantOwned):
-    """A tenant's secret, stored encrypted (agentplatform/vault.py); its value is never shown."""
+    """A tenant's secret, stored encrypted (agentplatform.core.vault); its value is never shown."""
 
     name = models.SlugField(max_length=100)
     ciphertext = models.TextField()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from agentplatform import rls
-from agentplatform.idempotency import idempotency_purge_expired
+from agentplatform.core import rls
+from agentplatform.http.idempotency import idempotency_purge_expired
 
 
 @shared_task(name="agentplatform.purge_idempotency_records")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from agentplatform.console import TenantScopedAdmin
+from agentplatform.core.console import TenantScopedAdmin
 from agents.models import Agent, Message, Session
 
 

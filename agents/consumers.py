@@ -21,8 +21,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.http.request import validate_host
 
-from agentplatform import keys, rls
-from agentplatform.redis import get_redis
+from agentplatform.core import rls
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agents import live
 from agents.client_tokens import client_token_verify
 from agents.conf import agents_settings
@@ -268,7 +269,7 @@ def _origin_allowed(scope: dict[str, Any]) -> bool:
 
 async def _authenticate(scope: dict[str, Any]) -> tuple[str | None, str | None]:
     """(tenant id, the session a client token is scoped to) or (None, None)."""
-    from agentplatform.authentication import bearer_token
+    from agentplatform.http.authentication import bearer_token
 
     header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
     if header is not None:
@@ -285,7 +286,7 @@ async def _authenticate(scope: dict[str, Any]) -> tuple[str | None, str | None]:
 
 @database_sync_to_async
 def _tenant_for_key(raw: str) -> str | None:
-    from agentplatform.services import api_key_authenticate
+    from agentplatform.core.services import api_key_authenticate
 
     key = api_key_authenticate(raw)
     return str(key.tenant_id) if key else None
@@ -302,7 +303,7 @@ def _load_session(tenant_id: str, session_id: str) -> Session | None:
 async def _listener(session_id: Any, channel: str, *, add: bool) -> None:
     def update() -> None:
         client = get_redis()
-        key = keys.listeners(session_id)
+        key = redis_keys.listeners(session_id)
         if add:
             client.sadd(key, channel)
             client.expire(key, LISTENER_TTL_SECONDS)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentplatform import idempotency
-from agentplatform.idempotency import IdempotencyKey, KeyReused
+from agentplatform.http import idempotency
+from agentplatform.http.idempotency import IdempotencyKey, KeyReused
 from agents.conf import agents_settings
 from agents.engine.turn import Emit, TurnResult, turn_run
 from agents.errors import ContentInvalid, KeyInProgress, KeyUsedForAnotherMessage

@@ -20,8 +20,8 @@ from typing import Any, cast
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from agentplatform import keys
-from agentplatform.redis import Script, get_redis
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import Script, get_redis
 from agents.conf import agents_settings
 
 LocalSink = Callable[[str, dict[str, Any]], None]
@@ -90,7 +90,11 @@ def publish_many(
     first, listening, stored = cast(
         list[Any],
         _PUBLISH(
-            [keys.frame_seq(session_id), keys.frame_stream(session_id), keys.listeners(session_id)],
+            [
+                redis_keys.frame_seq(session_id),
+                redis_keys.frame_stream(session_id),
+                redis_keys.listeners(session_id),
+            ],
             [
                 conf.FRAME_STREAM_MAXLEN,
                 SEQ_TTL_SECONDS,
@@ -111,13 +115,13 @@ def publish_many(
 def frames_after(session_id: uuid.UUID | str, after_seq: int) -> list[tuple[int, str]]:
     """The stored frames with seq > after_seq, in order (as JSON text)."""
     entries = cast(
-        list[Any], get_redis().xrange(keys.frame_stream(session_id), min=f"{after_seq + 1}-0")
+        list[Any], get_redis().xrange(redis_keys.frame_stream(session_id), min=f"{after_seq + 1}-0")
     )
     return [(int(entry_id.split(b"-")[0]), fields[b"f"].decode()) for entry_id, fields in entries]
 
 
 def current_seq(session_id: uuid.UUID | str) -> int:
-    value = get_redis().get(keys.frame_seq(session_id))
+    value = get_redis().get(redis_keys.frame_seq(session_id))
     return int(cast(bytes, value)) if value else 0
 
 

@@ -8,8 +8,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from rest_framework.exceptions import NotFound
 
+from agentplatform.core.tenancy import access_object
 from agentplatform.models import Tenant
-from agentplatform.tenancy import access_object
 from agents.errors import SessionNotFound
 from agents.models import Agent, Message, Session
 

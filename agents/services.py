@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from agentplatform.audit import Actor, audit_delete, audit_record, audited, unaudited
+from agentplatform.core.audit import Actor, audit_delete, audit_record, audited, unaudited
 from agentplatform.models import Tenant
 from agents.models import Agent, Message, Session
 

@@ -16,8 +16,8 @@ from django.shortcuts import render
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from agentplatform import rls
-from agentplatform.console import operator_roles
+from agentplatform.core import rls
+from agentplatform.core.console import operator_roles
 from agents import live
 from agents.client_tokens import client_token_mint, client_token_verify
 from agents.engine.turn import message_payload

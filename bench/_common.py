@@ -25,13 +25,13 @@ BENCH_REDIS_DB = 13
 def setup_django(**env: str) -> None:
     """Start/attach the services, point Django at the bench database, migrate."""
     sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
     os.environ.setdefault("AGENTS_LLM_BACKEND", "scripted")
     os.environ.setdefault("SCRIPTED_LLM_DELAY", "0")
     os.environ.setdefault("REDIS_KEY_PREFIX", "bench")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.update(env)
-    from agentplatform import embedded
+    from agentplatform.devtools import embedded
 
     embedded.configure()
     owner_url = os.environ.get("DATABASE_OWNER_URL") or os.environ["DATABASE_URL"]
@@ -45,7 +45,7 @@ def setup_django(**env: str) -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    from agentplatform import rls
+    from agentplatform.core import rls
 
     # The bench script's own set-up and reads span tenants, like a management command's;
     # the turns it measures run in their tenant's scope where the code under test sets it.
@@ -90,7 +90,7 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    from agentplatform import cpu
+    from agentplatform.infra import cpu
 
     return {
         "cpu": cpu.model(),

@@ -42,7 +42,7 @@ def _timed_writes(times: list[float]) -> None:
 
 
 def _ours(tenant: Any, agent_for: Any) -> tuple[dict[str, Any], dict[str, Any], list[int]]:
-    from agentplatform.audit import SYSTEM
+    from agentplatform.core.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.models import Session
     from agents.services import session_open
@@ -142,8 +142,8 @@ def main() -> None:
     setup_django()
     import os
 
-    from agentplatform.audit import SYSTEM
-    from agentplatform.services import tenant_create
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.services import tenant_create
     from agents.services import agent_create
 
     tenant, _ = tenant_create(actor=SYSTEM, slug=f"ckpt-{uuid.uuid4().hex[:8]}")

@@ -18,8 +18,8 @@ TURNS, BUDGET = 500, 1024
 
 def main() -> None:
     setup_django(CELERY_TASK_ALWAYS_EAGER="1")
-    from agentplatform.audit import SYSTEM
-    from agentplatform.services import tenant_create
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.services import tenant_create
     from agents.engine.turn import turn_run
     from agents.models import Session
     from agents.services import agent_create, session_open

@@ -38,7 +38,7 @@ QUERIES = [
 def main() -> None:
     import os
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
     os.environ.setdefault("DATABASE_URL", "postgresql://unused@localhost/unused")
     os.environ.setdefault("REDIS_URL", "redis://localhost:1/0")
     sys.path.insert(0, str(ROOT))

@@ -27,8 +27,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "memory_quality.json"
 
 def main() -> None:
     setup_django(CELERY_TASK_ALWAYS_EAGER="1")
-    from agentplatform.audit import SYSTEM
-    from agentplatform.services import tenant_create
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.services import tenant_create
     from agents.engine.turn import turn_run
     from agents.llm.scripted import Step, scripted_backend
     from agents.models import Session

@@ -82,8 +82,8 @@ def main() -> None:
     import psycopg
     from django.conf import settings as django_settings
 
-    from agentplatform.audit import SYSTEM
-    from agentplatform.services import tenant_create
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.services import tenant_create
     from memory.models import Memory
 
     Memory.objects.all().delete()

@@ -136,9 +136,9 @@ def main() -> None:
     import redis as redis_lib
     from django.conf import settings
 
-    from agentplatform.audit import SYSTEM
-    from agentplatform.services import tenant_create
-    from agentplatform.testing import Server, Worker
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.services import tenant_create
+    from agentplatform.devtools.testing import Server, Worker
     from agents.services import agent_create, session_open
 
     tenant, key = tenant_create(actor=SYSTEM, slug=f"soak-{uuid.uuid4().hex[:8]}")

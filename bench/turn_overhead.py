@@ -26,8 +26,8 @@ USER_TEXT = "turn {i}: please keep note of order number {i} and the delivery win
 
 
 def _tenant_and_agent() -> tuple[Any, Any, str]:
-    from agentplatform.audit import SYSTEM
-    from agentplatform.services import tenant_create
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.services import tenant_create
     from agents.services import agent_create
 
     tenant, key = tenant_create(actor=SYSTEM, slug=f"bench-{uuid.uuid4().hex[:8]}")
@@ -46,8 +46,8 @@ def _tenant_and_agent() -> tuple[Any, Any, str]:
 def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dict[str, Any]:
     from django.db import connection
 
-    from agentplatform import rls
-    from agentplatform.audit import SYSTEM
+    from agentplatform.core import rls
+    from agentplatform.core.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
@@ -76,7 +76,7 @@ def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dic
 def _rest_turns(tenant: Any, agent: Any, key: str, concurrency: int, turns: int) -> dict[str, Any]:
     import requests
 
-    from agentplatform.testing import Server
+    from agentplatform.devtools.testing import Server
 
     server = Server({"SCRIPTED_LLM_DELAY": "0"})
     platform: list[float] = []
@@ -122,7 +122,7 @@ def _run_threads(target: Any, count: int) -> None:
 
 
 def _growth(tenant: Any, agent: Any) -> tuple[dict[str, Any], list[float], float, Any]:
-    from agentplatform.audit import SYSTEM
+    from agentplatform.core.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
@@ -145,8 +145,8 @@ def _growth(tenant: Any, agent: Any) -> tuple[dict[str, Any], list[float], float
 def _rls_cost(tenant: Any, agent: Any, turns: int = 200) -> dict[str, float]:
     """Per-turn platform time with the policies in force (the application's role, in the
     tenant's scope) and bypassed (the owner, a superuser in the embedded set-up)."""
-    from agentplatform import rls
-    from agentplatform.audit import SYSTEM
+    from agentplatform.core import rls
+    from agentplatform.core.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
@@ -168,8 +168,8 @@ def _rls_cost(tenant: Any, agent: Any, turns: int = 200) -> dict[str, float]:
 def _our_storage(session: Any) -> dict[str, int]:
     from django.db import connection
 
-    from agentplatform import keys
-    from agentplatform.redis import get_redis
+    from agentplatform.infra import redis_keys
+    from agentplatform.infra.redis import get_redis
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -184,7 +184,7 @@ def _our_storage(session: Any) -> dict[str, int]:
             [session.pk],
         )
         checkpoints = int(cursor.fetchone()[0])
-    redis_bytes = int(get_redis().memory_usage(keys.working_memory(session.pk)) or 0)
+    redis_bytes = int(get_redis().memory_usage(redis_keys.working_memory(session.pk)) or 0)
     return {
         "postgres_bytes": messages + checkpoints,
         "messages_bytes": messages,
@@ -265,7 +265,7 @@ def main() -> None:
         print(f"c={concurrency:>2} service {results['service'][f'c{concurrency}']}")
         print(f"c={concurrency:>2} rest    {results['rest'][f'c{concurrency}']}")
 
-    from agentplatform import rls
+    from agentplatform.core import rls
 
     with rls.tenant_scope(tenant.pk):
         cost, ours_per_turn, ours_tps, session = _growth(tenant, agent)

@@ -86,9 +86,9 @@ def _report(name: str, stats: dict[str, Any], elapsed: float, failures: list) ->
 
 def main() -> None:
     setup_django()
-    from agentplatform.audit import SYSTEM
-    from agentplatform.services import tenant_create
-    from agentplatform.testing import Server
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.services import tenant_create
+    from agentplatform.devtools.testing import Server
     from agents.services import agent_create, session_open
 
     tenant, key = tenant_create(actor=SYSTEM, slug=f"wsbench-{uuid.uuid4().hex[:8]}")

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from django.db import connection
 from django.utils import timezone
 
-from agentplatform import keys
-from agentplatform.audit import unaudited
+from agentplatform.core.audit import unaudited
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agentplatform.models import Tenant
-from agentplatform.redis import get_redis
 from agents.models import Session
 from memory.models import StorageSample
 
@@ -61,7 +61,7 @@ def _redis_usage(tenant: Tenant) -> Usage:
     rows = size = 0
     for session_id in sessions.values_list("pk", flat=True).iterator(chunk_size=500):
         pipe = client.pipeline(transaction=False)
-        for name in keys.session_keys(session_id):
+        for name in redis_keys.session_keys(session_id):
             pipe.memory_usage(name)
         for used in pipe.execute():
             if used:

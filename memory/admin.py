@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
-from agentplatform.console import TenantScopedAdmin, operator_actor
+from agentplatform.core.console import TenantScopedAdmin, operator_actor
 from agentplatform.models import Tenant
 from agents.admin import SessionAdmin
 from agents.engine.concurrency import SessionBusy

@@ -14,9 +14,9 @@ from typing import Any
 
 from django.db import transaction
 
-from agentplatform import keys
-from agentplatform.audit import Actor, audit_record, audited
-from agentplatform.redis import get_redis
+from agentplatform.core.audit import Actor, audit_record, audited
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agents.engine.concurrency import SessionBusy, lease_try_acquire
 from agents.live import publish
 from agents.models import Message, Session
@@ -183,5 +183,5 @@ def checkpoint_fork(*, session: Session, checkpoint: Checkpoint, actor: Actor) -
             payload={"checkpoint": str(checkpoint.pk), "fork": str(fork.pk)},
         )
     fork.refresh_from_db()
-    get_redis().delete(keys.working_memory(fork.pk))
+    get_redis().delete(redis_keys.working_memory(fork.pk))
     return fork

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from django.db import transaction
 from django.db.models import Q
 
-from agentplatform import keys
-from agentplatform.audit import Actor, audit_record, audited
+from agentplatform.core.audit import Actor, audit_record, audited
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agentplatform.models import IdempotencyRecord, Tenant
-from agentplatform.redis import get_redis
 from agents.models import Message, Session
 from memory.models import Checkpoint, Memory, Summary
 
@@ -79,7 +79,7 @@ def _erase_redis(session_ids: list[uuid.UUID]) -> int:
     client = get_redis()
     erased = 0
     for session_id in session_ids:
-        names = keys.session_keys(session_id)
-        names += [k.decode() for k in client.scan_iter(match=keys.ticket_pattern(session_id))]
+        names = redis_keys.session_keys(session_id)
+        names += [k.decode() for k in client.scan_iter(match=redis_keys.ticket_pattern(session_id))]
         erased += int(client.delete(*names))  # type: ignore[arg-type]
     return erased

@@ -20,8 +20,9 @@ from typing import Any, cast
 
 from celery import current_app
 
-from agentplatform import keys, rls
-from agentplatform.redis import deferred, get_redis
+from agentplatform.core import rls
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import deferred, get_redis
 from memory.conf import memory_settings
 from memory.learning import memories_extract
 
@@ -58,8 +59,11 @@ def extraction_request(tenant_id: uuid.UUID, message_ids: Iterable[int]) -> None
                 countdown=memory_settings().EXTRACTION_DELAY_SECONDS,
             )
 
-    # Within a turn this joins the turn's last Redis round trip (agentplatform.redis).
-    pending, scheduled = keys.pending_extraction(tenant_id), keys.extraction_scheduled(tenant_id)
+    # Within a turn this joins the turn's last Redis round trip (agentplatform.infra.redis).
+    pending, scheduled = (
+        redis_keys.pending_extraction(tenant_id),
+        redis_keys.extraction_scheduled(tenant_id),
+    )
     deferred(
         "eval", _PUSH, 2, pending, scheduled, PENDING_TTL_SECONDS, SCHEDULED_TTL_SECONDS, *ids,
         then=schedule,
@@ -73,7 +77,7 @@ def compaction_request(session_id: uuid.UUID, first_seq: int, last_seq: int) -> 
         if claimed:
             enqueue(COMPACT_SESSION, str(session_id), first_seq, last_seq)
 
-    flag = keys.compaction_scheduled(session_id)
+    flag = redis_keys.compaction_scheduled(session_id)
     deferred("set", flag, "1", nx=True, ex=COMPACTION_FLAG_SECONDS, then=schedule)
 
 
@@ -86,9 +90,9 @@ def pending_drain(*, tenant_id: str) -> int | None:
     """Extract memories from the tenant's pending messages, oldest first; ids leave the
     list only once processed. None when another run holds the list (retry later)."""
     client = get_redis()
-    pending = keys.pending_extraction(tenant_id)
-    running = keys.extraction_running(tenant_id)
-    client.delete(keys.extraction_scheduled(tenant_id))
+    pending = redis_keys.pending_extraction(tenant_id)
+    running = redis_keys.extraction_running(tenant_id)
+    client.delete(redis_keys.extraction_scheduled(tenant_id))
     if not client.set(running, "1", nx=True, ex=RUNNING_TTL_SECONDS):
         return None
     stored = 0
@@ -109,11 +113,13 @@ def pending_tenants_unscheduled() -> list[str]:
     quiet right after its flag expired); claims each one's flag for the caller to enqueue."""
     client = get_redis()
     claimed = []
-    prefix = keys.pending_extraction("")
-    for name in client.scan_iter(match=keys.pending_extraction("*"), count=500):
+    prefix = redis_keys.pending_extraction("")
+    for name in client.scan_iter(match=redis_keys.pending_extraction("*"), count=500):
         tenant_id = name.decode()[len(prefix) :]
         if ":" in tenant_id or not client.llen(name):
             continue
-        if client.set(keys.extraction_scheduled(tenant_id), "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
+        if client.set(
+            redis_keys.extraction_scheduled(tenant_id), "1", nx=True, ex=SCHEDULED_TTL_SECONDS
+        ):
             claimed.append(tenant_id)
     return claimed

@@ -10,8 +10,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from agentplatform import keys
-from agentplatform.redis import get_redis
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agents.engine.ports import WorkingMemory
 from agents.models import Message, Session
 from memory import working
@@ -50,10 +50,10 @@ class Turn:
 def session_live_state(*, session: Session) -> LiveState:
     client = get_redis()
     pipe = client.pipeline(transaction=False)
-    pipe.get(keys.lease(session.pk))
-    pipe.pttl(keys.lease(session.pk))
-    pipe.zcard(keys.turn_queue(session.pk))
-    pipe.get(keys.cancel(session.pk))
+    pipe.get(redis_keys.lease(session.pk))
+    pipe.pttl(redis_keys.lease(session.pk))
+    pipe.zcard(redis_keys.turn_queue(session.pk))
+    pipe.get(redis_keys.cancel(session.pk))
     holder, pttl, queued, cancel = pipe.execute()
     return LiveState(
         working_memory=working.wm_read(session),

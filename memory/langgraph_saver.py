@@ -40,7 +40,7 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
-from agentplatform import rls
+from agentplatform.core import rls
 from agentplatform.models import Tenant
 from memory.models import GraphBlob, GraphCheckpoint, GraphWrite
 

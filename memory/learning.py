@@ -8,7 +8,7 @@ through memory_upsert, deduplicated and audited there.
 
 from __future__ import annotations
 
-from agentplatform.audit import SYSTEM, unaudited
+from agentplatform.core.audit import SYSTEM, unaudited
 from agents.llm import backend_for, options_for
 from agents.llm.base import ChatMessage, Done, LLMError
 from agents.llm.openai_compat import OpenAICompatibleBackend

@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import Func
 from pgvector.django import HnswIndex, VectorField
 
-from agentplatform.tenancy import TenantOwned
+from agentplatform.core.tenancy import TenantOwned
 
 
 class Checkpoint(TenantOwned):

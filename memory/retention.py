@@ -16,10 +16,10 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from agentplatform import keys
-from agentplatform.audit import SYSTEM, Actor, audit_record, audited, unaudited
+from agentplatform.core.audit import SYSTEM, Actor, audit_record, audited, unaudited
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agentplatform.models import Tenant
-from agentplatform.redis import get_redis
 from agents.models import Agent, Message, Session
 from memory.models import Checkpoint, Memory, RetentionPolicy, Summary
 from memory.summaries import session_summarize
@@ -176,7 +176,7 @@ def retention_enforce(
     for session_id in plan.idle:
         counts.summaries_written += _summarized(session_id)
         Session.objects.filter(pk=session_id).update(status=Session.Status.ARCHIVED)
-        get_redis().delete(keys.working_memory(session_id))
+        get_redis().delete(redis_keys.working_memory(session_id))
         counts.sessions_archived += 1
     counts.messages = _delete_old_messages(plan, counts)
     with transaction.atomic():
@@ -213,7 +213,7 @@ def _delete_old_messages(plan: _Plan, counts: RetentionCounts) -> int:
     sessions = list(doomed.values_list("session_id", flat=True).distinct())
     deleted, _ = doomed.delete()
     if sessions:  # their working memory is rebuilt from what PostgreSQL keeps now
-        get_redis().delete(*[keys.working_memory(s) for s in sessions])
+        get_redis().delete(*[redis_keys.working_memory(s) for s in sessions])
     return deleted
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from agentplatform.core.tenancy import access_object
 from agentplatform.models import Tenant
-from agentplatform.tenancy import access_object
 from agents.engine.context import extras_budget, working_memory_budget
 from agents.engine.turn import compiled_record
 from agents.models import Message, Session

@@ -20,7 +20,7 @@ import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
-from agentplatform.audit import Actor, audit_delete, audit_record, audited
+from agentplatform.core.audit import Actor, audit_delete, audit_record, audited
 from agentplatform.models import Tenant
 from agents.models import Agent
 from memory.conf import memory_settings

@@ -15,7 +15,7 @@ import re
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from agentplatform.audit import unaudited
+from agentplatform.core.audit import unaudited
 from agents.llm import backend_for, options_for
 from agents.llm.base import ChatMessage, Done, LLMError, estimate_tokens
 from agents.models import Message, Session

@@ -10,8 +10,9 @@ from datetime import timedelta
 from celery import shared_task
 from django.utils import timezone
 
-from agentplatform import keys, rls
-from agentplatform.redis import get_redis
+from agentplatform.core import rls
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agents.models import Message, Session
 from memory import followups
 from memory.accounting import storage_sample_all
@@ -73,7 +74,7 @@ def compact_session(session_id: str, first_seq: int, last_seq: int) -> str | Non
         return str(summary.pk) if summary else None
     finally:
         # The next turn may ask again (memory/followups.py deduplicates while this runs).
-        get_redis().delete(keys.compaction_scheduled(session_id))
+        get_redis().delete(redis_keys.compaction_scheduled(session_id))
 
 
 @shared_task(name="memory.summarize_session", acks_late=True, ignore_result=True)

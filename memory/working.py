@@ -11,8 +11,8 @@ import json
 from dataclasses import replace
 from typing import cast
 
-from agentplatform import keys
-from agentplatform.redis import deferred, get_redis
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import deferred, get_redis
 from agents.engine.ports import WorkingMemory, WorkingMessage
 from agents.models import Message, Session
 
@@ -22,13 +22,13 @@ REBUILD_BATCH = 200
 
 
 def wm_read(session: Session) -> WorkingMemory | None:
-    raw = cast(bytes | None, get_redis().get(keys.working_memory(session.pk)))
+    raw = cast(bytes | None, get_redis().get(redis_keys.working_memory(session.pk)))
     return None if raw is None else WorkingMemory.from_dict(json.loads(raw))
 
 
 def wm_write(session: Session, memory: WorkingMemory, ttl_seconds: int) -> None:
     payload = json.dumps(memory.as_dict(), separators=(",", ":"))
-    deferred("set", keys.working_memory(session.pk), payload, ex=ttl_seconds)
+    deferred("set", redis_keys.working_memory(session.pk), payload, ex=ttl_seconds)
 
 
 def wm_fit(memory: WorkingMemory, budget: int) -> WorkingMemory:
@@ -85,5 +85,5 @@ def wm_rebuild(
 
 def wm_ttl(session: Session) -> int | None:
     """Seconds the cached working memory has left (None when it is not cached)."""
-    ttl = cast(int, get_redis().ttl(keys.working_memory(session.pk)))
+    ttl = cast(int, get_redis().ttl(redis_keys.working_memory(session.pk)))
     return ttl if ttl >= 0 else None

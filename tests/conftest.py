@@ -13,10 +13,10 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from agentplatform import rls
-from agentplatform.audit import SYSTEM
+from agentplatform.core import rls
+from agentplatform.core.audit import SYSTEM
+from agentplatform.core.services import operator_ensure, tenant_create
 from agentplatform.models import Membership, Tenant
-from agentplatform.services import operator_ensure, tenant_create
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend, scripted_backend
 from agents.models import Agent, Session

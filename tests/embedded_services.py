@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse, urlunparse
 
-from agentplatform import embedded
+from agentplatform.devtools import embedded
 
 TEST_REDIS_DB = 15
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
 embedded.configure(stop_on_exit=True)
 
 

@@ -6,12 +6,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from agentplatform import rls
+from agentplatform.core import rls
 
 
 class PlatformCommand(BaseCommand):
     """A command acts for the administrator running it: across tenants, through the one
-    logged cross-tenant path (agentplatform/rls.py). Without it, row-level security would
+    logged cross-tenant path (agentplatform/core/rls.py). Without it, row-level security would
     show a command no rows at all."""
 
     def execute(self, *args: Any, **options: Any) -> str | None:

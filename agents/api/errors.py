@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 
-from agentplatform.idempotency import HEADER
-from agentplatform.problems import BadGateway, Conflict, ServiceUnavailable
+from agentplatform.http.idempotency import HEADER
+from agentplatform.http.problems import BadGateway, Conflict, ServiceUnavailable
 from agents.engine.concurrency import QueueTimeout
 from agents.engine.turn import TurnFailed, failure_code
 from agents.errors import (

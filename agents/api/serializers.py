@@ -5,7 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from agentplatform.serializers import (
+from agentplatform.http.serializers import (
     StrictCharField,
     StrictModelSerializer,
     StrictSerializer,

@@ -21,13 +21,13 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
-from agentplatform.audit import Actor, actor_of
-from agentplatform.authentication import request_tenant
-from agentplatform.idempotency import idempotent, replay_response, request_idempotency_key
+from agentplatform.core.audit import Actor, actor_of
+from agentplatform.core.vault import secret_delete, secret_set
+from agentplatform.http.authentication import request_tenant
+from agentplatform.http.idempotency import idempotent, replay_response, request_idempotency_key
+from agentplatform.http.pagination import CreatedCursorPagination
+from agentplatform.http.problems import BadGateway
 from agentplatform.models import Tenant, TenantSecret
-from agentplatform.pagination import CreatedCursorPagination
-from agentplatform.problems import BadGateway
-from agentplatform.vault import secret_delete, secret_set
 from agents import selectors, services
 from agents.api.errors import failure_problem, refusal_problem
 from agents.api.serializers import (
@@ -53,7 +53,7 @@ from agents.models import Agent, Message, Session
 
 class TenantViewSet(viewsets.GenericViewSet):
     """A viewset whose every query is scoped to the tenant of the request's API key. Writes
-    go through services, which record their own audit events (agentplatform.audit)."""
+    go through services, which record their own audit events (agentplatform.core.audit)."""
 
     @property
     def tenant(self) -> Tenant:

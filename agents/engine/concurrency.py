@@ -22,8 +22,8 @@ from typing import cast
 
 from django.db import connection
 
-from agentplatform import keys
-from agentplatform.redis import deferred, get_redis
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import deferred, get_redis
 from agents.conf import agents_settings
 from agents.models import Agent, Session
 from agents.services import StaleLease
@@ -85,7 +85,9 @@ class Lease:
 
     def renew(self) -> None:
         """Extend the lease; raises LeaseLost when another holder has it now."""
-        ok = get_redis().eval(_RENEW, 1, keys.lease(self.session_id), self.holder, self.ttl_ms)
+        ok = get_redis().eval(
+            _RENEW, 1, redis_keys.lease(self.session_id), self.holder, self.ttl_ms
+        )
         if not ok:
             raise LeaseLost("the session's lease was lost")
         self.renewed_at = time.monotonic()
@@ -98,11 +100,11 @@ class Lease:
         return False
 
     def release(self) -> None:
-        deferred("eval", _RELEASE, 1, keys.lease(self.session_id), self.holder)
+        deferred("eval", _RELEASE, 1, redis_keys.lease(self.session_id), self.holder)
 
     def cancel_requested(self) -> str | None:
         """'interrupt' or 'rollback' when a newer message asked this turn to stop."""
-        value = cast(bytes | None, get_redis().get(keys.cancel(self.session_id)))
+        value = cast(bytes | None, get_redis().get(redis_keys.cancel(self.session_id)))
         if value is None:
             return None
         holder, _, mode = value.decode().partition("|")
@@ -118,7 +120,7 @@ UPDATE agents_session SET lease_holder = %s FROM async WHERE id = %s
 def lease_try_acquire(session: Session) -> Lease | None:
     ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
     holder = uuid.uuid4()
-    if not get_redis().set(keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
+    if not get_redis().set(redis_keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
         return None
     lease = Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms)
     try:
@@ -158,10 +160,10 @@ def admit(
 
 def _request_cancel(session_id: uuid.UUID, mode: str) -> None:
     client = get_redis()
-    holder = cast(bytes | None, client.get(keys.lease(session_id)))
+    holder = cast(bytes | None, client.get(redis_keys.lease(session_id)))
     if holder is not None:
         ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
-        client.set(keys.cancel(session_id), f"{holder.decode()}|{mode}", px=ttl_ms)
+        client.set(redis_keys.cancel(session_id), f"{holder.decode()}|{mode}", px=ttl_ms)
 
 
 def _wait_in_queue(
@@ -169,8 +171,8 @@ def _wait_in_queue(
 ) -> Lease:
     client = get_redis()
     ticket = uuid.uuid4().hex
-    queue, alive = keys.turn_queue(session.pk), keys.ticket_alive(session.pk, ticket)
-    alive_prefix = keys.ticket_alive(session.pk, "")
+    queue, alive = redis_keys.turn_queue(session.pk), redis_keys.ticket_alive(session.pk, ticket)
+    alive_prefix = redis_keys.ticket_alive(session.pk, "")
     wait = agents_settings().QUEUE_WAIT_SECONDS
     client.eval(_ENQUEUE, 3, queue, queue + ":n", alive, ticket, TICKET_ALIVE_MS, int(wait * 2000))
     deadline, last_position = time.monotonic() + wait, -1

@@ -14,8 +14,9 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from agentplatform import keys, rls
-from agentplatform.redis import get_redis
+from agentplatform.core import rls
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agents.conf import agents_settings
 from agents.engine.ports import state_backend
 from agents.engine.turn import TURN_FAILURES, turn_run
@@ -45,9 +46,9 @@ def turns_recover() -> int:
 def _turn_recover(session_id: uuid.UUID, turn_key: str) -> bool:
     conf = agents_settings()
     client = get_redis()
-    if client.exists(keys.lease(session_id)):
+    if client.exists(redis_keys.lease(session_id)):
         return False  # a turn runs on the session now (perhaps this one, retried)
-    attempts = keys.recovery_attempts(session_id, turn_key)
+    attempts = redis_keys.recovery_attempts(session_id, turn_key)
     tries = int(client.incr(attempts))  # type: ignore[arg-type]
     client.expire(attempts, conf.RECOVERY_WINDOW_SECONDS)
     if tries > conf.RECOVERY_ATTEMPTS:

@@ -24,8 +24,8 @@ from typing import Any
 
 from django.db import transaction
 
-from agentplatform import idempotency
-from agentplatform.redis import write_batch
+from agentplatform.http import idempotency
+from agentplatform.infra.redis import write_batch
 from agents.conf import agents_settings
 from agents.engine.concurrency import Lease, LeaseLost, QueueTimeout, SessionBusy, admit
 from agents.engine.context import extras_budget, llm_messages, working_memory_budget

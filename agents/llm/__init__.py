@@ -6,7 +6,7 @@ import os
 
 from django.conf import settings
 
-from agentplatform.vault import SecretUnavailable, secret_value
+from agentplatform.core.vault import SecretUnavailable, secret_value
 from agents.conf import agents_settings
 from agents.llm.base import GenerationOptions, LLMBackend, LLMError
 from agents.models import Agent

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from agentplatform.serializers import StrictCharField, StrictSerializer
+from agentplatform.http.serializers import StrictCharField, StrictSerializer
 from memory.models import Checkpoint, Memory, Summary
 
 

@@ -15,11 +15,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agentplatform.audit import actor_of
-from agentplatform.authentication import request_tenant
-from agentplatform.idempotency import idempotent
-from agentplatform.pagination import CreatedCursorPagination
-from agentplatform.problems import Conflict
+from agentplatform.core.audit import actor_of
+from agentplatform.http.authentication import request_tenant
+from agentplatform.http.idempotency import idempotent
+from agentplatform.http.pagination import CreatedCursorPagination
+from agentplatform.http.problems import Conflict
 from agents.api.serializers import SessionSerializer
 from agents.api.views import TenantViewSet
 from agents.engine.concurrency import SessionBusy

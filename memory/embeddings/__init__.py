@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 from django.conf import settings
 
-from agentplatform import cpu
+from agentplatform.infra import cpu
 
 DIMENSIONS = 384
 TOKENIZER = Path(__file__).with_name("tokenizer.json")

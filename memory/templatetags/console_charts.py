@@ -12,7 +12,7 @@ from django.db.models.functions import TruncDate
 from django.http import HttpRequest
 from django.utils import timezone
 
-from agentplatform.console import is_superuser, operator_roles
+from agentplatform.core.console import is_superuser, operator_roles
 from agents.models import Message, Session
 from memory.charts import Series, daily, line_chart
 from memory.models import StorageSample

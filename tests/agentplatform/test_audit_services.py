@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from agentplatform.audit import AUDITED, UNAUDITED, Actor
-from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret
-from agentplatform.services import (
+from agentplatform.core.audit import AUDITED, UNAUDITED, Actor
+from agentplatform.core.services import (
     admin_object_delete,
     admin_object_save,
     api_key_create,
@@ -22,8 +21,9 @@ from agentplatform.services import (
     operator_ensure,
     tenant_create,
 )
-from agentplatform.testing import ROOT
-from agentplatform.vault import secret_delete, secret_set
+from agentplatform.core.vault import secret_delete, secret_set
+from agentplatform.devtools.testing import ROOT
+from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret
 from agents.engine.turn import turn_run
 from agents.services import agent_create, agent_delete, agent_update, session_delete, session_open
 from memory.checkpoints import checkpoint_fork, checkpoint_rollback
@@ -36,8 +36,8 @@ from tests.conftest import Persona
 pytestmark = pytest.mark.django_db
 
 SERVICE_MODULES = [
-    "agentplatform.services",
-    "agentplatform.vault",
+    "agentplatform.core.services",
+    "agentplatform.core.vault",
     "agents.services",
     "memory.semantic",
     "memory.checkpoints",
@@ -209,7 +209,7 @@ def test_each_write_service_records_exactly_one_event_for_its_action(
 def test_audit_record_is_called_only_by_service_modules() -> None:
     allowed = {
         Path(ROOT, *name.split(".")).with_suffix(".py")
-        for name in [*SERVICE_MODULES, "agentplatform.audit"]
+        for name in [*SERVICE_MODULES, "agentplatform.core.audit"]
     }
     callers = []
     for package in ("agentplatform", "agents", "memory"):

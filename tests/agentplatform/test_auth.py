@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from agentplatform.audit import SYSTEM
+from agentplatform.core.audit import SYSTEM
+from agentplatform.core.services import api_key_create, api_key_revoke
 from agentplatform.models import ApiKey, Tenant
-from agentplatform.services import api_key_create, api_key_revoke
 from tests.conftest import Persona
 
 pytestmark = pytest.mark.django_db

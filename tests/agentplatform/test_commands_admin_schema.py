@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
+from agentplatform.core.services import api_key_authenticate
 from agentplatform.models import ApiKey, Tenant
-from agentplatform.services import api_key_authenticate
 from tests.conftest import Persona
 
 pytestmark = pytest.mark.django_db

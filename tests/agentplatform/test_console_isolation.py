@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from agentplatform.console import TenantScopedAdmin
+from agentplatform.core.console import TenantScopedAdmin
 from agentplatform.models import ApiKey, AuditEvent, Membership
 from agents.models import Message
 from memory.models import Checkpoint, Memory, RetentionPolicy, Summary

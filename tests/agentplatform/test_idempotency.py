@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agentplatform.idempotency import idempotency_purge_expired, request_fingerprint
+from agentplatform.http.idempotency import idempotency_purge_expired, request_fingerprint
 from agentplatform.models import IdempotencyRecord
 from agents.models import Agent, Session
 from tests.conftest import Persona

@@ -26,10 +26,10 @@ from django.test import override_settings
 from drf_spectacular.generators import SchemaGenerator
 from pgvector.django import CosineDistance
 
-from agentplatform import rls
-from agentplatform.audit import SYSTEM
-from agentplatform.checks import row_level_security_binds
+from agentplatform.core import rls
+from agentplatform.core.audit import SYSTEM
 from agentplatform.models import Tenant
+from agentplatform.project.checks import row_level_security_binds
 from agents.client_tokens import client_token_mint
 from agents.models import Agent, Message, Session
 from memory.embeddings import embed_one

@@ -32,9 +32,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from agentplatform import embedded, vectorprobe
-from agentplatform.checks import pgvector_runs_on_this_cpu
-from agentplatform.testing import ROOT, wait_until
+from agentplatform.devtools import embedded
+from agentplatform.devtools.testing import ROOT, wait_until
+from agentplatform.infra import vectorprobe
+from agentplatform.project.checks import pgvector_runs_on_this_cpu
 
 QEMU = shutil.which("qemu-x86_64")
 SUPPORTED_FLOOR = "Haswell"  # x86-64-v3: AVX2, FMA, BMI2; no AVX-512, no VNNI
@@ -207,7 +208,7 @@ def test_system_check_runs_the_probe_on_the_configured_database() -> None:
 
 EMBED_SCRIPT = """
 import os, sys
-os.environ["DJANGO_SETTINGS_MODULE"] = "agentplatform.settings"
+os.environ["DJANGO_SETTINGS_MODULE"] = "agentplatform.project.settings"
 os.environ["DATABASE_URL"] = "postgresql://unused@localhost/unused"
 os.environ["REDIS_URL"] = "redis://localhost:1/0"
 import django

@@ -6,7 +6,7 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from agentplatform.problems import exception_handler, handler500
+from agentplatform.http.problems import exception_handler, handler500
 from agents.models import Agent
 from tests.conftest import Persona
 

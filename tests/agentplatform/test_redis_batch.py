@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import redis
 
-from agentplatform.redis import Script, deferred, write_batch
+from agentplatform.infra.redis import Script, deferred, write_batch
 
 
 def test_outside_a_batch_a_command_runs_at_once(redis_client: redis.Redis) -> None:

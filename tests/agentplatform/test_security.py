@@ -15,7 +15,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from agentplatform.vault import secret_value
+from agentplatform.core.vault import secret_value
 from agents.llm import options_for
 from agents.models import Agent
 from tests.conftest import Persona

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentplatform.env import ConfigError, env_bool, env_int, env_rate, env_url
+from agentplatform.project.env import ConfigError, env_bool, env_int, env_rate, env_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_a_bad_value_stops_start_up_with_a_message_naming_it() -> None:
 def test_env_example_lists_every_variable_the_settings_read() -> None:
     import re
 
-    source = (ROOT / "agentplatform" / "settings.py").read_text()
+    source = (ROOT / "agentplatform" / "project" / "settings.py").read_text()
     read = set(re.findall(r'env_\w+\(\s*"([A-Z_]+)"', source))
     example = (ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^#?\s*([A-Z_]+)=", example, flags=re.MULTILINE))

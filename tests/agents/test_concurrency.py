@@ -9,9 +9,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 
-from agentplatform import keys
-from agentplatform.redis import get_redis
-from agentplatform.testing import wait_until
+from agentplatform.devtools.testing import wait_until
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agents.engine.concurrency import LeaseLost, fence_check, lease_try_acquire
 from agents.llm.scripted import ScriptedBackend
 from agents.models import Agent, Message
@@ -155,5 +155,5 @@ def test_a_lease_whose_holder_died_is_recovered_after_expiry(alice: Persona) -> 
 
 
 def _wait_for_lease_expiry(persona: Persona) -> None:
-    key = keys.lease(persona.session.pk)
+    key = redis_keys.lease(persona.session.pk)
     wait_until(lambda: not get_redis().exists(key), what="the lease to expire")

@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import override_settings
 
-from agentplatform.asgi import application
+from agentplatform.project.asgi import application
 from agents.client_tokens import client_token_mint
 from agents.llm.scripted import ScriptedBackend, Step
 from agents.models import Agent, Message

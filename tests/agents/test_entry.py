@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from agentplatform import idempotency
+from agentplatform.http import idempotency
 from agentplatform.models import IdempotencyRecord
 from agents import consumers
 from agents.entry import client_message_key, content_validate, turn_begin

@@ -5,7 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
-from agentplatform import rls
+from agentplatform.core import rls
 from agents.models import Message, Session
 from agents.services import NewMessage, messages_append
 from tests.conftest import Persona

@@ -11,9 +11,9 @@ from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
-from agentplatform import keys
-from agentplatform.redis import get_redis
-from agentplatform.testing import wait_until
+from agentplatform.devtools.testing import wait_until
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agents.conf import agents_settings
 from agents.engine.recovery import turns_recover
 from agents.engine.turn import turn_run
@@ -279,7 +279,7 @@ def test_a_rollback_lists_the_side_effects_it_cannot_undo(
 def _wait_until_the_lease_is_over(persona: Persona) -> None:
     """The cut-off turn's lease has run out: its key is gone from Redis, and its open
     checkpoint is older than a lease (what the recovery task looks for)."""
-    lease = keys.lease(persona.session.pk)
+    lease = redis_keys.lease(persona.session.pk)
     opened = Checkpoint.objects.filter(session=persona.session, turn_open=True).latest("created_at")
     seconds = agents_settings().LEASE_SECONDS
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agentplatform.testing import Server
+from agentplatform.devtools.testing import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"  # screenshots (not committed)

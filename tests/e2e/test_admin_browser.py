@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentplatform.testing import Server
+from agentplatform.devtools.testing import Server
 from agents.engine.turn import TurnResult, turn_run
 from agents.llm.scripted import ScriptedBackend, Step
 from agents.models import Message

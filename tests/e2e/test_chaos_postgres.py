@@ -17,8 +17,8 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from agentplatform.embedded import _stop_postgres
-from agentplatform.testing import ROOT, Server
+from agentplatform.devtools.embedded import _stop_postgres
+from agentplatform.devtools.testing import ROOT, Server
 
 pytestmark = pytest.mark.chaos
 

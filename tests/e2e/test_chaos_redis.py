@@ -14,8 +14,8 @@ import pytest
 import redis
 import requests
 
-from agentplatform.embedded import redis_binary
-from agentplatform.testing import Server, free_port
+from agentplatform.devtools.embedded import redis_binary
+from agentplatform.devtools.testing import Server, free_port
 from tests.conftest import Persona
 
 pytestmark = [pytest.mark.chaos, pytest.mark.django_db(transaction=True)]

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentplatform.celery import app as celery_app
-from agentplatform.testing import Worker
+from agentplatform.devtools.testing import Worker
+from agentplatform.project.celery import app as celery_app
 from agents.engine.turn import turn_run
 from memory.models import Summary
 from memory.tasks import summarize_session

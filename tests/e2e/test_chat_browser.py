@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentplatform.testing import Server
+from agentplatform.devtools.testing import Server
 from agents.client_tokens import client_token_mint
 from tests.conftest import Persona
 from tests.e2e.conftest import ARTIFACTS, CHROMIUM

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import requests
 
-from agentplatform.testing import Server
+from agentplatform.devtools.testing import Server
 from agents.models import Message
 from tests.conftest import Persona
 

@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from agentplatform.testing import Server
+from agentplatform.devtools.testing import Server
 from agents.models import Message
 from tests.conftest import Persona
 from tests.e2e.conftest import SLOW_REPLY

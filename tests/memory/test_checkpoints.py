@@ -8,8 +8,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 
-from agentplatform import rls
-from agentplatform.audit import SYSTEM, audit_record
+from agentplatform.core import rls
+from agentplatform.core.audit import SYSTEM, audit_record
 from agentplatform.models import AuditEvent
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agentplatform import cpu
+from agentplatform.infra import cpu
 from memory.embeddings import DIMENSIONS, MiniLMEmbedder, OpenAIEmbedder, bundled_precision
 
 

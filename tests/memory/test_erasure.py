@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.db.models import Q
 
-from agentplatform.audit import SYSTEM
+from agentplatform.core.audit import SYSTEM
 from agentplatform.models import AuditEvent, IdempotencyRecord
 from agents.engine.turn import turn_run
 from agents.models import Message, Session

@@ -10,8 +10,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from agentplatform import keys
-from agentplatform.celery import app as celery_app
+from agentplatform.infra import redis_keys
+from agentplatform.project.celery import app as celery_app
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend
 from agents.models import Message
@@ -37,7 +37,9 @@ def _broker_tasks(redis_client: redis.Redis) -> list[tuple[str, list]]:
 
 
 def _pending(redis_client: redis.Redis, persona: Persona) -> list[int]:
-    return [int(x) for x in redis_client.lrange(keys.pending_extraction(persona.tenant.pk), 0, -1)]
+    return [
+        int(x) for x in redis_client.lrange(redis_keys.pending_extraction(persona.tenant.pk), 0, -1)
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -64,7 +66,7 @@ def test_a_burst_of_turns_sends_one_extraction_task_and_loses_no_message(
         "The user's name is Ada.",
     ]
     assert _pending(redis_client, alice) == []
-    assert not redis_client.exists(keys.extraction_scheduled(alice.tenant.pk))
+    assert not redis_client.exists(redis_keys.extraction_scheduled(alice.tenant.pk))
 
     turn_run(session=alice.session, content="I prefer green tea.")  # the flag was cleared
     assert [name for name, _ in _broker_tasks(redis_client)].count("memory.extract_pending") == 2
@@ -81,8 +83,8 @@ def test_a_lost_extraction_task_is_rescheduled_by_the_sweep(
     turn_run(session=alice.session, content="My name is Ada.")
     turn_run(session=bob.session, content="What time is it?")
     redis_client.delete(BROKER_QUEUE)  # the worker died with the task
-    redis_client.delete(keys.extraction_scheduled(alice.tenant.pk))  # and its flag expired
-    bob_flag_kept = redis_client.exists(keys.extraction_scheduled(bob.tenant.pk))
+    redis_client.delete(redis_keys.extraction_scheduled(alice.tenant.pk))  # and its flag expired
+    bob_flag_kept = redis_client.exists(redis_keys.extraction_scheduled(bob.tenant.pk))
 
     assert extract_pending_sweep() == 1  # alice's tenant only: bob's task is still queued
     assert bob_flag_kept
@@ -101,7 +103,7 @@ def test_extraction_waits_while_another_run_drains_the_tenant(
 ) -> None:
     turn_run(session=alice.session, content="My name is Ada.")
     redis_client.delete(BROKER_QUEUE)
-    redis_client.set(keys.extraction_running(alice.tenant.pk), "1")
+    redis_client.set(redis_keys.extraction_running(alice.tenant.pk), "1")
 
     assert extract_pending(str(alice.tenant.pk)) == 0
     assert len(_pending(redis_client, alice)) == 1  # left for the run that comes back

@@ -9,8 +9,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from agentplatform import keys
-from agentplatform.audit import SYSTEM
+from agentplatform.core.audit import SYSTEM
+from agentplatform.infra import redis_keys
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend, Step
 from agents.models import Message
@@ -47,7 +47,7 @@ def test_the_inspector_shows_the_whole_story_of_a_session(
         session=alice.session,
         checkpoint=alice.session.checkpoints.get(pk=first.checkpoint.id),
     )
-    redis_client.set(keys.lease(alice.session.pk), "someone", px=5000)
+    redis_client.set(redis_keys.lease(alice.session.pk), "someone", px=5000)
 
     page = _client(alice).get(reverse("admin:agents_session_inspect", args=[alice.session.pk]))
     assert page.status_code == 200

@@ -11,7 +11,7 @@ import pytest
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.report import ProgressCallbacks
 
-from agentplatform import rls
+from agentplatform.core import rls
 from agentplatform.models import Tenant
 from memory.langgraph_saver import PlatformCheckpointSaver
 from memory.models import GraphBlob, GraphCheckpoint

@@ -4,7 +4,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from agentplatform.audit import SYSTEM
+from agentplatform.core.audit import SYSTEM
 from memory.embeddings import get_embedder
 from memory.extraction import extract_facts
 from memory.models import Memory
@@ -131,7 +131,7 @@ def test_a_memory_for_another_tenants_agent_is_404(alice: Persona, bob: Persona)
 
 
 def test_filtered_search_returns_k_rows_whenever_k_exist_across_many_tenants(db: None) -> None:
-    from agentplatform.services import tenant_create
+    from agentplatform.core.services import tenant_create
 
     tenants = [tenant_create(actor=SYSTEM, slug=f"t{i:02d}")[0] for i in range(50)]
     for tenant in tenants:

@@ -11,8 +11,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from agentplatform import keys
-from agentplatform.audit import SYSTEM
+from agentplatform.core.audit import SYSTEM
+from agentplatform.infra import redis_keys
 from agentplatform.models import AuditEvent
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend
@@ -194,7 +194,7 @@ def test_erasing_end_users_from_the_admin_leaves_nothing(
         assert not model.objects.filter(user_id=alice.user_id).exists(), model
     for model in (Message, Checkpoint):
         assert not model.objects.filter(session__user_id=alice.user_id).exists(), model
-    assert not list(redis_client.scan_iter(match=keys.session_prefix(alice.session.pk)))
+    assert not list(redis_client.scan_iter(match=redis_keys.session_prefix(alice.session.pk)))
     assert Message.objects.filter(session=other).count() == 2  # the other end user stays
     event = AuditEvent.objects.get(action="user.erase")
     assert event.actor_kind == "operator"

@@ -5,7 +5,7 @@ import itertools
 import pytest
 from django.db import IntegrityError, transaction
 
-from agentplatform.audit import SYSTEM
+from agentplatform.core.audit import SYSTEM
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend, Step
 from agents.models import Agent, Session

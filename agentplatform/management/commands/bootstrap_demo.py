@@ -10,10 +10,10 @@ from django.conf import settings
 from django.core.management.base import CommandParser
 from django.db import transaction
 
-from agentplatform.audit import command_actor
+from agentplatform.core.audit import command_actor
+from agentplatform.core.services import api_key_create, operator_ensure
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Membership, Tenant
-from agentplatform.services import api_key_create, operator_ensure
 from agents.models import Agent
 from agents.services import agent_create
 
@@ -80,7 +80,7 @@ def _ensure_demo(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key_is_valid(raw: str) -> bool:
-    from agentplatform.services import api_key_authenticate
+    from agentplatform.core.services import api_key_authenticate
 
     key = api_key_authenticate(raw)
     return key is not None and key.tenant.slug == DEMO_SLUG

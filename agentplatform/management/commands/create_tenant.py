@@ -6,10 +6,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError, CommandParser
 
-from agentplatform.audit import command_actor
+from agentplatform.core.audit import command_actor
+from agentplatform.core.services import tenant_create
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
-from agentplatform.services import tenant_create
 
 COMMAND = command_actor(__name__)
 

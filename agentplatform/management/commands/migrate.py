@@ -1,7 +1,7 @@
 """`migrate`, run as the schema's owner (DATABASE_OWNER_URL).
 
 The application's own role may not create or alter tables; after the migrations the
-post_migrate receiver (agentplatform.rls.install) sets the row-level security policies and
+post_migrate receiver (agentplatform.core.rls.install) sets the row-level security policies and
 grants that role what it needs.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.commands import migrate
 
-from agentplatform import rls
+from agentplatform.core import rls
 
 
 class Command(migrate.Command):

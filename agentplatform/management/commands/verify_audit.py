@@ -4,10 +4,10 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from agentplatform.audit import audit_verify
+from agentplatform.core.audit import audit_verify
 from agentplatform.management.base import PlatformCommand
+from agentplatform.management.progress import ProgressBar
 from agentplatform.models import AuditEvent
-from agentplatform.progress import ProgressBar
 
 
 class Command(PlatformCommand):

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from agentplatform.audit import command_actor
+from agentplatform.core.audit import command_actor
 from agentplatform.management.base import PlatformCommand
 from agentplatform.models import Tenant
 from agents.engine.turn import TURN_FAILURES

@@ -5,8 +5,8 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from agentplatform.management.base import PlatformCommand
+from agentplatform.management.progress import ProgressBar
 from agentplatform.models import Tenant
-from agentplatform.progress import ProgressBar
 from memory.embeddings import get_embedder
 from memory.models import Memory
 

@@ -5,7 +5,7 @@ from typing import Any
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
-from agentplatform.authentication import TenantPrincipal
+from agentplatform.http.authentication import TenantPrincipal
 
 
 class TenantRateThrottle(SimpleRateThrottle):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]  # the checkout
 DATA_DIR = Path(os.environ.get("AGENTPLATFORM_DATA_DIR", BASE_DIR / ".data"))
 DATABASE_NAME = "agentplatform"
 APP_ROLE = "agentplatform_app"
@@ -142,7 +142,7 @@ def _probe_vector_once(info: object, owner_url: str) -> None:
     is served; stop with one clear message if the extension's build crashes on this CPU."""
     import psycopg
 
-    from agentplatform import vectorprobe
+    from agentplatform.infra import vectorprobe
 
     instance = f"{info.pid} {info.start_time.isoformat()}"  # type: ignore[attr-defined]
     marker = DATA_DIR / "run" / "vector-probe-passed"

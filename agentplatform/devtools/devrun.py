@@ -13,14 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from agentplatform import embedded
+from agentplatform.devtools import embedded
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]  # the checkout
 PYTHON = sys.executable
 
 
 def main() -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
     os.environ.setdefault("DEBUG", "1")
     embedded.configure(stop_on_exit=True, quiet=False)
     port = os.environ.get("PORT", "8000")
@@ -44,7 +44,7 @@ def _manage(*args: str, capture: bool = False, quiet: bool = False) -> str:
 def web_command(port: int | str) -> list[str]:
     """The ASGI server on loopback (also used by the end-to-end tests)."""
     return [
-        PYTHON, "-m", "uvicorn", "agentplatform.asgi:application",
+        PYTHON, "-m", "uvicorn", "agentplatform.project.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
 
@@ -57,7 +57,7 @@ def _start_children(port: str) -> dict[str, subprocess.Popen[bytes]]:
             "-m",
             "celery",
             "-A",
-            "agentplatform.celery",
+            "agentplatform.project.celery",
             "worker",
             "--loglevel",
             "warning",
@@ -69,7 +69,7 @@ def _start_children(port: str) -> dict[str, subprocess.Popen[bytes]]:
             "-m",
             "celery",
             "-A",
-            "agentplatform.celery",
+            "agentplatform.project.celery",
             "beat",
             "--loglevel",
             "warning",

@@ -8,9 +8,9 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
-from agentplatform import rls
+from agentplatform.core import rls
+from agentplatform.core.services import api_key_authenticate
 from agentplatform.models import ApiKey, Tenant
-from agentplatform.services import api_key_authenticate
 
 
 @dataclass(frozen=True)

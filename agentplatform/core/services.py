@@ -13,8 +13,8 @@ from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from agentplatform import rls
-from agentplatform.audit import Actor, audit_delete, audit_record, audited
+from agentplatform.core import rls
+from agentplatform.core.audit import Actor, audit_delete, audit_record, audited
 from agentplatform.models import ApiKey, Membership, Tenant
 
 KEY_PREFIX_BYTES = 6  # 12 hex characters: unique lookup without a table scan
@@ -94,7 +94,7 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
     prefix, _, secret = rest.partition("_")
     if scheme != "ap" or not prefix or not secret:
         return None
-    # The key names its tenant, so it is found across tenants (agentplatform/rls.py).
+    # The key names its tenant, so it is found across tenants (agentplatform/core/rls.py).
     with rls.cross_tenant(rls.CrossTenantReason.CREDENTIAL_LOOKUP, "api key"):
         key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
         if key is None or not hmac.compare_digest(key.hashed_secret, _hash_secret(secret)):

@@ -17,9 +17,9 @@ from urllib.parse import urlparse, urlunparse
 import requests
 from django.conf import settings
 
-from agentplatform.devrun import web_command
+from agentplatform.devtools.devrun import web_command
 
-ROOT = Path(__file__).resolve().parents[1]  # the project
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 
 def wait_until(condition: Callable[[], bool], *, what: str, timeout: float = 10) -> None:
@@ -103,7 +103,7 @@ class Worker(_Process):
     def __init__(self, env: dict[str, str], *, concurrency: int | None = None) -> None:
         pool = ["--pool", "solo"] if concurrency is None else ["--concurrency", str(concurrency)]
         self._start(
-            [sys.executable, "-m", "celery", "-A", "agentplatform.celery", "worker",
+            [sys.executable, "-m", "celery", "-A", "agentplatform.project.celery", "worker",
              *pool, "--loglevel", "warning", "--without-heartbeat", "--without-gossip",
              "--without-mingle"],
             {"CELERY_TASK_ALWAYS_EAGER": "0", **env},

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from agentplatform import cpu
+from agentplatform.infra import cpu
 
 DIMENSIONS = 384  # the bundled embedder's width (memory.embeddings.DIMENSIONS)
 

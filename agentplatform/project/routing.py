@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.urls import path
 
-from agentplatform.echo import EchoConsumer
+from agentplatform.http.echo import EchoConsumer
 from agents.consumers import SessionConsumer
 
 websocket_urlpatterns: list[Any] = [

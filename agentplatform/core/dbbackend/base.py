@@ -1,4 +1,4 @@
-"""The PostgreSQL backend with row-level security scoping (see agentplatform.rls).
+"""The PostgreSQL backend with row-level security scoping (see agentplatform.core.rls).
 
 Before any statement runs, the connection is brought to the scope of the code running it, with
 one `set_config` call when the scope differs from the one the connection has. What the
@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db.backends.postgresql import base
 
-from agentplatform import rls
+from agentplatform.core import rls
 
 
 class DatabaseWrapper(base.DatabaseWrapper):

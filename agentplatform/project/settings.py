@@ -1,6 +1,6 @@
 """One settings module for every environment: production differs only by its variables.
 
-Every variable is read through a typed reader in `agentplatform.env`; `.env.example` lists
+Every variable is read through a typed reader in `agentplatform.project.env`; `.env.example` lists
 them all with their defaults.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from agentplatform.env import (
+from agentplatform.project.env import (
     ConfigError,
     env_bool,
     env_choice,
@@ -22,7 +22,7 @@ from agentplatform.env import (
     env_url,
 )
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]  # the checkout
 
 # PRODUCTION=1 turns on everything `manage.py check --deploy` asks for (tested): a real
 # SECRET_KEY is required, DEBUG must be off, and HTTPS-only defaults apply.
@@ -50,8 +50,8 @@ if _database_url is None:
 # fork (milliseconds), and under ASGI every request runs in a new thread, so Django's
 # per-thread persistent connections (CONN_MAX_AGE) would leak instead of being reused.
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
-# Django's PostgreSQL backend plus row-level security scoping (agentplatform/rls.py).
-DATABASES["default"]["ENGINE"] = "agentplatform.dbbackend"
+# Django's PostgreSQL backend plus row-level security scoping (agentplatform/core/rls.py).
+DATABASES["default"]["ENGINE"] = "agentplatform.core.dbbackend"
 # Migrations run as the schema's owner; the application connects as DATABASE_URL's role, which
 # should own nothing and be neither superuser nor BYPASSRLS, so the tenant policies bind it.
 _owner_url = env_url("DATABASE_OWNER_URL", None, schemes=("postgres", "postgresql"))
@@ -84,7 +84,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL: str = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix")) or ""
 if not REDIS_URL:
     raise ConfigError("REDIS_URL is not set. Run through make/manage.py or set REDIS_URL.")
-# Every key the platform writes starts with this prefix (see agentplatform.keys).
+# Every key the platform writes starts with this prefix (see agentplatform.infra.redis_keys).
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "ap")
 
 INSTALLED_APPS = [
@@ -106,22 +106,22 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "agentplatform.middleware.BodySizeLimitMiddleware",
-    "agentplatform.middleware.StoreUnavailableMiddleware",
+    "agentplatform.http.middleware.BodySizeLimitMiddleware",
+    "agentplatform.http.middleware.StoreUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "agentplatform.middleware.TenantScopeMiddleware",
+    "agentplatform.http.middleware.TenantScopeMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "agentplatform.urls"
+ROOT_URLCONF = "agentplatform.project.urls"
 LOGIN_URL = "/admin/login/"
-ASGI_APPLICATION = "agentplatform.asgi.application"
+ASGI_APPLICATION = "agentplatform.project.asgi.application"
 WSGI_APPLICATION = None
 
 TEMPLATES = [
@@ -255,15 +255,15 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- REST ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["agentplatform.authentication.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["agentplatform.permissions.IsTenant"],
-    "DEFAULT_THROTTLE_CLASSES": ["agentplatform.throttling.TenantRateThrottle"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["agentplatform.http.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["agentplatform.http.permissions.IsTenant"],
+    "DEFAULT_THROTTLE_CLASSES": ["agentplatform.http.throttling.TenantRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"tenant": env_rate("API_THROTTLE_RATE", "1200/min")},
-    "DEFAULT_PAGINATION_CLASS": "agentplatform.pagination.CreatedCursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "agentplatform.http.pagination.CreatedCursorPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "agentplatform.problems.exception_handler",
+    "EXCEPTION_HANDLER": "agentplatform.http.problems.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

@@ -8,7 +8,7 @@ BYPASSRLS and owns nothing, so the policy binds it; migrations run as the owner.
 
 The scope lives in a context variable, so it follows a request, a websocket consumer's task, a
 thread started with `copy_context()` and a Celery task. The database backend
-(`agentplatform.dbbackend`) brings each connection to the current scope before any statement
+(`agentplatform.core.dbbackend`) brings each connection to the current scope before any statement
 runs, with one `set_config` call whenever the scope differs from what the connection has; a
 connection fresh from the pool, or one whose transaction rolled back, counts as unknown.
 
@@ -35,7 +35,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 
-logger = logging.getLogger("agentplatform.rls")
+logger = logging.getLogger("agentplatform.core.rls")
 
 GUC_TENANTS = "app.tenant_ids"
 GUC_ALL = "app.all_tenants"
@@ -123,7 +123,7 @@ def request_scope() -> AbstractContextManager[None]:
     return _scoped(NO_TENANT)
 
 
-# --- the connection side (called by agentplatform.dbbackend) ------------------------------
+# --- the connection side (called by agentplatform.core.dbbackend) ------------------------------
 
 
 def apply(raw_connection: Any, scope: Scope) -> None:

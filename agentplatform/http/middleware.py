@@ -5,8 +5,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from agentplatform import rls
-from agentplatform.problems import STORE_DOWN, problem_response, store_unavailable
+from agentplatform.core import rls
+from agentplatform.http.problems import STORE_DOWN, problem_response, store_unavailable
 
 
 class BodySizeLimitMiddleware:
@@ -51,7 +51,7 @@ class StoreUnavailableMiddleware:
 
 
 class TenantScopeMiddleware:
-    """The row-level security scope of a request (agentplatform/rls.py).
+    """The row-level security scope of a request (agentplatform/core/rls.py).
 
     Every request starts with no tenant, so a query the code forgot to filter sees nothing.
     A logged-in operator sees the tenants they belong to, a superuser every tenant (logged);
@@ -76,6 +76,6 @@ class TenantScopeMiddleware:
                 rls.CrossTenantReason.SUPERUSER_CONSOLE, f"{user.get_username()} {request.path}"
             )
             return
-        from agentplatform.console import operator_roles  # the admin loads after middleware
+        from agentplatform.core.console import operator_roles  # the admin loads after middleware
 
         rls.enter(rls.tenant_scope_of(*operator_roles(request)))

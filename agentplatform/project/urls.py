@@ -5,8 +5,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from agentplatform.console import rate_limited_login
-from agentplatform.health import healthz, readyz
+from agentplatform.core.console import rate_limited_login
+from agentplatform.http.health import healthz, readyz
 from agents.api.views import (
     AgentViewSet,
     InvokeView,
@@ -80,6 +80,6 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
 ]
 
-handler400 = "agentplatform.problems.handler400"
-handler404 = "agentplatform.problems.handler404"
-handler500 = "agentplatform.problems.handler500"
+handler400 = "agentplatform.http.problems.handler400"
+handler404 = "agentplatform.http.problems.handler404"
+handler500 = "agentplatform.http.problems.handler500"

@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import transaction
 
-from agentplatform.audit import Actor, audit_delete, audit_record, audited
+from agentplatform.core.audit import Actor, audit_delete, audit_record, audited
 from agentplatform.models import Tenant, TenantSecret
 
 

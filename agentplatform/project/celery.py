@@ -6,9 +6,9 @@ import os
 
 from celery import Celery
 
-from agentplatform import embedded
+from agentplatform.devtools import embedded
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
 embedded.configure(stop_on_exit=False)
 
 app = Celery("agentplatform")

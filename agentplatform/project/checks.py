@@ -9,7 +9,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections
 
-from agentplatform import rls, vectorprobe
+from agentplatform.core import rls
+from agentplatform.infra import vectorprobe
 
 
 @register(Tags.database)

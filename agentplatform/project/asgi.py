@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from agentplatform import embedded
+from agentplatform.devtools import embedded
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
 # A server process never owns the embedded services: it re-attaches to what `make run` started.
 embedded.configure(stop_on_exit=False)
 
@@ -16,7 +16,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from agentplatform.routing import websocket_urlpatterns  # noqa: E402
+from agentplatform.project.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

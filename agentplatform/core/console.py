@@ -25,11 +25,12 @@ from django.db.models import Model, QuerySet
 from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponse
 
-from agentplatform import keys, rls
-from agentplatform.audit import Actor
+from agentplatform.core import rls
+from agentplatform.core.audit import Actor
+from agentplatform.core.services import admin_object_delete, admin_object_save
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agentplatform.models import Membership, Tenant
-from agentplatform.redis import get_redis
-from agentplatform.services import admin_object_delete, admin_object_save
 
 
 def operator_roles(request: HttpRequest) -> dict[uuid.UUID, str]:
@@ -152,7 +153,10 @@ LOGIN_WINDOW_SECONDS = 900
 
 def _login_failure_keys(request: HttpRequest, username: str) -> list[str]:
     address = request.META.get("REMOTE_ADDR", "unknown")
-    return [keys.login_failures("addr", address), keys.login_failures("user", username.lower())]
+    return [
+        redis_keys.login_failures("addr", address),
+        redis_keys.login_failures("user", username.lower()),
+    ]
 
 
 def login_failure_record(request: HttpRequest, username: str) -> None:

@@ -26,9 +26,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agentplatform.authentication import request_tenant
+from agentplatform.http.authentication import request_tenant
+from agentplatform.http.problems import Conflict
 from agentplatform.models import IdempotencyRecord, Tenant
-from agentplatform.problems import Conflict
 
 HEADER = "Idempotency-Key"
 

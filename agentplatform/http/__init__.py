@@ -1,0 +1,2 @@
+"""The HTTP layer: problem details, idempotency, authentication, throttling, middleware,
+pagination, schema, health."""

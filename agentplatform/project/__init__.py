@@ -1,0 +1,1 @@
+"""The Django project's wiring: settings, URLs, ASGI routing, the Celery app, system checks."""
