@@ -11,9 +11,13 @@ class PlatformConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # The Celery app must be loaded in web processes too, so shared tasks enqueue to it.
+        # Registered on import: the system checks, the schema's extensions, and the Celery app
+        # with the platform's tasks (every process, web included, sends tasks to it; a task
+        # sent by name must be registered here to run eagerly in tests).
+        from agentplatform import tasks  # noqa: F401
         from agentplatform.core import rls
-        from agentplatform.http import schema  # noqa: F401  (checks, schema: registered on import)
+        from agentplatform.http import schema  # noqa: F401
+        from agentplatform.project import checks  # noqa: F401
         from agentplatform.project.celery import app  # noqa: F401
 
         # Once per `migrate`, after every app's migrations: policies and grants.

@@ -7,3 +7,7 @@ class AgentsConfig(AppConfig):
     name = "agents"
     verbose_name = "Agents and sessions"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The app's Celery tasks, registered in every process (services send some by name).
+        from agents import tasks  # noqa: F401

@@ -20,7 +20,7 @@ from agentplatform.core import rls
 from agentplatform.core.console import operator_roles
 from agents import live
 from agents.client_tokens import client_token_mint, client_token_verify
-from agents.engine.turn import message_payload
+from agents.engine.payloads import message_payload
 from agents.errors import SessionNotFound
 from agents.models import Message, Session
 from agents.selectors import message_list, session_find

@@ -11,6 +11,7 @@ from django.db.models import Func
 from pgvector.django import HnswIndex, VectorField
 
 from agentplatform.core.tenancy import TenantOwned
+from agents.engine.ports import CheckpointKind
 
 
 class Checkpoint(TenantOwned):
@@ -20,11 +21,11 @@ class Checkpoint(TenantOwned):
     working memory by the seq range it held, so storage grows linearly with turns.
     """
 
-    class Kind(models.TextChoices):
-        LLM_CALL = "llm_call"
-        TURN = "turn"
-        TRANSITION = "transition"
-        MANUAL = "manual"
+    class Kind(models.TextChoices):  # the engine's kinds (agents.engine.ports.CheckpointKind)
+        LLM_CALL = CheckpointKind.LLM_CALL
+        TURN = CheckpointKind.TURN
+        TRANSITION = CheckpointKind.TRANSITION
+        MANUAL = CheckpointKind.MANUAL
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session = models.ForeignKey(

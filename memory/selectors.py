@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from agentplatform.core.tenancy import access_object
 from agentplatform.models import Tenant
 from agents.engine.context import extras_budget, working_memory_budget
-from agents.engine.turn import compiled_record
+from agents.engine.payloads import compiled_record
 from agents.models import Message, Session
 from memory import working
 from memory.models import Checkpoint, Memory, Summary

@@ -21,6 +21,16 @@ from agents.models import Agent, Message, Session
 from agents.services import CompanionRow, SeqRef
 
 
+class CheckpointKind:
+    """The checkpoints the engine asks its state backend to write (the backend stores them:
+    memory.models.Checkpoint.Kind takes these values)."""
+
+    LLM_CALL = "llm_call"  # after an LLM call that asked for tools (every_llm_call)
+    TURN = "turn"  # at the end of a turn (every_turn)
+    TRANSITION = "transition"  # when the task state's `step` changed (transitions)
+    MANUAL = "manual"  # asked for by the agent (request_checkpoint) or an operator's fork
+
+
 @dataclass
 class WorkingMessage:
     seq: int

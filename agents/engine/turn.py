@@ -29,7 +29,9 @@ from agentplatform.infra.redis import write_batch
 from agents.conf import agents_settings
 from agents.engine.concurrency import Lease, LeaseLost, QueueTimeout, SessionBusy, admit
 from agents.engine.context import extras_budget, llm_messages, working_memory_budget
+from agents.engine.payloads import checkpoint_payload, compiled_record, message_payload
 from agents.engine.ports import (
+    CheckpointKind,
     CheckpointRecord,
     ContextExtras,
     TurnProgress,
@@ -47,7 +49,6 @@ from agents.llm.base import (
     LLMEvent,
     ToolCall,
     Usage,
-    estimate_tokens,
 )
 from agents.models import Agent, Message, Session
 from agents.services import NewMessage, SeqRef, StaleLease, messages_append
@@ -55,15 +56,6 @@ from agents.tools import BUILT_IN, CHECKPOINT_TOOL, TASK_STATE_TOOL, ToolContext
 
 Emit = Callable[[str, dict[str, Any]], None]
 CANCEL_CHECK_SECONDS = 0.02
-
-
-class Kind:
-    """Checkpoint kinds the engine writes (memory.models.Checkpoint.Kind)."""
-
-    LLM_CALL = "llm_call"
-    TURN = "turn"
-    TRANSITION = "transition"
-    MANUAL = "manual"
 
 
 class Outcome:
@@ -177,6 +169,35 @@ def failure_code(error: Exception) -> str:
     return "lease_lost"
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A turn's context, ready for the LLM: working memory as loaded (`before`, restored if
+    the LLM fails), the user's message, the fitted context, its extras and their record."""
+
+    before: WorkingMemory
+    user: WorkingMessage
+    context: WorkingMemory
+    extras: ContextExtras
+    compiled: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _CheckpointSpec:
+    """The checkpoint a write makes: its kind, and whether the turn goes on after it."""
+
+    kind: str
+    open: bool = False
+
+
+@dataclass(frozen=True)
+class _Write:
+    """What one write stored: its rows, the working memory after it, its checkpoint."""
+
+    rows: list[Message]
+    memory: WorkingMemory
+    checkpoint: CheckpointRecord | None
+
+
 @dataclass
 class _Written:
     """Messages of this turn already in PostgreSQL (an earlier LLM call, or a resumed run)."""
@@ -211,11 +232,21 @@ class _Turn:
     # --- the loop -----------------------------------------------------------------------
 
     def run(self, content: str, metadata: dict[str, Any], *, resumable: bool) -> TurnResult:
+        """Replay a finished turn, or prepare the context (resuming a cut-off turn) and run
+        the LLM/tool loop to the turn's closing write."""
         progress = None
         if resumable:
             progress = self.state.turn_progress(session=self.session, turn_key=self.key)
         if progress is not None and not progress.resumable:
             return self._replay(progress.messages)
+        prepared = self._prepare(content, metadata, progress)
+        return self._loop(prepared)
+
+    def _prepare(
+        self, content: str, metadata: dict[str, Any], progress: TurnProgress | None
+    ) -> _Prepared:
+        """Working memory with the user's message, fitted to the budget, and the extras
+        (summaries, memories) around it."""
         memory = self.state.load_working_memory(session=self.session, agent=self.agent)
         user_tokens = self.backend.count_tokens(content)
         if progress is not None:
@@ -226,7 +257,6 @@ class _Turn:
             self.pending.append(
                 NewMessage(Message.Role.USER, content, user_tokens, metadata=metadata)
             )
-        before = memory
         context = self.state.fit_working_memory(
             memory=replace(memory, messages=[*memory.messages, user]),
             budget=working_memory_budget(self.agent),
@@ -240,13 +270,20 @@ class _Turn:
             budget=extras_budget(self.agent),
             memory=context,
         )
-        compiled = compiled_record(self.agent, context, extras)
+        return _Prepared(
+            memory, user, context, extras, compiled_record(self.agent, context, extras)
+        )
+
+    def _loop(self, prepared: _Prepared) -> TurnResult:
+        """Call the LLM, run the tools it asks for and call it again, until it answers
+        without tools, is cancelled, or MAX_LLM_CALLS is reached."""
+        context, extras, user = prepared.context, prepared.extras, prepared.user
         task_state = dict(context.task_state)
         while True:
             try:
                 generation = self._generate(context, extras)
             except LLMError as error:
-                raise TurnFailed(str(error), self._fail(before)) from error
+                raise TurnFailed(str(error), self._fail(prepared.before)) from error
             self.calls += 1
             task_state = self._apply_built_ins(task_state, generation.tool_calls)
             calls = [c for c in generation.tool_calls if c.name not in BUILT_IN]
@@ -256,7 +293,7 @@ class _Turn:
                 or self.calls >= agents_settings().MAX_LLM_CALLS
             )
             if final:
-                return self._finish(context, extras, compiled, generation, task_state, user)
+                return self._finish(prepared, generation, task_state)
             self._call_tools(generation)
             if self.policy == Agent.CheckpointPolicy.EVERY_LLM_CALL:
                 self._write_step(context, task_state, user)
@@ -354,9 +391,9 @@ class _Turn:
         context: WorkingMemory,
         task_state: dict[str, Any],
         user: WorkingMessage,
-        checkpoint: tuple[str, bool] | None,  # (kind, turn still open)
+        checkpoint: _CheckpointSpec | None,
         metadata: dict[str, Any],
-    ) -> tuple[list[Message], WorkingMemory, CheckpointRecord | None]:
+    ) -> _Write:
         """Write the pending messages (and a checkpoint) in one statement."""
         new, self.pending = self.pending, []
         after = _memory_after(context, self.written.rows, new, task_state, user)
@@ -368,12 +405,12 @@ class _Turn:
         if checkpoint is not None:
             record_id, companion = self.state.checkpoint_row(
                 session=self.session,
-                kind=checkpoint[0],
+                kind=checkpoint.kind,
                 memory=after,
                 new_messages=len(new),
                 metadata=metadata,
                 turn_key=self.key,
-                turn_open=checkpoint[1],
+                turn_open=checkpoint.open,
                 # The user's message: written already, or the first of these.
                 turn_first_seq=self.written.rows[0].seq if self.written.rows else SeqRef(0),
                 side_effects=self.side_effects,
@@ -389,34 +426,29 @@ class _Turn:
         memory = _with_seqs(after, rows)
         record = None
         if record_id is not None and checkpoint is not None:
-            record = CheckpointRecord(record_id, checkpoint[0], rows[-1].seq)
+            record = CheckpointRecord(record_id, checkpoint.kind, rows[-1].seq)
             self.written.checkpoint_id = str(record_id)
             memory = replace(memory, checkpoint_id=str(record_id))
-        return rows, memory, record
+        return _Write(rows, memory, record)
 
     def _write_step(
         self, context: WorkingMemory, task_state: dict[str, Any], user: WorkingMessage
     ) -> None:
         """`every_llm_call`: this call's messages and an open checkpoint, now."""
         metadata = {"llm_call": self.calls}
-        rows, memory, record = self._write(
-            context, task_state, user, (Kind.LLM_CALL, True), metadata
+        write = self._write(
+            context, task_state, user, _CheckpointSpec(CheckpointKind.LLM_CALL, open=True), metadata
         )
-        transaction.on_commit(lambda: _announce(rows, record, self.emit))
-        self.state.save_working_memory(session=self.session, agent=self.agent, memory=memory)
+        transaction.on_commit(lambda: _announce(write, self.emit))
+        self.state.save_working_memory(session=self.session, agent=self.agent, memory=write.memory)
 
     def _finish(
-        self,
-        context: WorkingMemory,
-        extras: ContextExtras,
-        compiled: dict[str, Any],
-        generation: _Generation,
-        task_state: dict[str, Any],
-        user: WorkingMessage,
+        self, prepared: _Prepared, generation: _Generation, task_state: dict[str, Any]
     ) -> TurnResult:
+        context, extras, user = prepared.context, prepared.extras, prepared.user
         outcome, reply_status = _statuses(generation.cancelled)
         meta = {**_usage_meta(generation), "turn": self.key, "llm_call": self.calls}
-        meta["context"] = compiled
+        meta["context"] = prepared.compiled
         tokens = self.backend.count_tokens(generation.text)
         self.pending.append(
             NewMessage(Message.Role.ASSISTANT, generation.text, tokens, reply_status, meta)
@@ -427,37 +459,42 @@ class _Turn:
             _mark_rolled_back(self.written.rows)
             task_state = context.task_state
         checkpoint = self._closing_checkpoint(context, task_state, outcome)
-        rows, memory, record = self._write(context, task_state, user, checkpoint, meta)
+        write = self._write(context, task_state, user, checkpoint, meta)
         every = [*self.written.rows]
-        transaction.on_commit(lambda: _announce(rows, record, self.emit))
+        transaction.on_commit(lambda: _announce(write, self.emit))
         self.state.after_turn(
-            session=self.session, agent=self.agent, messages=every, memory=memory, extras=extras
+            session=self.session,
+            agent=self.agent,
+            messages=every,
+            memory=write.memory,
+            extras=extras,
         )
         # Still holding the lease, so the next turn of this session reads this working memory.
-        self.state.save_working_memory(session=self.session, agent=self.agent, memory=memory)
+        self.state.save_working_memory(session=self.session, agent=self.agent, memory=write.memory)
         return TurnResult(
             outcome,
             every[0],
             every[-1],
-            record,
+            write.checkpoint,
             generation.usage,
-            compiled["total_tokens"],
+            prepared.compiled["total_tokens"],
             llm_seconds=self.llm_seconds,
         )
 
     def _closing_checkpoint(
         self, context: WorkingMemory, task_state: dict[str, Any], outcome: str
-    ) -> tuple[str, bool] | None:
+    ) -> _CheckpointSpec | None:
+        """The turn's closing checkpoint, by the agent's policy (none for a rolled-back turn)."""
         if outcome == Outcome.ROLLED_BACK:
             return None
         if self.policy == Agent.CheckpointPolicy.EVERY_LLM_CALL:
-            return Kind.LLM_CALL, False
+            return _CheckpointSpec(CheckpointKind.LLM_CALL)
         if self.policy == Agent.CheckpointPolicy.EVERY_TURN:
-            return Kind.TURN, False
+            return _CheckpointSpec(CheckpointKind.TURN)
         if task_state.get("step") != context.task_state.get("step"):
-            return Kind.TRANSITION, False
+            return _CheckpointSpec(CheckpointKind.TRANSITION)
         if self.checkpoint_asked:
-            return Kind.MANUAL, False
+            return _CheckpointSpec(CheckpointKind.MANUAL)
         return None
 
     def _fail(self, before: WorkingMemory) -> Message:
@@ -563,35 +600,15 @@ def _mark_rolled_back(rows: list[Message]) -> None:
             row.status = Message.Status.ROLLED_BACK
 
 
-def _announce(
-    rows: list[Message], checkpoint: CheckpointRecord | None, publisher: FramePublisher
-) -> None:
+def _announce(write: _Write, publisher: FramePublisher) -> None:
     # Payloads are nested: the frame's own `seq` is the session's frame number, while a
     # message's `seq` is its place in the conversation. One round trip for all of them.
     frames: list[tuple[str, dict[str, Any]]] = [
-        ("message", {"message": message_payload(row)}) for row in rows
+        ("message", {"message": message_payload(row)}) for row in write.rows
     ]
-    if checkpoint is not None:
-        frames.append(("checkpoint", {"checkpoint": checkpoint_payload(checkpoint)}))
+    if write.checkpoint is not None:
+        frames.append(("checkpoint", {"checkpoint": checkpoint_payload(write.checkpoint)}))
     publisher.many(frames)
-
-
-def compiled_record(agent: Agent, context: WorkingMemory, extras: ContextExtras) -> dict[str, Any]:
-    """What the LLM received on this turn, by part, for the operators' inspector."""
-    system = estimate_tokens(agent.system_prompt)
-    seqs = [m.seq for m in context.messages if m.seq]
-    return {
-        "system_prompt_tokens": system,
-        "working_memory": {
-            "tokens": context.tokens,
-            "messages": len(context.messages),
-            "first_seq": min(seqs) if seqs else None,
-            "last_seq": max(seqs) if seqs else None,
-        },
-        "extras_tokens": extras.tokens,
-        **extras.record,
-        "total_tokens": system + context.tokens + extras.tokens,
-    }
 
 
 def _statuses(cancelled: str | None) -> tuple[str, str]:
@@ -611,26 +628,6 @@ def _usage_meta(generation: _Generation) -> dict[str, Any]:
         "model": generation.model,
         "prompt_tokens": generation.usage.prompt_tokens,
         "completion_tokens": generation.usage.completion_tokens,
-    }
-
-
-def checkpoint_payload(checkpoint: CheckpointRecord) -> dict[str, Any]:
-    return {
-        "id": str(checkpoint.id),
-        "kind": checkpoint.kind,
-        "high_water_seq": checkpoint.high_water_seq,
-    }
-
-
-def message_payload(message: Message) -> dict[str, Any]:
-    return {
-        "id": message.pk,
-        "seq": message.seq,
-        "role": message.role,
-        "content": message.content,
-        "status": message.status,
-        "token_count": message.token_count,
-        "created_at": message.created_at.isoformat() if message.created_at else None,
     }
 
 

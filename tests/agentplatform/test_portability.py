@@ -31,6 +31,7 @@ from urllib.parse import quote
 import numpy as np
 import psycopg
 import pytest
+from django.core.checks.registry import registry
 
 from agentplatform.devtools import embedded
 from agentplatform.devtools.testing import ROOT, wait_until
@@ -201,6 +202,7 @@ def test_start_up_stops_with_one_message_when_pgvector_crashes_on_this_cpu(
 def test_system_check_runs_the_probe_on_the_configured_database() -> None:
     """The same probe as a Django system check, for any DATABASE_URL (run by `migrate`
     and `check --database default`); it passes on the suite's server."""
+    assert pgvector_runs_on_this_cpu in registry.get_checks()  # registered at start-up
     assert pgvector_runs_on_this_cpu(databases=["default"]) == []
 
 

@@ -9,11 +9,12 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 
 from agentplatform.core import rls
-from agentplatform.core.audit import SYSTEM, audit_record
+from agentplatform.core.audit import SYSTEM
 from agentplatform.models import AuditEvent
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend
 from agents.models import Message, Session
+from agents.services import agent_create
 from memory.models import Checkpoint, Memory
 from tests.conftest import Persona
 
@@ -152,11 +153,9 @@ def _around_the_trigger(sql: str, pk: int) -> None:
 
 @pytest.mark.django_db(transaction=True)  # the owner's connection must see the events
 def test_the_audit_chain_verifies_and_detects_tampering(alice: Persona, bob: Persona) -> None:
-    for index in range(3):
-        audit_record(
-            tenant=alice.tenant, actor=SYSTEM, action=f"test.{index}", payload={"i": index}
-        )
-    audit_record(tenant=bob.tenant, actor=SYSTEM, action="test.bob")
+    for index in range(3):  # events come from services, as in production
+        agent_create(tenant=alice.tenant, name=f"chained {index}", actor=SYSTEM)
+    agent_create(tenant=bob.tenant, name="bob's", actor=SYSTEM)
     out = StringIO()
     call_command("verify_audit", stdout=out, stderr=StringIO())
     assert "All audit chains verify" in out.getvalue()
@@ -179,12 +178,14 @@ def test_the_audit_chain_verifies_and_detects_tampering(alice: Persona, bob: Per
 
 @pytest.mark.django_db(transaction=True)
 def test_a_deleted_event_breaks_the_chain(alice: Persona) -> None:
-    events = [audit_record(tenant=alice.tenant, actor=SYSTEM, action=f"t.{i}") for i in range(3)]
-    _around_the_trigger("DELETE FROM agentplatform_auditevent WHERE id = %s", events[1].pk)
+    for index in range(3):
+        agent_create(tenant=alice.tenant, name=f"chained {index}", actor=SYSTEM)
+    events = list(AuditEvent.objects.filter(tenant=alice.tenant).order_by("id"))
+    _around_the_trigger("DELETE FROM agentplatform_auditevent WHERE id = %s", events[-2].pk)
     out = StringIO()
     with pytest.raises(CommandError):
         call_command("verify_audit", stdout=out, stderr=StringIO())
-    assert f"at event {events[2].pk}: an event before it is missing" in out.getvalue()
+    assert f"at event {events[-1].pk}: an event before it is missing" in out.getvalue()
 
 
 def test_api_writes_are_audited_once_with_the_key(alice: Persona) -> None:
