@@ -11,9 +11,9 @@ from django.db.models import Exists, OuterRef
 from psycopg.types.json import Jsonb
 
 from agents.engine.context import working_memory_budget
-from agents.engine.ports import ContextExtras, TurnProgress, WorkingMemory
+from agents.engine.ports import CheckpointRequest, ContextExtras, TurnProgress, WorkingMemory
 from agents.models import Agent, Message, Session
-from agents.services import NOW, CompanionRow, SeqRef
+from agents.services import NOW, CompanionRow, NewMessage, SeqRef, messages_append
 from memory.context import compile_extras
 from memory.followups import compaction_request, extraction_request
 from memory.models import Checkpoint
@@ -62,45 +62,23 @@ class PlatformState:
     def fit_working_memory(self, *, memory: WorkingMemory, budget: int) -> WorkingMemory:
         return wm_fit(memory, budget)
 
-    def checkpoint_row(
+    def turn_write(
         self,
         *,
         session: Session,
-        kind: str,
-        memory: WorkingMemory,
-        new_messages: int,
-        metadata: dict[str, Any],
-        turn_key: str,
-        turn_open: bool,
-        turn_first_seq: int | SeqRef,
-        side_effects: list[dict[str, Any]],
-    ) -> tuple[uuid.UUID, CompanionRow]:
-        # Written by the statement that appends the turn's messages: one round trip, no
-        # model instance (bench/turn_overhead.py). Messages are referenced by seq, never
-        # copied, so storage grows linearly with turns.
-        checkpoint_id = uuid.uuid4()
-        first = memory.messages[0].seq if memory.messages else None
-        row = CompanionRow(
-            "memory_checkpoint",
-            {
-                "id": checkpoint_id,
-                "tenant_id": session.tenant_id,
-                "session_id": session.pk,
-                "parent_id": memory.checkpoint_id,
-                "kind": kind,
-                "high_water_seq": SeqRef(new_messages - 1),
-                "memory_first_seq": _seq_value(first),
-                "memory_tokens": memory.tokens,
-                "task_state": Jsonb(memory.task_state),
-                "metadata": Jsonb(metadata),
-                "side_effects": Jsonb(side_effects),
-                "turn_key": turn_key,
-                "turn_open": turn_open,
-                "turn_first_seq": turn_first_seq,
-                "created_at": NOW,
-            },
-        )
-        return checkpoint_id, row
+        fence: uuid.UUID,
+        messages: list[NewMessage],
+        checkpoint: CheckpointRequest | None,
+    ) -> tuple[list[Message], uuid.UUID | None]:
+        # The checkpoint is written by the statement that appends the turn's messages: one
+        # round trip, no model instance (bench/turn_overhead.py). Messages are referenced by
+        # seq, never copied, so storage grows linearly with turns.
+        row, checkpoint_id = None, None
+        if checkpoint is not None:
+            checkpoint_id = uuid.uuid4()
+            row = _checkpoint_row(checkpoint_id, session, checkpoint, len(messages))
+        rows = messages_append(session=session, fence=fence, messages=messages, companion=row)
+        return rows, checkpoint_id
 
     def turn_progress(self, *, session: Session, turn_key: str) -> TurnProgress | None:
         # Through the (session, turn_key) index: a turn is found by its latest checkpoint,
@@ -170,4 +148,31 @@ def rebuild_working_memory(session: Session, agent: Agent) -> WorkingMemory:
         working_memory_budget(agent),
         latest["task_state"] if latest else {},
         str(latest["pk"]) if latest else None,
+    )
+
+
+def _checkpoint_row(
+    checkpoint_id: uuid.UUID, session: Session, request: CheckpointRequest, new_messages: int
+) -> CompanionRow:
+    memory = request.memory
+    first = memory.messages[0].seq if memory.messages else None
+    return CompanionRow(
+        "memory_checkpoint",
+        {
+            "id": checkpoint_id,
+            "tenant_id": session.tenant_id,
+            "session_id": session.pk,
+            "parent_id": memory.checkpoint_id,
+            "kind": request.kind,
+            "high_water_seq": SeqRef(new_messages - 1),
+            "memory_first_seq": _seq_value(first),
+            "memory_tokens": memory.tokens,
+            "task_state": Jsonb(memory.task_state),
+            "metadata": Jsonb(request.metadata),
+            "side_effects": Jsonb(request.side_effects),
+            "turn_key": request.turn_key,
+            "turn_open": request.turn_open,
+            "turn_first_seq": request.turn_first_seq,
+            "created_at": NOW,
+        },
     )

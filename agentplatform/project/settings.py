@@ -224,6 +224,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:",
     # A task whose worker died unacknowledged is delivered again after this long (acks_late).
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+    # Look for such tasks every 10 s (one cheap sorted-set range): kombu's default scans only
+    # every 10th sweep, so a dead worker's task could wait ~100 s past its timeout.
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
 }
 # Beat copies these into django-celery-beat's tables, where operators can edit them.
 CELERY_BEAT_SCHEDULE = {

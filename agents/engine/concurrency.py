@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from django.conf import settings
 from django.db import connection
 
+from agentplatform.http import idempotency
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import deferred, get_redis
 from agents.conf import agents_settings
@@ -176,8 +178,14 @@ def _wait_in_queue(
     wait = agents_settings().QUEUE_WAIT_SECONDS
     client.eval(_ENQUEUE, 3, queue, queue + ":n", alive, ticket, TICKET_ALIVE_MS, int(wait * 2000))
     deadline, last_position = time.monotonic() + wait, -1
+    beat_every, beat_at = settings.IDEMPOTENCY_LOCK_SECONDS / 3, time.monotonic()
     try:
         while time.monotonic() < deadline:
+            if time.monotonic() - beat_at > beat_every:
+                # A queued turn is still running: its idempotency key must not lapse to a
+                # retry while it waits (the lock is far shorter than the queue's wait).
+                idempotency.heartbeat()
+                beat_at = time.monotonic()
             client.set(alive, "1", px=TICKET_ALIVE_MS)
             rank = cast(int | None, client.eval(_PRUNE_DEAD, 1, queue, alive_prefix, ticket))
             position = 0 if rank is None else int(rank)

@@ -18,7 +18,23 @@ from django.utils.module_loading import import_string
 from agents.conf import agents_settings
 from agents.llm.base import ChatMessage
 from agents.models import Agent, Message, Session
-from agents.services import CompanionRow, SeqRef
+from agents.services import NewMessage, SeqRef
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """The checkpoint a turn's write makes, stored by the state backend with the messages.
+    `memory` is the working memory after the write, in which a message not yet written has
+    seq -1 - its index among the new ones; `turn_first_seq` is the turn's user message (a
+    SeqRef when it is one of them)."""
+
+    kind: str
+    memory: WorkingMemory
+    metadata: dict[str, Any]
+    turn_key: str
+    turn_open: bool
+    turn_first_seq: int | SeqRef
+    side_effects: list[dict[str, Any]]
 
 
 class CheckpointKind:
@@ -142,22 +158,17 @@ class StateBackend(Protocol):
         compaction) for after the commit."""
         ...
 
-    def checkpoint_row(
+    def turn_write(
         self,
         *,
         session: Session,
-        kind: str,
-        memory: WorkingMemory,
-        new_messages: int,
-        metadata: dict[str, Any],
-        turn_key: str,
-        turn_open: bool,
-        turn_first_seq: int | SeqRef,
-        side_effects: list[dict[str, Any]],
-    ) -> tuple[uuid.UUID, CompanionRow]:
-        """The checkpoint to write with the next `new_messages` messages (in the statement
-        that appends them). `memory` is the working memory after them, in which a message
-        not yet written has seq -1 - its index among them."""
+        fence: uuid.UUID,
+        messages: list[NewMessage],
+        checkpoint: CheckpointRequest | None,
+    ) -> tuple[list[Message], uuid.UUID | None]:
+        """Append a turn's messages and, in the same statement, its checkpoint (the backend
+        owns how); returns the stored rows and the checkpoint's id. Raises StaleLease when
+        `fence` no longer holds the session's lease: then nothing is written."""
         ...
 
     def turn_progress(self, *, session: Session, turn_key: str) -> TurnProgress | None:

@@ -33,6 +33,7 @@ from agents.engine.payloads import checkpoint_payload, compiled_record, message_
 from agents.engine.ports import (
     CheckpointKind,
     CheckpointRecord,
+    CheckpointRequest,
     ContextExtras,
     TurnProgress,
     WorkingMemory,
@@ -394,20 +395,19 @@ class _Turn:
         checkpoint: _CheckpointSpec | None,
         metadata: dict[str, Any],
     ) -> _Write:
-        """Write the pending messages (and a checkpoint) in one statement."""
+        """Write the pending messages and the checkpoint, through the state backend, in one
+        statement."""
         new, self.pending = self.pending, []
         after = _memory_after(context, self.written.rows, new, task_state, user)
         after = replace(after, checkpoint_id=self.written.checkpoint_id or context.checkpoint_id)
         after = self.state.fit_working_memory(
             memory=after, budget=working_memory_budget(self.agent)
         )
-        companion, record_id = None, None
+        request = None
         if checkpoint is not None:
-            record_id, companion = self.state.checkpoint_row(
-                session=self.session,
+            request = CheckpointRequest(
                 kind=checkpoint.kind,
                 memory=after,
-                new_messages=len(new),
                 metadata=metadata,
                 turn_key=self.key,
                 turn_open=checkpoint.open,
@@ -416,11 +416,11 @@ class _Turn:
                 side_effects=self.side_effects,
             )
             self.side_effects = []
-        rows = messages_append(
+        rows, record_id = self.state.turn_write(
             session=self.session,
             fence=uuid.UUID(self.lease.holder),
             messages=new,
-            companion=companion,
+            checkpoint=request,
         )
         self.written.rows.extend(rows)
         memory = _with_seqs(after, rows)

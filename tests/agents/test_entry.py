@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from agentplatform.devtools.testing import wait_until
 from agentplatform.http import idempotency
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
 from agentplatform.models import IdempotencyRecord
 from agents import consumers
 from agents.entry import client_message_key, content_validate, turn_begin
@@ -182,3 +185,34 @@ def test_one_session_lookup_refuses_another_tenants_session_everywhere(
             str(alice.session.pk),
             stdout=StringIO(),
         )
+
+
+def test_a_queued_turn_keeps_its_key_alive_while_it_waits(
+    alice: Persona, llm: ScriptedBackend, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn queued behind another (double-text policy `enqueue`) may wait far longer than
+    the key's lock: the wait itself extends it, so a retry cannot take the key over."""
+    settings.IDEMPOTENCY_LOCK_SECONDS = 1
+    alice.agent.double_text_policy = "enqueue"
+    alice.agent.save(update_fields=["double_text_policy"])
+    beats: list[int | None] = []
+    original = idempotency.heartbeat
+    monkeypatch.setattr(
+        idempotency, "heartbeat", lambda: (beats.append(idempotency._current.get()), original())
+    )
+    llm.script(SLOW_REPLY, Step(reply="second"))
+    context = contextvars.copy_context()
+    first = threading.Thread(
+        target=context.run, args=(lambda: turn_begin(session=alice.session, content="one").run(),)
+    )
+    first.start()
+    lease = redis_keys.lease(alice.session.pk)
+    wait_until(lambda: bool(get_redis().exists(lease)), what="the first turn to hold the session")
+
+    key = client_message_key(alice.session, "door-q", "two")
+    second = turn_begin(session=alice.session, content="two", key=key)
+    second.run()
+    first.join(30)
+
+    assert second.record_id is not None and beats.count(second.record_id) >= 1
+    assert IdempotencyRecord.objects.get(pk=second.record_id).status_code == 201

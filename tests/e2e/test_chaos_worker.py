@@ -7,8 +7,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 
 from agentplatform.devtools.testing import Worker
+from agentplatform.infra.redis import get_redis
 from agentplatform.project.celery import app as celery_app
 from agents.engine.turn import turn_run
 from memory.models import Summary
@@ -50,7 +52,10 @@ def test_a_worker_killed_mid_summary_is_replaced_and_the_task_runs_once(
     first = _worker()
     try:
         summarize_session.delay(str(alice.session.pk))
-        time.sleep(4)  # the worker picked it up and is streaming the (slow) summary
+        # The worker reserved the task (unacknowledged: acks_late) and streams the summary.
+        unacked = f"{settings.REDIS_KEY_PREFIX}:celery:unacked"
+        assert _wait(lambda: get_redis().hlen(unacked) >= 1, 60), "no worker took the task"
+        time.sleep(1)  # a second into the 6-second summary
         assert not Summary.objects.filter(session=alice.session).exists()
     finally:
         first.kill()
