@@ -18,7 +18,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import pytest
 from django.core.checks.registry import registry
 
 from agentplatform.devtools import embedded
-from agentplatform.devtools.testing import ROOT, wait_until
+from agentplatform.devtools.testing import ROOT, free_port, wait_until
 from agentplatform.infra import vectorprobe
 from agentplatform.project.checks import pgvector_runs_on_this_cpu
 
@@ -241,17 +240,11 @@ def test_the_embedder_runs_on_a_cpu_without_avx512() -> None:
     assert cosines.min() > 0.999
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @needs_qemu
 def test_the_embedded_redis_runs_on_a_cpu_without_avx512(tmp_path: Path) -> None:
     import redis
 
-    port = _free_port()
+    port = free_port()
     command = emulated(SUPPORTED_FLOOR, embedded.redis_binary(), "--port", str(port),
                        "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path))  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
