@@ -25,7 +25,7 @@ class PlatformState:
     def context_extras(
         self, *, session: Session, agent: Agent, query: str, budget: int, memory: WorkingMemory
     ) -> ContextExtras:
-        first = next((m.seq for m in memory.messages if m.seq), None)
+        first = next(iter(memory.written_seqs()), None)
         return compile_extras(
             session=session, agent=agent, query=query, budget=budget, first_in_memory=first
         )
@@ -42,7 +42,7 @@ class PlatformState:
         user_ids = [m.pk for m in messages if m.role == Message.Role.USER]
         tenant_id = session.tenant_id
         transaction.on_commit(lambda: extraction_request(tenant_id, user_ids))
-        first = next((m.seq for m in memory.messages), memory.high_water_seq + 1)
+        first = next(iter(memory.written_seqs()), memory.high_water_seq + 1)
         due = compaction_range(extras.compacted_through, first)
         if due is not None:
             session_id = session.pk
@@ -125,11 +125,6 @@ class PlatformState:
         ]
 
 
-def _seq_value(seq: int | None) -> int | SeqRef | None:
-    """A working-memory seq; a new message's is still unknown (-1 - its index)."""
-    return SeqRef(-1 - seq) if seq is not None and seq < 0 else seq
-
-
 def _latest_checkpoint(session: Session) -> dict[str, Any] | None:
     row = (
         Checkpoint.objects.filter(session=session)
@@ -165,7 +160,7 @@ def _checkpoint_row(
             "parent_id": memory.checkpoint_id,
             "kind": request.kind,
             "high_water_seq": SeqRef(new_messages - 1),
-            "memory_first_seq": _seq_value(first),
+            "memory_first_seq": first,
             "memory_tokens": memory.tokens,
             "task_state": Jsonb(memory.task_state),
             "metadata": Jsonb(request.metadata),

@@ -13,7 +13,7 @@ from agents.models import Agent, Message
 def compiled_record(agent: Agent, context: WorkingMemory, extras: ContextExtras) -> dict[str, Any]:
     """What the LLM received on this turn, by part, for the operators' inspector."""
     system = estimate_tokens(agent.system_prompt)
-    seqs = [m.seq for m in context.messages if m.seq]
+    seqs = context.written_seqs()
     return {
         "system_prompt_tokens": system,
         "working_memory": {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -24,9 +24,8 @@ from agents.services import NewMessage, SeqRef
 @dataclass(frozen=True)
 class CheckpointRequest:
     """The checkpoint a turn's write makes, stored by the state backend with the messages.
-    `memory` is the working memory after the write, in which a message not yet written has
-    seq -1 - its index among the new ones; `turn_first_seq` is the turn's user message (a
-    SeqRef when it is one of them)."""
+    `memory` is the working memory after the write, in which the write's own messages still
+    have SeqRefs; so does `turn_first_seq` (the turn's user message) when it is one of them."""
 
     kind: str
     memory: WorkingMemory
@@ -49,7 +48,9 @@ class CheckpointKind:
 
 @dataclass
 class WorkingMessage:
-    seq: int
+    # A SeqRef until the write that appends the message returns its seq (an engine's
+    # working memory holds one between building a write and its result; a stored one never).
+    seq: int | SeqRef
     role: str
     content: str
     tokens: int
@@ -70,6 +71,19 @@ class WorkingMemory:
     @property
     def tokens(self) -> int:
         return sum(message.tokens for message in self.messages)
+
+    def written_seqs(self) -> list[int]:
+        """The seqs of the messages already written, in order."""
+        return [m.seq for m in self.messages if isinstance(m.seq, int)]
+
+    def resolved(self, rows: list[Message]) -> WorkingMemory:
+        """This memory once a write appended `rows`: each SeqRef becomes its row's seq."""
+        messages = [
+            replace(m, seq=rows[m.seq.index].seq) if isinstance(m.seq, SeqRef) else m
+            for m in self.messages
+        ]
+        high_water = max([self.high_water_seq, *(row.seq for row in rows)])
+        return replace(self, messages=messages, high_water_seq=high_water)
 
     def as_dict(self) -> dict[str, Any]:
         # Messages as [seq, role, content, tokens]: the whole value is rewritten every turn,

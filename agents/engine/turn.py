@@ -254,7 +254,8 @@ class _Turn:
             memory = self._resume(progress, memory)
             user = WorkingMessage(self.written.rows[0].seq, Message.Role.USER, content, user_tokens)
         else:
-            user = WorkingMessage(0, Message.Role.USER, content, user_tokens)
+            # The first message of the turn's first write.
+            user = WorkingMessage(SeqRef(0), Message.Role.USER, content, user_tokens)
             self.pending.append(
                 NewMessage(Message.Role.USER, content, user_tokens, metadata=metadata)
             )
@@ -423,7 +424,7 @@ class _Turn:
             checkpoint=request,
         )
         self.written.rows.extend(rows)
-        memory = _with_seqs(after, rows)
+        memory = after.resolved(rows)
         record = None
         if record_id is not None and checkpoint is not None:
             record = CheckpointRecord(record_id, checkpoint.kind, rows[-1].seq)
@@ -531,7 +532,7 @@ class _Turn:
                 self.exchange.append(
                     ChatMessage(row.role, row.content, tool_call_id=row.metadata["tool_call_id"])
                 )
-        kept = [m for m in memory.messages if 0 < m.seq < user_seq]
+        kept = [m for m in memory.messages if isinstance(m.seq, int) and m.seq < user_seq]
         return replace(
             memory,
             messages=kept,
@@ -566,29 +567,23 @@ def _memory_after(
     task_state: dict[str, Any],
     user: WorkingMessage,
 ) -> WorkingMemory:
-    """Working memory after writing `new`; their seqs are not known yet, so each carries
-    -1 - its index among them (see `_with_seqs`)."""
-    previous = [m for m in context.messages if m.seq != 0 and m.seq != user.seq]
+    """Working memory after writing `new`, whose messages carry SeqRefs until the write
+    returns their seqs (`WorkingMemory.resolved`)."""
+    # The context's user message is either among `written` or among `new`.
+    previous = [m for m in context.messages if isinstance(m.seq, int) and m.seq != user.seq]
     turn = [
         WorkingMessage(m.seq, m.role, m.content, m.token_count)
         for m in written
         if _in_context(m.role, m.content) and m.status != Message.Status.ROLLED_BACK
     ]
     fresh = [
-        WorkingMessage(-1 - i, m.role, m.content, m.token_count)
+        WorkingMessage(SeqRef(i), m.role, m.content, m.token_count)
         for i, m in enumerate(new)
         if _in_context(m.role, m.content) and m.status != Message.Status.ROLLED_BACK
     ]
-    return WorkingMemory([*previous, *turn, *fresh], task_state, -len(new), context.checkpoint_id)
-
-
-def _with_seqs(memory: WorkingMemory, rows: list[Message]) -> WorkingMemory:
-    def seq(value: int) -> int:
-        return rows[-1 - value].seq if value < 0 else value
-
-    # Only this turn's new messages carry placeholder seqs; the rest are kept as they are.
-    messages = [replace(m, seq=seq(m.seq)) if m.seq < 0 else m for m in memory.messages]
-    return replace(memory, messages=messages, high_water_seq=seq(memory.high_water_seq))
+    return WorkingMemory(
+        [*previous, *turn, *fresh], task_state, context.high_water_seq, context.checkpoint_id
+    )
 
 
 def _mark_rolled_back(rows: list[Message]) -> None:
