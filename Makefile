@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Settings are imported by mypy's Django plugin; it needs URLs but never connects.
 TYPECHECK_ENV := DATABASE_URL=postgresql://typecheck@localhost/typecheck REDIS_URL=redis://localhost:1/0
 
-.PHONY: install run test lint typecheck pytest system-tools bench local-llm clean-data
+.PHONY: install run test lint typecheck pytest fuzz system-tools bench local-llm clean-data
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ typecheck: install
 
 pytest: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The API fuzzing of `make test`, deeper (tests/fuzz/test_schema_fuzz.py).
+FUZZ_EXAMPLES ?= 500
+FUZZ_SCENARIOS ?= 300
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SCENARIOS=$(FUZZ_SCENARIOS) $(PY) -m pytest tests/fuzz
 
 # Debian packages some tests need (chromium for browser tests, docker-compose v1 to validate
 # the compose file); installed when missing and when we are allowed to.

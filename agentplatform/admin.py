@@ -27,6 +27,10 @@ class TenantAdmin(TenantScopedAdmin):
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        # A tenant's managers may rename it; its status and request budget are the platform's.
+        return [] if is_superuser(request) else ["status", "api_rate"]
+
     def get_inlines(self, request: HttpRequest, obj: Tenant | None = None) -> list[Any]:
         # Picking a user lists every login of the platform: superusers only.
         return list(self.inlines) if is_superuser(request) else []

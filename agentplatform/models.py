@@ -24,6 +24,15 @@ class Tenant(models.Model):
     )
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # The tenant's own API request budget, set by the platform's operators (a bigger plan,
+    # a load test); empty means API_THROTTLE_RATE.
+    api_rate = models.CharField(
+        max_length=20,
+        blank=True,
+        default="",
+        validators=[RegexValidator(r"^[1-9][0-9]{0,8}/(s|m|h|d)[a-z]*$", "A rate like 6000/min.")],
+        help_text="Requests per period, like 6000/min or 100/s; empty for the platform default.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

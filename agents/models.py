@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -15,7 +16,30 @@ MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 1_000_000
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 90 * 86_400
-LLM_KEYS = {"model", "base_url", "temperature", "max_tokens", "api_key_env", "api_key_secret"}
+# `llm` as its OpenAPI schema says it (agents.api.serializers.LlmField): validate_llm
+# accepts exactly what this describes, so a generated client sends what the server takes.
+LLM_KEY_ENV_PATTERN = "^LLM_API_KEY_[A-Z0-9_]+$"
+NO_NUL = "^[^\\u0000]*$"  # PostgreSQL's jsonb cannot hold U+0000
+LLM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Empty for the platform's default model and endpoint.",
+    "properties": {
+        "model": {"type": "string", "maxLength": 200, "pattern": NO_NUL},
+        "base_url": {
+            "type": "string",
+            "nullable": True,
+            "pattern": "^https?://[^\\u0000]*$",
+            "maxLength": 2000,
+        },
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        # Only variables named for this: any other (SECRET_KEY, DATABASE_URL...) would be
+        # sent to the tenant's base_url as its API key.
+        "api_key_env": {"type": "string", "maxLength": 200, "pattern": LLM_KEY_ENV_PATTERN},
+        "api_key_secret": {"type": "string", "maxLength": 100, "pattern": NO_NUL},
+    },
+    "additionalProperties": False,
+}
 
 
 def default_llm() -> dict[str, Any]:
@@ -26,16 +50,41 @@ def validate_llm(value: Any) -> None:
     """`llm` is `{"model", "base_url"}` plus optional generation settings; empty = defaults."""
     if not isinstance(value, dict):
         raise ValidationError("Must be an object like {'model': ..., 'base_url': ...}.")
-    unknown = set(value) - LLM_KEYS
+    unknown = set(value) - set(LLM_SCHEMA["properties"])
     if unknown:
         raise ValidationError(f"Unknown keys: {', '.join(sorted(unknown))}.")
-    base_url = value.get("base_url")
-    if base_url is not None and not (
-        isinstance(base_url, str) and base_url.startswith(("http://", "https://"))
-    ):
-        raise ValidationError("base_url must be an http(s) URL or null.")
-    if not isinstance(value.get("model", ""), str):
-        raise ValidationError("model must be a string.")
+    errors = [
+        f"{key}: {problem}"
+        for key, schema in LLM_SCHEMA["properties"].items()
+        if key in value and (problem := _llm_setting_problem(value[key], schema))
+    ]
+    if errors:
+        raise ValidationError(errors)
+
+
+def _llm_setting_problem(value: Any, schema: dict[str, Any]) -> str | None:
+    """Why `value` does not fit its LLM_SCHEMA entry (the few keywords that schema uses)."""
+    if value is None:
+        return None if schema.get("nullable") else "may not be null."
+    kind = schema["type"]
+    if isinstance(value, bool) or not isinstance(value, _JSON_TYPES[kind]):
+        return f"must be {'an' if kind == 'integer' else 'a'} {kind}."
+    if kind == "string":
+        if len(value) > schema["maxLength"]:
+            return f"must be at most {schema['maxLength']} characters."
+        if "pattern" in schema and not re.match(schema["pattern"], value):
+            return f"must match {schema['pattern']}."
+        return None
+    if not schema["minimum"] <= value <= schema["maximum"]:
+        return f"must be between {schema['minimum']} and {schema['maximum']}."
+    return None
+
+
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "number": (int, float),
+    "integer": int,
+}
 
 
 class Agent(TenantOwned):
@@ -53,7 +102,7 @@ class Agent(TenantOwned):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
     system_prompt = models.TextField(blank=True, default="")
-    llm = models.JSONField(default=default_llm, validators=[validate_llm])
+    llm = models.JSONField(default=default_llm, blank=True, validators=[validate_llm])
     context_token_budget = models.PositiveIntegerField(
         default=4096,
         validators=[MinValueValidator(MIN_CONTEXT_TOKENS), MaxValueValidator(MAX_CONTEXT_TOKENS)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection
 
 from django.core.exceptions import ValidationError
@@ -26,7 +27,7 @@ def access_agent(*, tenant: Tenant, id: object) -> Agent:
 def session_list(
     *,
     tenant: Tenant,
-    agent_id: str | None = None,
+    agent_id: uuid.UUID | None = None,
     user_id: str | None = None,
     status: str | None = None,
 ) -> QuerySet[Session]:

@@ -21,6 +21,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from agentplatform.http.constraints import model_error_as_api_error
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -163,6 +165,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         return unavailable
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
+    exc = model_error_as_api_error(exc) or exc
     response = drf_exception_handler(exc, context)
     request = context.get("request")
     if request is not None:

@@ -16,6 +16,14 @@ class TenantRateThrottle(SimpleRateThrottle):
 
     scope = "tenant"
 
+    def allow_request(self, request: Request, view: Any) -> bool:
+        principal = request.user
+        if isinstance(principal, TenantPrincipal) and principal.tenant.api_rate:
+            # The tenant's own budget (Tenant.api_rate) instead of API_THROTTLE_RATE.
+            self.rate = principal.tenant.api_rate
+            self.num_requests, self.duration = self.parse_rate(self.rate)
+        return bool(super().allow_request(request, view))
+
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         if not isinstance(request.user, TenantPrincipal):
             return None

@@ -2,44 +2,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agentplatform.http.serializers import (
+    JSONObjectField,
     StrictCharField,
     StrictModelSerializer,
     StrictSerializer,
-    validate_metadata,
+    StrictSlugField,
 )
-from agents.models import Agent, Message, Session, validate_llm
+from agents.models import LLM_SCHEMA, Agent, Message, Session, validate_llm
 from agents.tools import tool_registry
 
 
-@extend_schema_field(
-    {
-        "type": "object",
-        "properties": {
-            "model": {"type": "string"},
-            "base_url": {"type": "string", "nullable": True, "format": "uri"},
-            "temperature": {"type": "number"},
-            "max_tokens": {"type": "integer"},
-            "api_key_env": {"type": "string"},
-        },
-        "additionalProperties": False,
-    }
-)
+@extend_schema_field(LLM_SCHEMA)
 class LlmField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         value = super().to_internal_value(data)
         try:
             validate_llm(value)
-        except Exception as error:
-            raise serializers.ValidationError(getattr(error, "messages", [str(error)])) from None
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.messages) from None
         return value
 
 
 class AgentSerializer(StrictModelSerializer):
     llm = LlmField(required=False)
+    # Names of registered tools: the choices are read when the serializer is made (below).
+    tools = serializers.ListField(child=serializers.ChoiceField(choices=[]), required=False)
 
     class Meta:
         model = Agent
@@ -58,20 +50,16 @@ class AgentSerializer(StrictModelSerializer):
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
 
-    def validate_tools(self, value: object) -> list[str]:
-        registered = tool_registry()
-        if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-            raise serializers.ValidationError("Must be a list of tool names.")
-        unknown = sorted(set(value) - set(registered))
-        if unknown:
-            raise serializers.ValidationError(f"Unknown tools: {', '.join(unknown)}.")
-        return value
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        registered = serializers.ChoiceField(choices=sorted(tool_registry()))
+        self.fields["tools"] = serializers.ListField(child=registered, required=False)
 
 
 class SessionSerializer(StrictModelSerializer):
     agent = serializers.UUIDField()
-    user_id = serializers.CharField(min_length=1, max_length=255)
-    metadata = serializers.JSONField(required=False, validators=[validate_metadata])
+    user_id = StrictCharField(min_length=1, max_length=255)
+    metadata = JSONObjectField(required=False)
 
     class Meta:
         model = Session
@@ -84,6 +72,12 @@ class SessionSerializer(StrictModelSerializer):
         return data
 
 
+class SessionFiltersSerializer(serializers.Serializer):
+    agent = serializers.UUIDField(required=False, help_text="Only this agent's.")
+    user_id = StrictCharField(max_length=255, required=False, help_text="Only this end user's.")
+    status = serializers.ChoiceField(choices=Session.Status.choices, required=False)
+
+
 class MessageSerializer(serializers.Serializer):
     """Output only. A plain Serializer: on every turn's response, ModelSerializer's field
     introspection alone cost ~1.5 ms (bench/turn_overhead.py)."""
@@ -94,19 +88,14 @@ class MessageSerializer(serializers.Serializer):
     content = serializers.CharField(read_only=True)
     token_count = serializers.IntegerField(read_only=True)
     status = serializers.ChoiceField(choices=Message.Status.choices, read_only=True)
-    metadata = serializers.JSONField(read_only=True)
+    metadata = JSONObjectField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
 
 
 class MessageCreateSerializer(StrictSerializer):
-    content = StrictCharField(max_length=32_000, trim_whitespace=False)
-    client_message_id = serializers.CharField(max_length=100, required=False)
-    metadata = serializers.JSONField(required=False, validators=[validate_metadata])
-
-    def validate_content(self, value: str) -> str:
-        if not value.strip():
-            raise serializers.ValidationError("May not be blank.")
-        return value
+    content = StrictCharField(max_length=32_000)
+    client_message_id = StrictCharField(max_length=100, required=False)
+    metadata = JSONObjectField(required=False)
 
 
 class UsageSerializer(serializers.Serializer):
@@ -133,7 +122,7 @@ class TurnResultSerializer(serializers.Serializer):
 
 class InvokeMessageSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=["user", "assistant"])
-    content = StrictCharField(max_length=32_000, trim_whitespace=False)
+    content = StrictCharField(max_length=32_000)
 
 
 MAX_INVOKE_MESSAGES = 500
@@ -141,13 +130,16 @@ MAX_INVOKE_MESSAGES = 500
 
 class InvokeSerializer(StrictSerializer):
     agent = serializers.UUIDField()
-    messages = InvokeMessageSerializer(many=True, allow_empty=False)
-    user_config = serializers.JSONField(required=False, validators=[validate_metadata])
-    task_state = serializers.JSONField(required=False, validators=[validate_metadata])
+    # min_length/max_length: DRF's list serializers have them, its type stubs do not.
+    messages = InvokeMessageSerializer(
+        many=True,
+        min_length=1,  # type: ignore[call-arg]
+        max_length=MAX_INVOKE_MESSAGES,
+    )
+    user_config = JSONObjectField(required=False)
+    task_state = JSONObjectField(required=False)
 
     def validate_messages(self, value: list[dict[str, str]]) -> list[dict[str, str]]:
-        if len(value) > MAX_INVOKE_MESSAGES:
-            raise serializers.ValidationError(f"At most {MAX_INVOKE_MESSAGES} messages.")
         if value[-1]["role"] != "user":
             raise serializers.ValidationError("The last message must be the user's.")
         return value
@@ -156,7 +148,7 @@ class InvokeSerializer(StrictSerializer):
 class InvokeResultSerializer(serializers.Serializer):
     message = InvokeMessageSerializer()
     messages = InvokeMessageSerializer(many=True)
-    task_state = serializers.JSONField()
+    task_state = JSONObjectField()
     usage = UsageSerializer(allow_null=True)
 
 
@@ -173,7 +165,7 @@ class ClientTokenSerializer(serializers.Serializer):
 class SecretSerializer(StrictSerializer):
     """A tenant secret: the value is write-only and never returned."""
 
-    name = serializers.SlugField(max_length=100)
-    value = serializers.CharField(write_only=True, max_length=4096, trim_whitespace=False)
+    name = StrictSlugField(max_length=100)
+    value = StrictCharField(write_only=True, max_length=4096)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,6 +25,7 @@ from agentplatform.http.authentication import request_tenant
 from agentplatform.http.idempotency import idempotent, replay_response, request_idempotency_key
 from agentplatform.http.pagination import CreatedCursorPagination
 from agentplatform.http.problems import BadGateway
+from agentplatform.http.serializers import query_filters
 from agentplatform.models import Tenant, TenantSecret
 from agents import selectors, services
 from agents.api.errors import failure_problem, refusal_problem
@@ -38,6 +37,7 @@ from agents.api.serializers import (
     MessageCreateSerializer,
     MessageSerializer,
     SecretSerializer,
+    SessionFiltersSerializer,
     SessionSerializer,
     TurnResultSerializer,
 )
@@ -102,15 +102,7 @@ class AgentViewSet(
         services.agent_delete(agent=instance, actor=self.actor)
 
 
-@extend_schema_view(
-    list=extend_schema(
-        parameters=[
-            OpenApiParameter("agent", OpenApiTypes.UUID, description="Only this agent's."),
-            OpenApiParameter("user_id", OpenApiTypes.STR, description="Only this end user's."),
-            OpenApiParameter("status", OpenApiTypes.STR, enum=Session.Status.values),
-        ]
-    )
-)
+@extend_schema_view(list=extend_schema(parameters=[SessionFiltersSerializer]))
 class SessionViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -123,12 +115,12 @@ class SessionViewSet(
     serializer_class = SessionSerializer
 
     def get_queryset(self) -> QuerySet[Session]:
-        params = self.request.query_params
+        filters = query_filters(self.request, SessionFiltersSerializer)
         return selectors.session_list(
             tenant=self.tenant,
-            agent_id=_uuid_or_none(params.get("agent")),
-            user_id=params.get("user_id"),
-            status=params.get("status"),
+            agent_id=filters.get("agent"),
+            user_id=filters.get("user_id"),
+            status=filters.get("status"),
         )
 
     def get_object(self) -> Session:
@@ -246,15 +238,6 @@ def _turn_event_stream(pending: PendingTurn) -> StreamingHttpResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # let reverse proxies pass events through at once
     return response
-
-
-def _uuid_or_none(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ValidationError({"agent": ["Must be a UUID."]}) from None
 
 
 class SecretViewSet(

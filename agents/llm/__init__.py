@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 
 from django.conf import settings
 
 from agentplatform.core.vault import SecretUnavailable, secret_value
 from agents.conf import agents_settings
 from agents.llm.base import GenerationOptions, LLMBackend, LLMError
-from agents.models import Agent
+from agents.models import LLM_KEY_ENV_PATTERN, Agent
 from agents.tools import tool_specs
 
 __all__ = ["GenerationOptions", "LLMBackend", "LLMError", "backend_for", "options_for"]
@@ -53,4 +54,8 @@ def _api_key(agent: Agent, llm: dict) -> str:
         except SecretUnavailable as error:
             raise LLMError(str(error)) from error
     key_env = llm.get("api_key_env")
-    return os.environ.get(key_env, "") if key_env else settings.LLM_API_KEY
+    if not key_env:
+        return settings.LLM_API_KEY
+    if not re.match(LLM_KEY_ENV_PATTERN, key_env):  # stored before the pattern was enforced
+        raise LLMError(f"api_key_env must match {LLM_KEY_ENV_PATTERN}.")
+    return os.environ.get(key_env, "")

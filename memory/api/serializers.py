@@ -2,12 +2,18 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from agentplatform.http.serializers import StrictCharField, StrictSerializer
+from agentplatform.http.serializers import (
+    JSONObjectField,
+    StrictCharField,
+    StrictSerializer,
+    sources_field,
+)
 from memory.models import Checkpoint, Memory, Summary
 
 
 class MemorySerializer(serializers.ModelSerializer):
     agent = serializers.UUIDField(source="agent_id", allow_null=True, read_only=True)
+    sources = sources_field()
 
     class Meta:
         model = Memory
@@ -16,6 +22,10 @@ class MemorySerializer(serializers.ModelSerializer):
             "embedding_model", "created_at", "updated_at", "last_retrieved_at",
         ]  # fmt: skip
         read_only_fields = fields
+
+
+class MemoryFiltersSerializer(serializers.Serializer):
+    user_id = StrictCharField(max_length=255, required=False, help_text="Only this user's.")
 
 
 class MemoryCreateSerializer(StrictSerializer):
@@ -36,7 +46,7 @@ class MemoryHitSerializer(serializers.Serializer):
     text = serializers.CharField(source="memory.text")
     score = serializers.FloatField()
     user_id = serializers.CharField(source="memory.user_id")
-    sources = serializers.JSONField(source="memory.sources")
+    sources = sources_field(source="memory.sources")
     created_at = serializers.DateTimeField(source="memory.created_at")
 
 
@@ -57,6 +67,8 @@ class CheckpointSerializer(serializers.ModelSerializer):
     parent = serializers.UUIDField(  # type: ignore[assignment]  # `parent` is also a Field attribute
         source="parent_id", read_only=True, allow_null=True
     )
+    task_state = JSONObjectField(read_only=True)
+    metadata = JSONObjectField(read_only=True)
 
     class Meta:
         model = Checkpoint

@@ -20,6 +20,7 @@ from agentplatform.http.authentication import request_tenant
 from agentplatform.http.idempotency import idempotent
 from agentplatform.http.pagination import CreatedCursorPagination
 from agentplatform.http.problems import Conflict
+from agentplatform.http.serializers import query_filters
 from agents.api.serializers import SessionSerializer
 from agents.api.views import TenantViewSet
 from agents.engine.concurrency import SessionBusy
@@ -30,6 +31,7 @@ from memory.api.serializers import (
     CheckpointRefSerializer,
     CheckpointSerializer,
     MemoryCreateSerializer,
+    MemoryFiltersSerializer,
     MemoryHitSerializer,
     MemorySearchSerializer,
     MemorySerializer,
@@ -42,11 +44,7 @@ from memory.models import Checkpoint, Memory, Summary
 from memory.semantic import Source, memory_delete, memory_search, memory_upsert
 
 
-@extend_schema_view(
-    list=extend_schema(
-        parameters=[OpenApiParameter("user_id", OpenApiTypes.STR, description="Only this user's.")]
-    )
-)
+@extend_schema_view(list=extend_schema(parameters=[MemoryFiltersSerializer]))
 class MemoryViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantViewSet
 ):
@@ -55,9 +53,8 @@ class MemoryViewSet(
     serializer_class = MemorySerializer
 
     def get_queryset(self) -> QuerySet[Memory]:
-        return selectors.memory_list(
-            tenant=self.tenant, user_id=self.request.query_params.get("user_id")
-        )
+        filters = query_filters(self.request, MemoryFiltersSerializer)
+        return selectors.memory_list(tenant=self.tenant, user_id=filters.get("user_id"))
 
     def get_object(self) -> Memory:
         return selectors.access_memory(tenant=self.tenant, id=self.kwargs["pk"])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client, override_settings
 from rest_framework.settings import api_settings
@@ -57,3 +58,28 @@ def test_readyz_says_which_dependency_is_down() -> None:
     body = response.json()
     assert body["checks"]["postgres"] == "ok"
     assert body["checks"]["redis"] != "ok"
+
+
+def test_a_tenants_own_rate_replaces_the_platform_rate(
+    alice: Persona, bob: Persona, three_per_minute: None
+) -> None:
+    alice.tenant.api_rate = "5/min"
+    alice.tenant.save(update_fields=["api_rate"])
+    client = alice.client()
+    statuses = [client.get("/api/v1/agents/").status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    bob_statuses = [bob.client().get("/api/v1/agents/").status_code for _ in range(4)]
+    assert bob_statuses == [200, 200, 200, 429]
+
+
+def test_only_the_platforms_operators_set_a_tenants_rate(alice: Persona) -> None:
+    manager = Client()
+    manager.force_login(alice.operator)
+    page = manager.get(f"/admin/agentplatform/tenant/{alice.tenant.pk}/change/")
+    assert page.status_code == 200
+    assert 'name="api_rate"' not in page.content.decode()
+    superuser = User.objects.create_superuser("root-rate", password="pw")
+    admin = Client()
+    admin.force_login(superuser)
+    page = admin.get(f"/admin/agentplatform/tenant/{alice.tenant.pk}/change/")
+    assert 'name="api_rate"' in page.content.decode()

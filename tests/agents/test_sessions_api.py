@@ -75,6 +75,27 @@ def test_session_list_filters_and_never_shows_foreign_rows(alice: Persona, bob: 
     assert client.get("/api/v1/sessions/?agent=zzz").status_code == 422
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["agent=zzz", "status=bogus", "user_id=" + "u" * 256, "page_size=0", "page_size=abc",
+     "page_size=201", "page_size=-1"],
+)  # fmt: skip
+def test_a_malformed_list_filter_is_422_not_ignored(alice: Persona, query: str) -> None:
+    response = alice.client().get(f"/api/v1/sessions/?{query}")
+    assert response.status_code == 422, response.json()
+    name = query.partition("=")[0]
+    assert [error["pointer"] for error in response.json()["errors"]] == [f"#/{name}"]
+
+
+def test_page_size_takes_one_to_two_hundred(alice: Persona) -> None:
+    client = alice.client()
+    client.post("/api/v1/sessions/", {"agent": str(alice.agent.pk), "user_id": "u2"}, format="json")
+    assert len(client.get("/api/v1/sessions/?page_size=1").json()["results"]) == 1
+    assert len(client.get("/api/v1/sessions/?page_size=200").json()["results"]) == 2
+    # Unknown parameters are ignored, as HTTP APIs do (a client's cache-buster).
+    assert client.get("/api/v1/sessions/?_=123").status_code == 200
+
+
 @pytest.mark.parametrize(("method", "suffix"), [("get", ""), ("delete", ""), ("get", "messages/")])
 def test_another_tenants_session_is_404(
     alice: Persona, bob: Persona, method: str, suffix: str
