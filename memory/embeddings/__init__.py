@@ -138,7 +138,7 @@ def _dynamic_int8(shipped: Path) -> Path:
 
     digest = hashlib.sha256(shipped.read_bytes()).hexdigest()[:16]
     target = (
-        settings.EMBEDDINGS_CACHE_DIR / f"minilm-{digest}-ort{onnxruntime.__version__}-int8-w7.onnx"
+        settings.EMBEDDINGS_CACHE_DIR / f"minilm-{digest}-ort{onnxruntime.__version__}-int8-u8.onnx"
     )
     if target.exists():
         return target
@@ -154,13 +154,12 @@ def _dynamic_int8(shipped: Path) -> Path:
         partial = Path(work) / "int8.onnx"
         logging.disable(logging.INFO)  # the quantiser logs a line per tensor at INFO
         try:
-            # 7-bit weights (reduce_range): without VNNI, onnxruntime multiplies u8 activations
-            # by s8 weights in pairs that saturate int16 at full range, so an AVX2 CPU and a
-            # VNNI one gave different vectors (cosine 0.974). At 7 bits no pair saturates: the
-            # integer products, hence the vectors, are the same on every CPU.
-            quantize_dynamic(
-                folded, partial, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
-            )
+            # Unsigned 8-bit weights: onnxruntime then multiplies u8 by u8 widened to 16 bits,
+            # exactly, on every CPU. With signed weights an AVX2-only CPU multiplies u8 by s8
+            # in pairs that saturate int16 while a VNNI one does not, so the same text got
+            # different vectors (cosine 0.974); 7-bit signed weights avoid that but lost
+            # recall (bench/embeddings.py).
+            quantize_dynamic(folded, partial, weight_type=QuantType.QUInt8, per_channel=True)
         finally:
             logging.disable(logging.NOTSET)
         os.replace(partial, target)
