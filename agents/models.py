@@ -11,6 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from agentplatform.core.tenancy import TenantOwned
+from agentplatform.http.serializers import NO_NUL
 
 MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 1_000_000
@@ -19,7 +20,6 @@ MAX_TTL_SECONDS = 90 * 86_400
 # `llm` as its OpenAPI schema says it (agents.api.serializers.LlmField): validate_llm
 # accepts exactly what this describes, so a generated client sends what the server takes.
 LLM_KEY_ENV_PATTERN = "^LLM_API_KEY_[A-Z0-9_]+$"
-NO_NUL = "^[^\\u0000]*$"  # PostgreSQL's jsonb cannot hold U+0000
 LLM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "Empty for the platform's default model and endpoint.",

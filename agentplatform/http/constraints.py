@@ -28,12 +28,6 @@ NOT_NULL_VIOLATION = "23502"
 FOREIGN_KEY_VIOLATION = "23503"
 
 
-class AlreadyExists(exceptions.APIException):
-    status_code = 409
-    default_detail = "An object with these values already exists."
-    default_code = "conflict"
-
-
 def model_error_as_api_error(exc: Exception) -> exceptions.APIException | None:
     """The API error for a model-level validation or integrity error (None for others)."""
     if isinstance(exc, DjangoValidationError):
@@ -60,7 +54,9 @@ def _integrity_error(exc: IntegrityError) -> exceptions.APIException:
     constraint = getattr(diag, "constraint_name", None)
     fields = constraint_fields().get(constraint or "") or _column(diag)
     if sqlstate in (UNIQUE_VIOLATION, EXCLUSION_VIOLATION):
-        return AlreadyExists(_already_exists(fields))
+        from agentplatform.http.problems import Conflict  # problems imports this module
+
+        return Conflict(_already_exists(fields))
     message = {
         NOT_NULL_VIOLATION: "This field is required.",
         FOREIGN_KEY_VIOLATION: "No such object.",
@@ -72,7 +68,7 @@ def _integrity_error(exc: IntegrityError) -> exceptions.APIException:
 
 def _already_exists(fields: list[str]) -> str:
     if not fields:
-        return AlreadyExists.default_detail
+        return "An object with these values already exists."
     return f"An object with this {', '.join(fields)} already exists."
 
 

@@ -10,7 +10,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import force_instance
 from rest_framework import serializers
 
-from agentplatform.http.serializers import StrictSerializer
+from agentplatform.http.serializers import NO_NUL, StrictSerializer
 
 # PostgreSQL text cannot hold NUL, so every string field refuses it (DRF's CharField); a
 # field that may not be blank refuses whitespace alone too (StrictCharField.require_text).
@@ -20,7 +20,6 @@ WHITESPACE = (
     "\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a"
     "\\u2028-\\u2029\\u202f\\u205f\\u3000"
 )
-NO_NUL = "^[^\\u0000]*$"
 NOT_BLANK = f"^[^\\u0000]*[^\\u0000{WHITESPACE}][^\\u0000]*$"
 SLUG = "^[-a-zA-Z0-9_]+$"  # DRF's SlugField (ASCII)
 _BLANK = {"type": "string", "maxLength": 0}

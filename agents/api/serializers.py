@@ -30,8 +30,6 @@ class LlmField(serializers.JSONField):
 
 class AgentSerializer(StrictModelSerializer):
     llm = LlmField(required=False)
-    # Names of registered tools: the choices are read when the serializer is made (below).
-    tools = serializers.ListField(child=serializers.ChoiceField(choices=[]), required=False)
 
     class Meta:
         model = Agent
@@ -50,10 +48,12 @@ class AgentSerializer(StrictModelSerializer):
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # `tools`: names of the registered tools, read when the fields are built.
+        fields = super().get_fields()
         registered = serializers.ChoiceField(choices=sorted(tool_registry()))
-        self.fields["tools"] = serializers.ListField(child=registered, required=False)
+        fields["tools"] = serializers.ListField(child=registered, required=False)
+        return fields
 
 
 class SessionSerializer(StrictModelSerializer):
