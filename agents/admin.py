@@ -1,10 +1,19 @@
 from __future__ import annotations
 
-from django.contrib import admin
-from django.http import HttpRequest
+from typing import Any
 
-from agentplatform.core.console import TenantScopedAdmin
-from agents.models import Agent, Message, Session
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from agentplatform.core.console import TenantScopedAdmin, operator_actor
+from agents import runs
+from agents.models import Agent, Message, Run, Session
+from agents.tools import Approval
 
 
 @admin.register(Agent)
@@ -45,3 +54,79 @@ class MessageAdmin(TenantScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # messages are written by turns (fenced, with their seqs)
+
+
+@admin.register(Run)
+class RunAdmin(TenantScopedAdmin):
+    """Runs, read only, and the pending-approvals page: calls waiting for an operator's
+    decision, which managers approve or deny (audited as `run.answered`)."""
+
+    list_display = ["id", "tenant", "session", "status", "background", "created_at", "finished_at"]
+    list_filter = ["tenant", "status", "background"]
+    raw_id_fields = ["session", "user_message", "assistant_message"]
+    readonly_fields = [
+        "status", "background", "content", "metadata", "turn_key", "required_action",
+        "action_results", "usage", "error", "cancel_requested_at", "expires_at", "started_at",
+        "finished_at",
+    ]  # fmt: skip
+    show_full_result_count = False
+    change_list_template = "admin/agents/run/change_list.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # runs are started by the API, the chat page and schedules
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False  # a run changes by its turn, cancel and answers, not by a form
+
+    def get_urls(self) -> list[Any]:
+        own = [
+            path("approvals/", self.admin_site.admin_view(self.approvals_view),
+                 name="agents_run_approvals"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def approvals_view(self, request: HttpRequest) -> HttpResponse:
+        waiting = self.get_queryset(request).filter(status=Run.Status.REQUIRES_ACTION)
+        if request.method == "POST":
+            return self._decide(request, waiting)
+        pending = [
+            (run, call)
+            for run in waiting.select_related("session").order_by("expires_at")[:200]
+            for call in (run.required_action or {}).get("tool_calls", [])
+            if call.get("approval") == Approval.OPERATOR
+            and call["id"] not in (run.action_results or {})
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Pending approvals",
+            "pending": [(run, call, self._may_decide(request, run)) for run, call in pending],
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/agents/run/approvals.html", context)
+
+    def _may_decide(self, request: HttpRequest, run: Run) -> bool:
+        # Managers decide; viewers see what waits.
+        return TenantScopedAdmin.has_change_permission(self, request, run)
+
+    def _decide(self, request: HttpRequest, waiting: Any) -> HttpResponse:
+        run = get_object_or_404(waiting, pk=request.POST.get("run"))
+        if not self._may_decide(request, run):
+            raise PermissionDenied
+        answer = runs.Answer(
+            request.POST.get("tool_call_id", ""),
+            approve=request.POST.get("decision") == "approve",
+            reason=request.POST.get("reason", "")[:2000],
+        )
+        try:
+            runs.run_act(
+                run=run,
+                answers=[answer],
+                decided_by=Approval.OPERATOR,
+                actor=operator_actor(request),
+            )
+        except (runs.RunConflict, runs.ActionInvalid) as error:
+            self.message_user(request, str(error), messages.ERROR)
+        else:
+            verdict = "Approved" if answer.approve else "Denied"
+            self.message_user(request, f"{verdict} call {answer.tool_call_id} of run {run.pk}.")
+        return HttpResponseRedirect(reverse("admin:agents_run_approvals"))

@@ -18,13 +18,15 @@ from urllib.parse import parse_qs, urlparse
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import close_old_connections
 from django.http.request import validate_host
 
 from agentplatform.core import rls
+from agentplatform.core.audit import Actor
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
-from agents import live
+from agents import live, runs
 from agents.client_tokens import client_token_verify
 from agents.conf import agents_settings
 from agents.engine.turn import TURN_FAILURES, TurnResult
@@ -42,8 +44,9 @@ from agents.errors import (
     SessionNotFound,
     TurnRefused,
 )
-from agents.models import Session
+from agents.models import Run, Session
 from agents.selectors import session_find
+from agents.tools import Approval
 
 CLOSE_BAD_CREDENTIAL = 4401
 CLOSE_BAD_ORIGIN = 4403
@@ -113,6 +116,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             "message": self.on_message,
             "resume": self.on_resume,
             "ping": self.on_ping,
+            "action": self.on_action,
         }.get(frame.get("type"))  # type: ignore[arg-type]
         if handler is None:
             await self._error("unknown_type", f"Unknown frame type {frame.get('type')!r}.")
@@ -133,6 +137,27 @@ class SessionConsumer(AsyncWebsocketConsumer):
         task = asyncio.create_task(self._run_turn(str(content), client_id))
         self.turns.add(task)
         task.add_done_callback(self.turns.discard)
+
+    async def on_action(self, frame: dict[str, Any]) -> None:
+        """The end user's decision on a call waiting for them (the chat page's card):
+        `{"type": "action", "run", "tool_call_id", "approve", "reason"}`."""
+        run_id, call_id, approve = frame.get("run"), frame.get("tool_call_id"), frame.get("approve")
+        reason = frame.get("reason", "")
+        if not all(isinstance(v, str) and v for v in (run_id, call_id)) or not isinstance(
+            approve, bool
+        ):
+            await self._error("bad_frame", "An action names a run and a tool_call_id, and approve.")
+            return
+        if not isinstance(reason, str) or len(reason) > 2000:
+            await self._error("bad_frame", "reason must be a string of at most 2000 characters.")
+            return
+        assert self.session is not None
+        answer = runs.Answer(str(call_id), approve=approve, reason=reason)
+        refused = await database_sync_to_async(_act_in_thread, thread_sensitive=False)(
+            self.session, str(run_id), answer
+        )
+        if refused is not None:
+            await self._error(*refused)
 
     async def on_resume(self, frame: dict[str, Any]) -> None:
         after = frame.get("after_seq")
@@ -248,6 +273,26 @@ def _turn_in_thread(
         return code, detail or str(error)
     except TURN_FAILURES:
         pass
+    finally:
+        close_old_connections()
+    return None
+
+
+def _act_in_thread(session: Session, run_id: str, answer: runs.Answer) -> tuple[str, str] | None:
+    """Record the end user's decision; (code, detail) when it was refused. The trail names
+    the session, not the person (the end user's id is the tenant's own data)."""
+    try:
+        run = Run.objects.filter(pk=run_id, session=session).first()
+        if run is None:
+            return "not_found", "No run with this id on this session."
+        actor = Actor("end_user", f"session:{session.pk}")
+        runs.run_act(run=run, answers=[answer], decided_by=Approval.END_USER, actor=actor)
+    except (ValueError, DjangoValidationError):
+        return "not_found", "No run with this id on this session."
+    except runs.RunConflict as error:
+        return error.code, str(error)
+    except runs.ActionInvalid as error:
+        return "bad_action", str(error)
     finally:
         close_old_connections()
     return None

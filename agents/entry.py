@@ -26,7 +26,7 @@ from agents.conf import agents_settings
 from agents.engine.turn import Emit, TurnResult, turn_run
 from agents.errors import ContentInvalid, KeyInProgress, KeyUsedForAnotherMessage
 from agents.live import Fanout
-from agents.models import Session
+from agents.models import Run, Session
 
 MAX_CLIENT_MESSAGE_ID = 100
 
@@ -81,6 +81,7 @@ class PendingTurn:
     client_message_id: str | None = None
     record_id: int | None = None
     turn_key: str | None = None
+    run_row: Run | None = None  # a background run's row; else the turn opens its own run
     replay: tuple[int, Any] | None = None
     recorded: Any = None  # what `record` made of the result: the body a retry gets
 
@@ -99,6 +100,7 @@ class PendingTurn:
                     client_message_id=self.client_message_id,
                     fanout=sink.fanout,
                     turn_key=self.turn_key,
+                    run=self.run_row,
                 )
             except BaseException:
                 self.abandon()
@@ -120,12 +122,16 @@ def turn_begin(
     key: IdempotencyKey | None = None,
     metadata: dict[str, Any] | None = None,
     client_message_id: str | None = None,
+    run: Run | None = None,
 ) -> PendingTurn:
     """Validate the content and claim `key`. A key that already ran returns a PendingTurn
     whose `replay` holds the first result; a retry of a turn cut off between LLM calls
-    resumes it (its `turn_key` is the key's digest)."""
+    resumes it (its `turn_key` is the key's digest). A background `run` is resumed under
+    its own turn key."""
     text = content_validate(content)
     pending = PendingTurn(session, text, dict(metadata or {}), client_message_id)
+    if run is not None:
+        pending.run_row, pending.turn_key = run, run.turn_key
     if key is None:
         return pending
     try:

@@ -17,6 +17,7 @@ MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 1_000_000
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 90 * 86_400
+MAX_ACTION_WAIT_SECONDS = 30 * 86_400
 # `llm` as its OpenAPI schema says it (agents.api.serializers.LlmField): validate_llm
 # accepts exactly what this describes, so a generated client sends what the server takes.
 LLM_KEY_ENV_PATTERN = "^LLM_API_KEY_[A-Z0-9_]+$"
@@ -119,6 +120,12 @@ class Agent(TenantOwned):
     double_text_policy = models.CharField(
         max_length=20, choices=DoubleTextPolicy.choices, default=DoubleTextPolicy.ENQUEUE
     )
+    # How long a run may wait for an approval or a client's tool output; then each pending
+    # call gets an error result and the run is `expired`.
+    action_timeout_seconds = models.PositiveIntegerField(
+        default=86_400,
+        validators=[MinValueValidator(MIN_TTL_SECONDS), MaxValueValidator(MAX_ACTION_WAIT_SECONDS)],
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -155,6 +162,9 @@ class Session(TenantOwned):
     # Fencing token of the latest turn lease (unique per lease): a turn's writes check that it
     # is still theirs, so a holder that stalled past its lease can no longer write.
     lease_holder = models.UUIDField(null=True, blank=True, editable=False)
+    # The turn key of a run waiting for an action (approval, a client's tool output): a new
+    # message meets it when it claims the lease, and the double-text policy decides.
+    awaiting_turn = models.CharField(max_length=64, blank=True, default="", editable=False)
     last_activity_at = models.DateTimeField(auto_now_add=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -199,3 +209,67 @@ class Message(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.role}"
+
+
+class Run(TenantOwned):
+    """One unit of the engine's work: a turn of a session, waited on by its caller or run in
+    the background by a worker. A run that stops for a person or a program
+    (`requires_action`) keeps its state in PostgreSQL only (the turn's open checkpoint and
+    `required_action`), so it survives restarts and may wait for days."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        IN_PROGRESS = "in_progress"
+        REQUIRES_ACTION = "requires_action"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        EXPIRED = "expired"
+
+    FINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    background = models.BooleanField(default=False)
+    content = models.TextField()
+    metadata = models.JSONField(default=dict, blank=True)
+    # The turn's key: its frames, messages and checkpoints carry it, and running the run
+    # again under it resumes the turn instead of starting another.
+    turn_key = models.CharField(max_length=64)
+    # While `requires_action`: {"tool_calls": [{"id", "name", "arguments", "decided_by"}]};
+    # `action_results` collects the answers by tool call id until every call has one.
+    required_action = models.JSONField(null=True, blank=True)
+    action_results = models.JSONField(default=dict, blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+    error = models.JSONField(null=True, blank=True)  # {"code", "detail"} when failed/cancelled
+    user_message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    assistant_message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)  # the end of an action's wait
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["session", "-created_at"], name="run_session_created"),
+            models.Index(fields=["tenant", "-created_at"], name="run_tenant_created"),
+            models.Index(fields=["session", "turn_key"], name="run_session_turn"),
+            models.Index(
+                fields=["expires_at"],
+                name="run_waiting_expiry",
+                condition=models.Q(status="requires_action"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.id} ({self.status})"
+
+    @property
+    def final(self) -> bool:
+        return self.status in self.FINAL

@@ -12,7 +12,7 @@ from rest_framework.exceptions import NotFound
 from agentplatform.core.tenancy import access_object
 from agentplatform.models import Tenant
 from agents.errors import SessionNotFound
-from agents.models import Agent, Message, Session
+from agents.models import Agent, Message, Run, Session
 
 
 def agent_list(*, tenant: Tenant) -> QuerySet[Agent]:
@@ -71,3 +71,29 @@ def message_list(*, session: Session, include_inactive: bool = True) -> QuerySet
     if not include_inactive:
         messages = messages.filter(status=Message.Status.ACTIVE)
     return messages.order_by("seq")
+
+
+def run_list(*, session: Session, status: str | None = None) -> QuerySet[Run]:
+    runs = Run.objects.filter(session=session, tenant_id=session.tenant_id)
+    if status:
+        runs = runs.filter(status=status)
+    return runs.order_by("-created_at")
+
+
+def access_run(*, tenant: Tenant, id: object) -> Run:
+    return access_object(Run, tenant=tenant, id=id)  # type: ignore[arg-type]
+
+
+def run_messages(*, run: Run) -> list[Message]:
+    """The messages the run's turn wrote, in order: from its user message on, those that
+    carry its turn key (through the session's seq index)."""
+    if run.user_message_id is None:
+        return []
+    first = Message.objects.filter(pk=run.user_message_id).values_list("seq", flat=True).first()
+    if first is None:
+        return []
+    rows = message_list(session=run.session).filter(seq__gte=first)
+    if run.assistant_message_id is not None:
+        last = Message.objects.filter(pk=run.assistant_message_id).values_list("seq", flat=True)
+        rows = rows.filter(seq__lte=last[:1])
+    return [row for row in rows[:500] if row.metadata.get("turn") == run.turn_key]

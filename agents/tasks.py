@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from agentplatform.core import rls
+from agents import runs
 from agents.engine.recovery import turns_recover
+from agents.models import Run
 
 
 @shared_task(name="agents.recover_turns")
 def recover_turns() -> int:
     """Beat: finish turns cut off between LLM calls whose lease expired."""
     return turns_recover()  # each turn in its tenant's scope
+
+
+@shared_task(name="agents.run_execute")
+def run_execute(run_id: str) -> str | None:
+    """A background run (or one resumed after its actions), in its tenant's scope."""
+    tenant_id = rls.tenant_of(Run, run_id)
+    if tenant_id is None:
+        return None
+    with rls.tenant_scope(tenant_id):
+        return runs.run_execute(run_id)
+
+
+@shared_task(name="agents.expire_runs")
+def expire_runs() -> int:
+    """Beat: settle runs whose wait for an action ran out."""
+    return runs.runs_expire()

@@ -49,15 +49,40 @@ class ToolContext:
     idempotency_key: str  # the same for this call when its turn is resumed or retried
 
 
+class Approval:
+    """Who must approve a call of a tool before it runs (NONE: it runs at once)."""
+
+    NONE = ""
+    API = "api"  # the tenant's program: POST /runs/{id}/actions/
+    OPERATOR = "operator"  # a manager in the console's pending-approvals page
+    END_USER = "end_user"  # the end user, on the chat page
+    CHOICES = ((NONE, "none"), (API, "api"), (OPERATOR, "operator"), (END_USER, "end_user"))
+
+
+class ToolKind:
+    PYTHON = "python"  # registered by the deployment (AGENTS["TOOLS"])
+    HTTP = "http"  # the tenant's URL, called by the platform
+    CLIENT = "client"  # run by the caller, who sends the output (POST /runs/{id}/actions/)
+    MCP = "mcp"  # a tool of the tenant's MCP server
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
-    run: Callable[[dict[str, Any], ToolContext], Any]  # returns a JSON-serialisable result
+    # Returns a JSON-serialisable result; None for a client tool (the caller runs it).
+    run: Callable[[dict[str, Any], ToolContext], Any] | None = None
+    kind: str = ToolKind.PYTHON
+    approval: str = Approval.NONE
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+    @property
+    def needs_action(self) -> bool:
+        """The run stops for someone before this tool's call has a result."""
+        return self.approval != Approval.NONE or self.kind == ToolKind.CLIENT
 
 
 @functools.cache

@@ -22,8 +22,8 @@ from agents import live
 from agents.client_tokens import client_token_mint, client_token_verify
 from agents.engine.payloads import message_payload
 from agents.errors import SessionNotFound
-from agents.models import Message, Session
-from agents.selectors import message_list, session_find
+from agents.models import Message, Run, Session
+from agents.selectors import message_list, run_list, session_find
 
 HISTORY_LIMIT = 200
 
@@ -50,6 +50,7 @@ def chat_page(request: HttpRequest, session_id: str) -> HttpResponse:
         "tokenUrl": token_url,
         "lastSeq": live.current_seq(session.pk),
         "history": _history(session),
+        "waiting": _waiting(session),
     }
     response = render(
         request, "chat/page.html", {"session": session, "agent": session.agent, "config": config}
@@ -96,3 +97,12 @@ def _get_session(session_id: str, *, tenant_ids: list[str] | None) -> Session:
 def _history(session: Session) -> list[dict[str, Any]]:
     newest = list(message_list(session=session).order_by("-seq")[:HISTORY_LIMIT])
     return [message_payload(m) for m in reversed(newest) if m.role != Message.Role.SYSTEM]
+
+
+def _waiting(session: Session) -> dict[str, Any] | None:
+    """The run waiting for an action on this session, for the page's approval cards."""
+    run = run_list(session=session, status=Run.Status.REQUIRES_ACTION).first()
+    if run is None:
+        return None
+    answered = sorted((run.action_results or {}).keys())
+    return {"run": str(run.pk), "required_action": run.required_action, "answered": answered}

@@ -231,6 +231,7 @@ class InspectableSessionAdmin(SessionAdmin):
             "summaries": inspector.summary_list(session=session),
             "memories": inspector.memory_list_learned(session=session),
             "can_undo": self.has_change_permission(request, session),
+            "runs": inspector.run_timeline(session=session),
         }
         return TemplateResponse(request, "admin/agents/session/inspect.html", context)
 

@@ -13,7 +13,8 @@ from django.db.models import QuerySet
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agents.engine.ports import WorkingMemory
-from agents.models import Message, Session
+from agents.models import Message, Run, Session
+from agents.selectors import run_list
 from memory import working
 from memory.models import Checkpoint, Memory, Summary
 
@@ -154,3 +155,24 @@ def _uuid(value: str) -> Any:
         return uuid.UUID(value)
     except ValueError:
         return value
+
+
+RUNS_SHOWN = 20
+
+
+def run_timeline(*, session: Session) -> list[Run]:
+    """The session's newest runs, each with `calls`: its tool calls that waited for an
+    action and the answer each got (who approved or denied, or sent the output)."""
+    runs = list(run_list(session=session)[:RUNS_SHOWN])
+    for run in runs:
+        answers = run.action_results or {}
+        run.calls = [  # type: ignore[attr-defined]
+            {**call, "answer": answers.get(call["id"])}
+            for call in (run.required_action or {}).get("tool_calls", [])
+        ]
+        if not run.calls and answers:  # type: ignore[attr-defined]
+            run.calls = [  # type: ignore[attr-defined]
+                {"id": call_id, "name": answer.get("name", ""), "answer": answer}
+                for call_id, answer in answers.items()
+            ]
+    return runs

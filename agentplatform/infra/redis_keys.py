@@ -43,6 +43,11 @@ def cancel(session_id: object) -> str:
     return _key("cancel", session_id)
 
 
+def run_stop(session_id: object, run_id: object) -> str:
+    """Cancel request for one run: its turn stops streaming or leaves the queue (TTL)."""
+    return _key("cancel", session_id, "run", run_id)
+
+
 def session_prefix(session_id: object) -> str:
     """Pattern matching every key of one session (used by erasure and tests)."""
     return _key("*", session_id) + "*"

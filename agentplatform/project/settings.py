@@ -247,6 +247,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "agents.recover_turns",
         "schedule": 30.0,
     },
+    "agents.expire_runs": {
+        "task": "agents.expire_runs",
+        "schedule": 60.0,
+    },
     "memory.extract_pending_sweep": {
         "task": "memory.extract_pending_sweep",
         "schedule": 120.0,
@@ -282,6 +286,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "agents.models.Run.Status",
+        "SessionStatusEnum": "agents.models.Session.Status",
+    },
 }
 IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=60)
 # A repeat of a request still running waits this long (extended while it runs) before it

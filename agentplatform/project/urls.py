@@ -7,6 +7,7 @@ from rest_framework.routers import SimpleRouter
 
 from agentplatform.core.console import rate_limited_login
 from agentplatform.http.health import healthz, readyz
+from agents.api.runs import RunViewSet, SessionRunsViewSet
 from agents.api.views import (
     AgentViewSet,
     InvokeView,
@@ -32,12 +33,18 @@ router.register("sessions", SessionViewSet, basename="session")
 router.register("memories", MemoryViewSet, basename="memory")
 router.register("checkpoints", CheckpointViewSet, basename="checkpoint")
 router.register("secrets", SecretViewSet, basename="secret")
+router.register("runs", RunViewSet, basename="run")
 
 api_urls = [
     path(
         "sessions/<str:session_pk>/messages/",
         SessionMessagesViewSet.as_view({"get": "list", "post": "create"}),
         name="session-messages",
+    ),
+    path(
+        "sessions/<str:session_pk>/runs/",
+        SessionRunsViewSet.as_view({"get": "list", "post": "create"}),
+        name="session-runs",
     ),
     path(
         "sessions/<str:session_pk>/summaries/",

@@ -13,7 +13,7 @@ from agentplatform.http.serializers import (
     StrictSerializer,
     StrictSlugField,
 )
-from agents.models import LLM_SCHEMA, Agent, Message, Session, validate_llm
+from agents.models import LLM_SCHEMA, Agent, Message, Run, Session, validate_llm
 from agents.tools import tool_registry
 
 
@@ -104,13 +104,25 @@ class UsageSerializer(serializers.Serializer):
 
 
 class TurnResultSerializer(serializers.Serializer):
-    outcome = serializers.ChoiceField(choices=["completed", "interrupted", "rolled_back"])
+    outcome = serializers.ChoiceField(
+        choices=["completed", "interrupted", "rolled_back", "cancelled", "requires_action"]
+    )
+    run = serializers.UUIDField(source="run.pk", allow_null=True, default=None)
+    required_action = serializers.SerializerMethodField()
     user_message = MessageSerializer()
     assistant_message = MessageSerializer(allow_null=True)
     checkpoint = serializers.UUIDField(allow_null=True, source="checkpoint.id", default=None)
     usage = UsageSerializer(allow_null=True)
     context_tokens = serializers.IntegerField()
     timings = serializers.SerializerMethodField()
+
+    @extend_schema_field(
+        {"type": "object", "nullable": True, "description": "The run's pending tool calls."}
+    )
+    def get_required_action(self, result: Any) -> dict[str, Any] | None:
+        if result.required_action is None:
+            return None
+        return {"tool_calls": result.required_action}
 
     def get_timings(self, result: Any) -> dict[str, float]:
         """Where the turn's time went: waiting for the LLM, and everything else."""
@@ -169,3 +181,117 @@ class SecretSerializer(StrictSerializer):
     value = StrictCharField(write_only=True, max_length=4096)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
+
+
+class RunCreateSerializer(StrictSerializer):
+    content = StrictCharField(max_length=32_000)
+    background = serializers.BooleanField(
+        default=False,
+        help_text="Answer 202 at once and let a worker run it; else wait for the run's end.",
+    )
+    metadata = JSONObjectField(required=False)
+
+
+class RunFiltersSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Run.Status.choices, required=False)
+
+
+class PendingCallSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    arguments = JSONObjectField()
+    kind = serializers.ChoiceField(choices=["python", "http", "client", "mcp"])
+    approval = serializers.ChoiceField(
+        choices=["", "api", "operator", "end_user"],
+        help_text="Who decides: the API, an operator, the end user; empty for client tools.",
+    )
+
+
+class RequiredActionSerializer(serializers.Serializer):
+    tool_calls = PendingCallSerializer(many=True)
+
+
+class RunErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class RunSerializer(serializers.Serializer):
+    """Output only: a run's state (plain Serializer: it is on every run's response)."""
+
+    id = serializers.UUIDField(read_only=True)
+    session = serializers.UUIDField(source="session_id", read_only=True)
+    status = serializers.ChoiceField(choices=Run.Status.choices, read_only=True)
+    background = serializers.BooleanField(read_only=True)
+    content = serializers.CharField(read_only=True)
+    metadata = JSONObjectField(read_only=True)
+    required_action = RequiredActionSerializer(read_only=True, allow_null=True)
+    answered = serializers.SerializerMethodField()
+    usage = serializers.SerializerMethodField()
+    error = RunErrorSerializer(read_only=True, allow_null=True)
+    user_message = serializers.IntegerField(source="user_message_id", read_only=True)
+    assistant_message = serializers.IntegerField(source="assistant_message_id", read_only=True)
+    cancel_requested_at = serializers.DateTimeField(read_only=True)
+    expires_at = serializers.DateTimeField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    started_at = serializers.DateTimeField(read_only=True)
+    finished_at = serializers.DateTimeField(read_only=True)
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "description": "Who answered each pending call so far: by tool call id.",
+            "additionalProperties": {"type": "object"},
+        }
+    )
+    def get_answered(self, run: Run) -> dict[str, Any]:
+        # Who answered and how; a client tool's output stays out of listings.
+        return {
+            call_id: {key: value for key, value in answer.items() if key != "output"}
+            for call_id, answer in (run.action_results or {}).items()
+        }
+
+    @extend_schema_field(UsageSerializer(allow_null=True))
+    def get_usage(self, run: Run) -> dict[str, int] | None:
+        return run.usage or None  # None until an LLM call reported its tokens
+
+
+class RunDetailSerializer(RunSerializer):
+    messages = serializers.SerializerMethodField()
+
+    @extend_schema_field(MessageSerializer(many=True))
+    def get_messages(self, run: Run) -> list[dict[str, Any]]:
+        """What the run wrote: its user message, tool calls and results, and reply."""
+        return list(MessageSerializer(self.context.get("messages", []), many=True).data)
+
+
+class ToolOutputSerializer(StrictSerializer):
+    tool_call_id = StrictCharField(max_length=200)
+    output = serializers.JSONField(help_text="The client tool's result, any JSON.")
+
+
+class DecisionSerializer(StrictSerializer):
+    tool_call_id = StrictCharField(max_length=200)
+    approve = serializers.BooleanField()
+    reason = StrictCharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+MAX_ACTIONS = 100
+
+
+class RunActionsSerializer(StrictSerializer):
+    tool_outputs = ToolOutputSerializer(
+        many=True,
+        required=False,
+        max_length=MAX_ACTIONS,  # type: ignore[call-arg]
+    )
+    decisions = DecisionSerializer(
+        many=True,
+        required=False,
+        max_length=MAX_ACTIONS,  # type: ignore[call-arg]
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.get("tool_outputs") and not attrs.get("decisions"):
+            raise serializers.ValidationError("Send tool_outputs or decisions (or both).")
+        return attrs

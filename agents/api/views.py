@@ -188,7 +188,7 @@ class SessionMessagesViewSet(mixins.ListModelMixin, TenantViewSet):
         if pending.replay is not None:
             return replay_response(*pending.replay)
         if isinstance(request.accepted_renderer, EventStreamRenderer):
-            return _turn_event_stream(pending)
+            return turn_event_stream(pending)
         try:
             pending.run(record=_turn_body)
         except TURN_FAILURES as error:
@@ -229,10 +229,12 @@ def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _turn_event_stream(pending: PendingTurn) -> StreamingHttpResponse:
+def turn_event_stream(
+    pending: PendingTurn, record: Callable[[TurnResult], Any] = _turn_body
+) -> StreamingHttpResponse:
     def run(emit: Callable[[str, dict[str, Any]], None]) -> None:
         with contextlib.suppress(*TURN_FAILURES):  # the turn published its `error` frame
-            pending.run(Sink(emit=emit), record=_turn_body)
+            pending.run(Sink(emit=emit), record=record)
 
     response = StreamingHttpResponse(stream_in_thread(run), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

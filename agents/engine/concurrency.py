@@ -74,6 +74,15 @@ class QueueTimeout(Exception):
     """The session stayed busy longer than AGENTS["QUEUE_WAIT_SECONDS"]."""
 
 
+class ActionRequired(SessionBusy):
+    """A run on the session waits for an action, and the policy cannot set it aside
+    (`reject`, `enqueue`: it may wait for days)."""
+
+
+class RunCancelled(Exception):
+    """The run was cancelled while it waited for the session."""
+
+
 class LeaseLost(StaleLease):
     """The turn's lease expired or was taken over; its writes are refused."""
 
@@ -84,6 +93,10 @@ class Lease:
     holder: str  # also the fencing token written into the session row
     ttl_ms: int
     renewed_at: float = field(default_factory=time.monotonic)
+    # The turn key of a run waiting for an action on this session, read with the claim.
+    awaiting: str = ""
+    # The running run's own cancel key (redis_keys.run_stop), checked with the session's.
+    stop_key: str | None = None
 
     def renew(self) -> None:
         """Extend the lease; raises LeaseLost when another holder has it now."""
@@ -105,32 +118,41 @@ class Lease:
         deferred("eval", _RELEASE, 1, redis_keys.lease(self.session_id), self.holder)
 
     def cancel_requested(self) -> str | None:
-        """'interrupt' or 'rollback' when a newer message asked this turn to stop."""
-        value = cast(bytes | None, get_redis().get(redis_keys.cancel(self.session_id)))
-        if value is None:
+        """'interrupt' or 'rollback' when a newer message asked this turn to stop, 'cancel'
+        when its run was cancelled."""
+        keys = [redis_keys.cancel(self.session_id)]
+        if self.stop_key is not None:
+            keys.append(self.stop_key)
+        values = cast(list[bytes | None], get_redis().mget(keys))
+        if len(values) > 1 and values[1] is not None:
+            return "cancel"
+        if values[0] is None:
             return None
-        holder, _, mode = value.decode().partition("|")
+        holder, _, mode = values[0].decode().partition("|")
         return mode if holder == self.holder else None
 
 
+# The claim also reads whether a run waits for an action on the session: no extra trip.
 _CLAIM_ROW = """
 WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
-UPDATE agents_session SET lease_holder = %s FROM async WHERE id = %s
+UPDATE agents_session SET lease_holder = %s FROM async WHERE id = %s RETURNING awaiting_turn
 """
 
 
-def lease_try_acquire(session: Session) -> Lease | None:
+def lease_try_acquire(session: Session, *, stop_key: str | None = None) -> Lease | None:
     ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
     holder = uuid.uuid4()
     if not get_redis().set(redis_keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
         return None
-    lease = Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms)
+    lease = Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms, stop_key=stop_key)
     try:
         with connection.cursor() as cursor:
             cursor.execute(_CLAIM_ROW, [holder, session.pk])
+            row = cursor.fetchone()
     except BaseException:
         lease.release()  # PostgreSQL is down, say: the next turn need not wait for expiry
         raise
+    lease.awaiting = row[0] if row else ""
     return lease
 
 
@@ -146,18 +168,23 @@ def fence_check(session_id: uuid.UUID, holder: str) -> None:
 
 
 def admit(
-    *, session: Session, agent: Agent, on_queued: Callable[[int], None] | None = None
+    *,
+    session: Session,
+    agent: Agent,
+    on_queued: Callable[[int], None] | None = None,
+    stop_key: str | None = None,
 ) -> Lease:
-    """Wait for the session per the agent's double-text policy; return the held lease."""
+    """Wait for the session per the agent's double-text policy; return the held lease.
+    `stop_key` is the run's cancel key: set while the turn waits, it gives up."""
     policy = agent.double_text_policy
-    lease = lease_try_acquire(session)
+    lease = lease_try_acquire(session, stop_key=stop_key)
     if lease is not None:
         return lease
     if policy == Agent.DoubleTextPolicy.REJECT:
         raise SessionBusy("A turn is already running on this session.")
     if policy in (Agent.DoubleTextPolicy.INTERRUPT, Agent.DoubleTextPolicy.ROLLBACK):
         _request_cancel(session.pk, policy)
-    return _wait_in_queue(session, policy=policy, on_queued=on_queued)
+    return _wait_in_queue(session, policy=policy, on_queued=on_queued, stop_key=stop_key)
 
 
 def _request_cancel(session_id: uuid.UUID, mode: str) -> None:
@@ -169,7 +196,11 @@ def _request_cancel(session_id: uuid.UUID, mode: str) -> None:
 
 
 def _wait_in_queue(
-    session: Session, *, policy: str, on_queued: Callable[[int], None] | None
+    session: Session,
+    *,
+    policy: str,
+    on_queued: Callable[[int], None] | None,
+    stop_key: str | None,
 ) -> Lease:
     client = get_redis()
     ticket = uuid.uuid4().hex
@@ -187,10 +218,12 @@ def _wait_in_queue(
                 idempotency.heartbeat()
                 beat_at = time.monotonic()
             client.set(alive, "1", px=TICKET_ALIVE_MS)
+            if stop_key is not None and client.exists(stop_key):
+                raise RunCancelled("The run was cancelled while it waited for the session.")
             rank = cast(int | None, client.eval(_PRUNE_DEAD, 1, queue, alive_prefix, ticket))
             position = 0 if rank is None else int(rank)
             if position == 0:
-                lease = lease_try_acquire(session)
+                lease = lease_try_acquire(session, stop_key=stop_key)
                 if lease is not None:
                     return lease
                 if policy != Agent.DoubleTextPolicy.ENQUEUE:

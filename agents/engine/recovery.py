@@ -19,8 +19,9 @@ from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agents.conf import agents_settings
 from agents.engine.ports import state_backend
+from agents.engine.runs import run_find
 from agents.engine.turn import TURN_FAILURES, turn_run
-from agents.models import Message, Session
+from agents.models import Message, Run, Session
 
 
 def turns_recover() -> int:
@@ -62,8 +63,11 @@ def _turn_recover(session_id: uuid.UUID, turn_key: str) -> bool:
     user = progress.messages[0]
     if user.role != Message.Role.USER:
         return False
+    run = run_find(session, turn_key)
+    if run is not None and run.status == Run.Status.REQUIRES_ACTION:
+        return False  # it waits for answers, not for a worker
     try:
-        turn_run(session=session, content=user.content, turn_key=turn_key)
+        turn_run(session=session, content=user.content, turn_key=turn_key, run=run)
     except TURN_FAILURES:
         return False
     return True

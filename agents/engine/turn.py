@@ -25,9 +25,19 @@ from typing import Any
 from django.db import transaction
 
 from agentplatform.http import idempotency
+from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import write_batch
 from agents.conf import agents_settings
-from agents.engine.concurrency import Lease, LeaseLost, QueueTimeout, SessionBusy, admit
+from agents.engine.concurrency import (
+    ActionRequired,
+    Lease,
+    LeaseLost,
+    QueueTimeout,
+    RunCancelled,
+    SessionBusy,
+    admit,
+    lease_try_acquire,
+)
 from agents.engine.context import extras_budget, llm_messages, working_memory_budget
 from agents.engine.payloads import checkpoint_payload, compiled_record, message_payload
 from agents.engine.ports import (
@@ -40,6 +50,7 @@ from agents.engine.ports import (
     WorkingMessage,
     state_backend,
 )
+from agents.engine.runs import run_ended, run_find, run_open, run_paused
 from agents.live import Fanout, FramePublisher
 from agents.llm import backend_for, options_for
 from agents.llm.base import (
@@ -51,9 +62,9 @@ from agents.llm.base import (
     ToolCall,
     Usage,
 )
-from agents.models import Agent, Message, Session
+from agents.models import Agent, Message, Run, Session
 from agents.services import NewMessage, SeqRef, StaleLease, messages_append
-from agents.tools import BUILT_IN, CHECKPOINT_TOOL, TASK_STATE_TOOL, ToolContext, tools_for
+from agents.tools import BUILT_IN, CHECKPOINT_TOOL, TASK_STATE_TOOL, Tool, ToolContext, tools_for
 
 Emit = Callable[[str, dict[str, Any]], None]
 CANCEL_CHECK_SECONDS = 0.02
@@ -61,8 +72,19 @@ CANCEL_CHECK_SECONDS = 0.02
 
 class Outcome:
     COMPLETED = "completed"
-    INTERRUPTED = "interrupted"
-    ROLLED_BACK = "rolled_back"
+    INTERRUPTED = "interrupted"  # a newer message stopped it (interrupt policy)
+    ROLLED_BACK = "rolled_back"  # a newer message discarded it (rollback policy)
+    CANCELLED = "cancelled"  # its run was cancelled, or expired while waiting
+    REQUIRES_ACTION = "requires_action"  # it waits for approvals or a client's tool outputs
+
+
+# A run's status and error code after each outcome but the pause.
+_RUN_ENDS = {
+    Outcome.COMPLETED: (Run.Status.COMPLETED, None),
+    Outcome.INTERRUPTED: (Run.Status.CANCELLED, "interrupted"),
+    Outcome.ROLLED_BACK: (Run.Status.CANCELLED, "rolled_back"),
+    Outcome.CANCELLED: (Run.Status.CANCELLED, "cancelled"),
+}
 
 
 @dataclass
@@ -75,6 +97,9 @@ class TurnResult:
     context_tokens: int
     llm_seconds: float = 0.0
     platform_seconds: float = 0.0  # the turn's wall time minus llm_seconds
+    run: Run | None = None
+    # The calls waiting for an output or a decision (outcome `requires_action`).
+    required_action: list[dict[str, Any]] | None = None
 
 
 class TurnFailed(Exception):
@@ -85,7 +110,26 @@ class TurnFailed(Exception):
         self.user_message = user_message
 
 
-TURN_FAILURES = (SessionBusy, QueueTimeout, StaleLease, TurnFailed)
+TURN_FAILURES = (SessionBusy, QueueTimeout, StaleLease, TurnFailed, RunCancelled)
+
+
+@dataclass(frozen=True)
+class Settle:
+    """Close a turn that waits for an action without running it further: each pending call
+    gets an error result (`detail`), so the history never holds a call without one.
+    `outcome` is CANCELLED (cancelled, expired, interrupted) or ROLLED_BACK."""
+
+    outcome: str
+    code: str  # the run's error code: cancelled, expired, interrupted, rolled_back
+    detail: str
+
+    @property
+    def run_status(self) -> str:
+        return Run.Status.EXPIRED if self.code == "expired" else Run.Status.CANCELLED
+
+
+EXPIRED = Settle(Outcome.CANCELLED, "expired", "No action came in time: the run expired.")
+CANCELLED = Settle(Outcome.CANCELLED, "cancelled", "The run was cancelled.")
 
 
 @dataclass
@@ -120,53 +164,130 @@ def turn_run(
     client_message_id: str | None = None,
     fanout: Fanout | None = None,
     turn_key: str | None = None,
+    run: Run | None = None,
 ) -> TurnResult:
     """Run one turn of `session` for the user's `content`; see the module docstring.
 
     Every frame of the turn is published to the session (stream + open sockets); `emit`
     also receives them, numbered (the SSE response of this request). A turn begun before
-    under the same `turn_key` is resumed (or, when it finished, its result returned).
+    under the same `turn_key` is resumed (or, when it finished, its result returned). The
+    turn is `run` (a background run, taken by a worker) or a new run its caller waits on.
     """
     started = time.perf_counter()
     agent: Agent = session.agent
     publisher = FramePublisher(session.pk, local=emit, fanout=fanout)
     resumable = turn_key is not None  # only a caller's key can have been used before
     turn_key = turn_key or uuid.uuid4().hex
-    # Every frame of this turn names it, so a page can pair replies with their message.
-    publisher.extra = {"turn": turn_key}
     metadata = {**(metadata or {}), "turn": turn_key}
+    if run is None:
+        run = run_open(session=session, content=content, turn_key=turn_key, metadata=metadata)
+    # Every frame of this turn names it, so a page can pair replies with their message.
+    publisher.extra = {"turn": turn_key, "run": str(run.pk)}
     if client_message_id:
         publisher.extra["client_message_id"] = client_message_id
         metadata["client_message_id"] = client_message_id
     try:
-        publisher("accepted", {"content": content})
+        if run.user_message_id is None:  # a resumed run's message was accepted before
+            publisher("accepted", {"content": content})
         lease = admit(
-            session=session, agent=agent, on_queued=lambda n: publisher("queued", {"position": n})
+            session=session,
+            agent=agent,
+            on_queued=lambda n: publisher("queued", {"position": n}),
+            stop_key=redis_keys.run_stop(session.pk, run.pk),
         )
+        if lease.awaiting and lease.awaiting != turn_key:
+            # Before the batch below: what settling writes to Redis, this turn reads.
+            try:
+                _meet_waiting(session, agent, lease, fanout)
+            except BaseException:
+                lease.release()
+                raise
         # The final working-memory save and the release share one Redis round trip.
         with write_batch():
             try:
-                turn = _Turn(session, agent, lease, publisher, turn_key)
+                turn = _Turn(session, agent, lease, publisher, turn_key, run)
                 result = turn.run(content, metadata, resumable=resumable)
             finally:
                 lease.release()
     except TURN_FAILURES as error:
-        publisher("error", {"code": failure_code(error), "detail": str(error)})
+        code = failure_code(error)
+        publisher("error", {"code": code, "detail": str(error)})
+        status = Run.Status.CANCELLED if isinstance(error, RunCancelled) else Run.Status.FAILED
+        user = error.user_message if isinstance(error, TurnFailed) else None
+        run_ended(run, status, user_message=user, error={"code": code, "detail": str(error)})
         raise
     finally:
         publisher.flush()
     result.platform_seconds = time.perf_counter() - started - result.llm_seconds
+    result.run = run
     return result
+
+
+def turn_settle(*, session: Session, run: Run, settle: Settle) -> TurnResult | None:
+    """Close `run`'s turn, which waits for an action (cancelled, expired): its pending calls
+    get error results and the run its final status. None when the session is busy (a turn
+    runs on it now: perhaps this very run, resumed; it will see the run's cancel request)."""
+    lease = lease_try_acquire(session)
+    if lease is None:
+        return None
+    with write_batch():
+        try:
+            return _settle_with(session, session.agent, lease, run, settle, None)
+        finally:
+            lease.release()
+
+
+def _meet_waiting(session: Session, agent: Agent, lease: Lease, fanout: Fanout | None) -> None:
+    """A new message meets a run waiting for an action. `interrupt` cancels the waiting run
+    and `rollback` discards it (its pending calls get error results either way); `reject`
+    and `enqueue` refuse the message, since the wait may last days."""
+    policy = agent.double_text_policy
+    waiting = run_find(session, lease.awaiting)
+    if policy == Agent.DoubleTextPolicy.INTERRUPT and waiting is not None:
+        settle = Settle(Outcome.CANCELLED, "interrupted", "Interrupted by a newer message.")
+    elif policy == Agent.DoubleTextPolicy.ROLLBACK and waiting is not None:
+        settle = Settle(Outcome.ROLLED_BACK, "rolled_back", "Rolled back by a newer message.")
+    elif waiting is None or waiting.final:
+        # A stale marker (its run is gone or ended): clear it and go on.
+        Session.objects.filter(pk=session.pk).update(awaiting_turn="")
+        return
+    else:
+        raise ActionRequired(
+            f"Run {waiting.pk} is waiting for an action (POST /api/v1/runs/{waiting.pk}"
+            "/actions/); cancel it or answer it before sending another message."
+        )
+    _settle_with(session, agent, lease, waiting, settle, fanout)
+
+
+def _settle_with(
+    session: Session,
+    agent: Agent,
+    lease: Lease,
+    run: Run,
+    settle: Settle,
+    fanout: Fanout | None,
+) -> TurnResult | None:
+    publisher = FramePublisher(session.pk, fanout=fanout)
+    publisher.extra = {"turn": run.turn_key, "run": str(run.pk)}
+    try:
+        turn = _Turn(session, agent, lease, publisher, run.turn_key, run, settle=settle)
+        return turn.settle_waiting()
+    finally:
+        publisher.flush()
 
 
 def failure_code(error: Exception) -> str:
     """The `code` of an `error` frame (and of the REST problem's type) for a failed turn."""
+    if isinstance(error, ActionRequired):
+        return "action_required"
     if isinstance(error, SessionBusy):
         return "session_busy"
     if isinstance(error, QueueTimeout):
         return "queue_timeout"
     if isinstance(error, TurnFailed):
         return "llm_failed"
+    if isinstance(error, RunCancelled):
+        return "cancelled"
     return "lease_lost"
 
 
@@ -211,13 +332,24 @@ class _Turn:
     """One turn holding the session's lease: LLM calls, tools, writes."""
 
     def __init__(
-        self, session: Session, agent: Agent, lease: Lease, emit: FramePublisher, key: str
+        self,
+        session: Session,
+        agent: Agent,
+        lease: Lease,
+        emit: FramePublisher,
+        key: str,
+        run: Run,
+        *,
+        settle: Settle | None = None,
     ) -> None:
         self.session = session
         self.agent = agent
         self.lease = lease
         self.emit = emit
         self.key = key
+        self.run_row = run
+        self.settle = settle
+        self.awaiting: list[dict[str, Any]] = []  # calls waiting for an output or decision
         self.state = state_backend()
         self.backend = backend_for(agent)
         self.tools = tools_for(agent.tools)
@@ -241,7 +373,26 @@ class _Turn:
         if progress is not None and not progress.resumable:
             return self._replay(progress.messages)
         prepared = self._prepare(content, metadata, progress)
+        waiting = _unanswered(progress.messages) if progress is not None else []
+        if waiting:
+            stopped = self._answer(prepared, waiting)
+            if stopped is not None:
+                return stopped
         return self._loop(prepared)
+
+    def settle_waiting(self) -> TurnResult | None:
+        """Settle this run's waiting turn (see `Settle`). A run with nothing written, or
+        whose turn closed meanwhile, just ends (None)."""
+        assert self.settle is not None
+        progress = self.state.turn_progress(session=self.session, turn_key=self.key)
+        if progress is None or not progress.resumable:
+            self._clear_waiting()
+            error = {"code": self.settle.code, "detail": self.settle.detail}
+            run_ended(self.run_row, self.settle.run_status, error=error)
+            self.emit.many([_run_frame(self.run_row)])
+            return None
+        prepared = self._prepare(self.run_row.content, {}, progress)
+        return self._answer(prepared, _unanswered(progress.messages))
 
     def _prepare(
         self, content: str, metadata: dict[str, Any], progress: TurnProgress | None
@@ -282,6 +433,9 @@ class _Turn:
         context, extras, user = prepared.context, prepared.extras, prepared.user
         task_state = dict(context.task_state)
         while True:
+            if self.calls and self.lease.cancel_requested() == "cancel":
+                # Cancelled between two LLM calls (while a tool ran, say): end here.
+                return self._finish(prepared, _Generation(cancelled="cancel"), task_state)
             try:
                 generation = self._generate(context, extras)
             except LLMError as error:
@@ -297,6 +451,8 @@ class _Turn:
             if final:
                 return self._finish(prepared, generation, task_state)
             self._call_tools(generation)
+            if self.awaiting:
+                return self._pause(prepared, task_state, generation.usage)
             if self.policy == Agent.CheckpointPolicy.EVERY_LLM_CALL:
                 self._write_step(context, task_state, user)
 
@@ -355,36 +511,155 @@ class _Turn:
         # Every call gets an answer (OpenAI requires one per call id); the built-ins were
         # applied already and are no side effect.
         for position, call in enumerate(generation.tool_calls):
-            key = f"{self.key}:{self.calls}:{position}"
+            tool = self.tools.get(call.name)
             if call.name in BUILT_IN:
-                result: Any = {"ok": True}
+                self._tool_result(call, position, {"ok": True})
+            elif tool is not None and tool.needs_action:
+                self.awaiting.append(_awaiting(call, tool))
             else:
-                result = self._run_tool(call, key)
-                self.side_effects.append(
-                    {"tool": call.name, "arguments": call.arguments, "idempotency_key": key}
-                    | {"result": result}
-                )
-            text = json.dumps(result, default=str)
-            meta = {"turn": self.key, "tool_call_id": call.id, "name": call.name}
-            self.pending.append(
-                NewMessage(
-                    Message.Role.TOOL,
-                    text,
-                    self.backend.count_tokens(text),
-                    metadata={**meta, "idempotency_key": key},
-                )
+                self._tool_result(call, position, self._run_tool(call, self._call_key(position)))
+
+    def _call_key(self, position: int) -> str:
+        """The idempotency key of a call: the same when its turn is resumed or retried."""
+        return f"{self.key}:{self.calls}:{position}"
+
+    def _tool_result(self, call: ToolCall, position: int, result: Any, *, ran: bool = True) -> None:
+        """A call's result becomes a message of the turn (and a recorded side effect when a
+        tool ran for it)."""
+        key = self._call_key(position)
+        if ran and call.name not in BUILT_IN:
+            self.side_effects.append(
+                {"tool": call.name, "arguments": call.arguments, "idempotency_key": key}
+                | {"result": result}
             )
-            self.exchange.append(ChatMessage(Message.Role.TOOL, text, tool_call_id=call.id))
+        text = json.dumps(result, default=str)
+        meta = {"turn": self.key, "tool_call_id": call.id, "name": call.name}
+        self.pending.append(
+            NewMessage(
+                Message.Role.TOOL,
+                text,
+                self.backend.count_tokens(text),
+                metadata={**meta, "idempotency_key": key},
+            )
+        )
+        self.exchange.append(ChatMessage(Message.Role.TOOL, text, tool_call_id=call.id))
 
     def _run_tool(self, call: ToolCall, key: str) -> Any:
         tool = self.tools.get(call.name)
         if tool is None:
             return {"error": f"unknown tool {call.name!r}"}
+        if tool.run is None:
+            return {"error": f"{call.name!r} is run by the client, which sent no output"}
         context = ToolContext(self.session.tenant_id, self.session.pk, self.session.user_id, key)
         try:
             return tool.run(call.arguments, context)
         except Exception as error:
             return {"error": f"{type(error).__name__}: {error}"}
+
+    # --- waiting for actions --------------------------------------------------------------
+
+    def _pause(
+        self, prepared: _Prepared, task_state: dict[str, Any], usage: Usage | None
+    ) -> TurnResult:
+        """Stop for the calls in `awaiting`. What the turn did so far is written with an open
+        checkpoint, the session notes the waiting run, the run its required action: from
+        here PostgreSQL alone holds the turn, so it survives restarts and may wait days."""
+        metadata = {"llm_call": self.calls, "awaiting": [c["id"] for c in self.awaiting]}
+        write = None
+        with transaction.atomic():
+            if self.pending:
+                spec = _CheckpointSpec(CheckpointKind.LLM_CALL, open=True)
+                write = self._write(prepared.context, task_state, prepared.user, spec, metadata)
+            Session.objects.filter(pk=self.session.pk, lease_holder=self.lease.holder).update(
+                awaiting_turn=self.key
+            )
+            run_paused(
+                self.run_row,
+                self.awaiting,
+                self.agent.action_timeout_seconds,
+                self.written.rows[0],
+            )
+        frames: list[tuple[str, dict[str, Any]]] = [_run_frame(self.run_row)]
+        if write is not None:
+            frames = [*_frames_of(write), *frames]
+            self.state.save_working_memory(
+                session=self.session, agent=self.agent, memory=write.memory
+            )
+        self.emit.many(frames)
+        return TurnResult(
+            Outcome.REQUIRES_ACTION,
+            self.written.rows[0],
+            None,
+            write.checkpoint if write else None,
+            usage,
+            prepared.compiled["total_tokens"],
+            llm_seconds=self.llm_seconds,
+            required_action=list(self.awaiting),
+        )
+
+    def _answer(
+        self, prepared: _Prepared, waiting: list[tuple[int, ToolCall]]
+    ) -> TurnResult | None:
+        """A waiting turn resumes: each pending call gets its result from the run's
+        outputs and decisions (an approved call's tool runs now), or an error result when
+        the turn is settled. None when the turn goes on to its next LLM call."""
+        answers = self.run_row.action_results or {}
+        for position, call in waiting:
+            answer = answers.get(call.id)
+            tool = self.tools.get(call.name)
+            if self.settle is not None:
+                self._tool_result(call, position, {"error": self.settle.detail}, ran=False)
+            elif answer is None and tool is not None and tool.needs_action:
+                self.awaiting.append(_awaiting(call, tool))
+            elif answer is not None and "output" in answer:
+                self._tool_result(call, position, answer["output"], ran=False)
+            elif answer is not None and answer.get("approve"):
+                self._tool_result(call, position, self._run_tool(call, self._call_key(position)))
+            elif answer is not None:
+                denied = {"error": "The call was not approved.", "reason": answer.get("reason", "")}
+                self._tool_result(call, position, denied, ran=False)
+            else:  # the tool was removed from the agent while the run waited
+                self._tool_result(call, position, self._run_tool(call, ""), ran=False)
+        context, user = prepared.context, prepared.user
+        if self.settle is not None:
+            return self._close(prepared)
+        if self.awaiting:
+            return self._pause(prepared, dict(context.task_state), None)
+        with transaction.atomic():
+            metadata = {"llm_call": self.calls, "answered": [call.id for _, call in waiting]}
+            spec = _CheckpointSpec(CheckpointKind.LLM_CALL, open=True)
+            write = self._write(context, dict(context.task_state), user, spec, metadata)
+            self._clear_waiting()
+        self.run_row.required_action = None
+        self.emit.many(_frames_of(write))
+        self.state.save_working_memory(session=self.session, agent=self.agent, memory=write.memory)
+        return None
+
+    def _close(self, prepared: _Prepared) -> TurnResult:
+        """Settle the waiting turn: its pending calls' error results and a closing
+        checkpoint (so nothing resumes it), all messages rolled back if asked."""
+        assert self.settle is not None
+        context, user = prepared.context, prepared.user
+        if self.settle.outcome == Outcome.ROLLED_BACK:
+            self.pending = [replace(m, status=Message.Status.ROLLED_BACK) for m in self.pending]
+            _mark_rolled_back(self.written.rows)
+        with transaction.atomic():
+            spec = _CheckpointSpec(CheckpointKind.TURN)
+            metadata = {"settled": self.settle.code}
+            write = self._write(context, dict(context.task_state), user, spec, metadata)
+            self._clear_waiting()
+            error = {"code": self.settle.code, "detail": self.settle.detail}
+            run_ended(self.run_row, self.settle.run_status, user_message=write.rows[0], error=error)
+        self.emit.many([*_frames_of(write), _run_frame(self.run_row)])
+        self.state.save_working_memory(session=self.session, agent=self.agent, memory=write.memory)
+        return TurnResult(
+            self.settle.outcome, self.written.rows[0], None, write.checkpoint, None, 0
+        )
+
+    def _clear_waiting(self) -> None:
+        Session.objects.filter(
+            pk=self.session.pk, lease_holder=self.lease.holder, awaiting_turn=self.key
+        ).update(awaiting_turn="")
 
     # --- writes -------------------------------------------------------------------------
 
@@ -440,7 +715,7 @@ class _Turn:
         write = self._write(
             context, task_state, user, _CheckpointSpec(CheckpointKind.LLM_CALL, open=True), metadata
         )
-        transaction.on_commit(lambda: _announce(write, self.emit))
+        transaction.on_commit(lambda: self.emit.many(_frames_of(write)))
         self.state.save_working_memory(session=self.session, agent=self.agent, memory=write.memory)
 
     def _finish(
@@ -462,7 +737,17 @@ class _Turn:
         checkpoint = self._closing_checkpoint(context, task_state, outcome)
         write = self._write(context, task_state, user, checkpoint, meta)
         every = [*self.written.rows]
-        transaction.on_commit(lambda: _announce(write, self.emit))
+        status, code = _RUN_ENDS[outcome]
+        run_ended(
+            self.run_row,
+            status,
+            user_message=every[0],
+            assistant_message=every[-1],
+            usage=generation.usage,
+            error=None if code is None else {"code": code, "detail": _END_DETAILS[code]},
+        )
+        frames = [*_frames_of(write), _run_frame(self.run_row)]
+        transaction.on_commit(lambda: self.emit.many(frames))
         self.state.after_turn(
             session=self.session,
             agent=self.agent,
@@ -487,7 +772,9 @@ class _Turn:
     ) -> _CheckpointSpec | None:
         """The turn's closing checkpoint, by the agent's policy (none for a rolled-back turn)."""
         if outcome == Outcome.ROLLED_BACK:
-            return None
+            # Nothing to restore, but an open checkpoint of an earlier step must be closed,
+            # or the recovery task would resume the discarded turn.
+            return _CheckpointSpec(CheckpointKind.TURN) if self.written.checkpoint_id else None
         if self.policy == Agent.CheckpointPolicy.EVERY_LLM_CALL:
             return _CheckpointSpec(CheckpointKind.LLM_CALL)
         if self.policy == Agent.CheckpointPolicy.EVERY_TURN:
@@ -543,6 +830,7 @@ class _Turn:
     def _replay(self, rows: list[Message]) -> TurnResult:
         """The turn already finished (e.g. the recovery task completed it): its result."""
         reply = rows[-1]
+        run_ended(self.run_row, Run.Status.COMPLETED, user_message=rows[0], assistant_message=reply)
         return TurnResult(Outcome.COMPLETED, rows[0], reply, None, None, 0)
 
 
@@ -595,15 +883,62 @@ def _mark_rolled_back(rows: list[Message]) -> None:
             row.status = Message.Status.ROLLED_BACK
 
 
-def _announce(write: _Write, publisher: FramePublisher) -> None:
-    # Payloads are nested: the frame's own `seq` is the session's frame number, while a
-    # message's `seq` is its place in the conversation. One round trip for all of them.
+def _frames_of(write: _Write) -> list[tuple[str, dict[str, Any]]]:
+    """The frames announcing a write, published in one round trip. Payloads are nested: a
+    frame's own `seq` is the session's frame number, a message's `seq` its place in the
+    conversation."""
     frames: list[tuple[str, dict[str, Any]]] = [
         ("message", {"message": message_payload(row)}) for row in write.rows
     ]
     if write.checkpoint is not None:
         frames.append(("checkpoint", {"checkpoint": checkpoint_payload(write.checkpoint)}))
-    publisher.many(frames)
+    return frames
+
+
+def _run_frame(run: Run) -> tuple[str, dict[str, Any]]:
+    """The `run` frame: the run's new status (and what it waits for)."""
+    payload: dict[str, Any] = {"status": run.status}
+    if run.status == Run.Status.REQUIRES_ACTION:
+        payload["required_action"] = run.required_action
+        payload["expires_at"] = run.expires_at.isoformat() if run.expires_at else None
+    if run.error:
+        payload["error"] = run.error
+    return ("run", payload)
+
+
+_END_DETAILS = {
+    "interrupted": "A newer message interrupted the run.",
+    "rolled_back": "A newer message rolled the run back.",
+    "cancelled": "The run was cancelled.",
+}
+
+
+def _awaiting(call: ToolCall, tool: Tool) -> dict[str, Any]:
+    """A call in a run's `required_action`, with who may answer it."""
+    return {
+        "id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
+        "kind": tool.kind,
+        "approval": tool.approval,
+    }
+
+
+def _unanswered(rows: list[Message]) -> list[tuple[int, ToolCall]]:
+    """The calls of the turn's last assistant message that have no result yet, with their
+    position in it (a waiting turn's pending calls)."""
+    answered: set[str] = set()
+    for row in reversed(rows):
+        if row.role == Message.Role.TOOL:
+            answered.add(row.metadata.get("tool_call_id", ""))
+        elif row.role == Message.Role.ASSISTANT:
+            calls = row.metadata.get("tool_calls", [])
+            return [
+                (position, _call_from(call))
+                for position, call in enumerate(calls)
+                if call["id"] not in answered
+            ]
+    return []
 
 
 def _statuses(cancelled: str | None) -> tuple[str, str]:
@@ -613,6 +948,8 @@ def _statuses(cancelled: str | None) -> tuple[str, str]:
         return Outcome.ROLLED_BACK, Message.Status.ROLLED_BACK
     if cancelled == "interrupt":
         return Outcome.INTERRUPTED, Message.Status.INTERRUPTED
+    if cancelled == "cancel":
+        return Outcome.CANCELLED, Message.Status.INTERRUPTED
     return Outcome.COMPLETED, Message.Status.ACTIVE
 
 

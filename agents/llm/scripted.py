@@ -2,11 +2,15 @@
 
 It replies from a script (or echoes), streams at a set pace, emits tool calls, and fails
 mid-stream on cue. Scripts are process-wide so server processes started by tests can be
-configured through the environment (`SCRIPTED_LLM_DELAY`, `SCRIPTED_LLM_REPLY`).
+configured through the environment (`SCRIPTED_LLM_DELAY`, `SCRIPTED_LLM_REPLY`, and
+`SCRIPTED_LLM_SCRIPT`: a JSON list of steps `{"reply", "tool_calls": [{"id", "name",
+"arguments"}]}`, the n-th answering a turn's n-th LLM call, so that a turn resumed by another
+process gets the step it would have had).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -64,15 +68,17 @@ class ScriptedBackend:
             self.record = record
         self.delay = float(os.environ.get("SCRIPTED_LLM_DELAY", "0"))
 
-    def _next_step(self) -> Step:
+    def _next_step(self, messages: list[ChatMessage]) -> Step:
         with self._lock:
-            return self._steps.popleft() if self._steps else Step()
+            if self._steps:
+                return self._steps.popleft()
+        return _environment_step(messages)
 
     def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[LLMEvent]:
         if self.record:
             with self._lock:
                 self.calls.append(list(messages))
-        step = self._next_step()
+        step = self._next_step(messages)
         text = step.reply if step.reply is not None else _default_reply(messages)
         delay = self.delay if step.delay is None else step.delay
         emitted: list[str] = []
@@ -92,6 +98,25 @@ class ScriptedBackend:
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
+
+
+def _environment_step(messages: list[ChatMessage]) -> Step:
+    """SCRIPTED_LLM_SCRIPT's step for this call: its index is the number of LLM calls the
+    turn made before (assistant messages after the last user message)."""
+    raw = os.environ.get("SCRIPTED_LLM_SCRIPT")
+    if not raw:
+        return Step()
+    steps = json.loads(raw)
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    index = sum(1 for m in messages[last_user + 1 :] if m.role == "assistant")
+    if index >= len(steps):
+        return Step()
+    step = steps[index]
+    calls = [
+        ToolCall(id=c["id"], name=c["name"], arguments=c.get("arguments", {}))
+        for c in step.get("tool_calls", [])
+    ]
+    return Step(reply=step.get("reply"), tool_calls=calls)
 
 
 def _default_reply(messages: list[ChatMessage]) -> str:

@@ -17,6 +17,7 @@
   const pending = new Map();    // client_message_id -> this tab's optimistic user element
   const asked = new Map();      // turn -> the user's element (from any tab)
   const streaming = new Map();  // turn -> element of the reply in progress
+  const cards = new Map();      // "run:call" -> the card of a call waiting for an action
 
   function setStatus(text, online) {
     statusEl.textContent = text;
@@ -40,6 +41,9 @@
 
   function showMessage(message, turn) {
     if (shown.has(message.seq)) return;
+    // Tool results, and the empty assistant messages that only called tools, are the
+    // agent's own steps: the page shows the conversation (and cards for pending calls).
+    if (message.role === "tool" || (message.role === "assistant" && !message.content)) return;
     const open = message.role === "user" ? asked : streaming;
     let element = turn ? open.get(turn) : null;
     if (turn) open.delete(turn);
@@ -57,6 +61,47 @@
     item.textContent = text;
     list.appendChild(item);
     list.scrollTop = list.scrollHeight;
+  }
+
+  // A run waiting for an action: one card per pending call. The end user decides the calls
+  // whose approval is theirs (approve / deny); the others say who they wait for.
+  function actionCards(runId, required, answered) {
+    ((required && required.tool_calls) || []).forEach(function (call) {
+      const key = runId + ":" + call.id;
+      if (cards.has(key)) return;
+      const item = document.createElement("li");
+      item.className = "action";
+      item.dataset.run = runId;
+      const text = document.createElement("p");
+      text.className = "action__text";
+      text.textContent = "The assistant asks to run " + call.name + " " + JSON.stringify(call.arguments || {});
+      item.appendChild(text);
+      const state = document.createElement("span");
+      state.className = "action__status";
+      item.appendChild(state);
+      if (call.approval === "end_user" && answered.indexOf(call.id) < 0) {
+        [["Approve", true], ["Deny", false]].forEach(function (choice) {
+          const button = document.createElement("button");
+          button.type = "button";
+          button.textContent = choice[0];
+          button.className = "action__button";
+          button.addEventListener("click", function () { decide(item, runId, call.id, choice[1]); });
+          item.appendChild(button);
+        });
+      } else {
+        state.textContent = answered.indexOf(call.id) >= 0 ? "answered" : "waiting for " + (call.approval || "the application").replace("_", " ");
+      }
+      list.appendChild(item);
+      list.scrollTop = list.scrollHeight;
+      cards.set(key, item);
+    });
+  }
+
+  function decide(item, runId, callId, approve) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    socket.send(JSON.stringify({ type: "action", run: runId, tool_call_id: callId, approve: approve }));
+    item.querySelectorAll("button").forEach(function (button) { button.disabled = true; });
+    item.querySelector(".action__status").textContent = approve ? "approved" : "denied";
   }
 
   const handlers = {
@@ -99,6 +144,19 @@
       notice(frame.detail || frame.code);
     },
     pong() {},
+    run(frame) {
+      if (frame.status === "requires_action") {
+        actionCards(frame.run, frame.required_action, []);
+        return;
+      }
+      const stream = streaming.get(frame.turn);
+      if (stream) stream.classList.remove("msg--streaming");
+      cards.forEach(function (item) {
+        if (item.dataset.run !== frame.run) return;
+        item.classList.add("action--done");
+        item.querySelectorAll("button").forEach(function (button) { button.disabled = true; });
+      });
+    },
   };
 
   function onFrame(event) {
@@ -170,5 +228,6 @@
   });
 
   config.history.forEach(function (message) { showMessage(message, null); });
+  if (config.waiting) actionCards(config.waiting.run, config.waiting.required_action, config.waiting.answered);
   connect();
 })();

@@ -25,6 +25,8 @@ from agentplatform.core.vault import secret_delete, secret_set
 from agentplatform.devtools.testing import ROOT
 from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret
 from agents.engine.turn import turn_run
+from agents.models import Run
+from agents.runs import Answer, run_act, run_cancel, run_create
 from agents.services import agent_create, agent_delete, agent_update, session_delete, session_open
 from memory.checkpoints import checkpoint_fork, checkpoint_rollback
 from memory.erasure import user_erase
@@ -39,6 +41,7 @@ SERVICE_MODULES = [
     "agentplatform.core.services",
     "agentplatform.core.vault",
     "agents.services",
+    "agents.runs",
     "memory.semantic",
     "memory.checkpoints",
     "memory.erasure",
@@ -127,6 +130,14 @@ def _operator(alice: Persona) -> None:
     )
 
 
+def _waiting_run(alice: Persona) -> None:
+    call = {"id": "c1", "name": "refund", "arguments": {}, "kind": "python", "approval": "api"}
+    run_create(session=alice.session, content="refund it")
+    Run.objects.filter(session=alice.session).update(
+        status=Run.Status.REQUIRES_ACTION, required_action={"tool_calls": [call]}
+    )
+
+
 # Each case makes the one call under test; `setup` runs first and its events do not count.
 CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]]] = {
     "tenant.created": (None, lambda a: tenant_create(slug="audited-co", actor=ACTOR)),
@@ -178,6 +189,19 @@ CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]
         lambda a: memory_delete(memory=Memory.objects.get(tenant=a.tenant), actor=ACTOR),
     ),
     "user.erase": (None, lambda a: user_erase(tenant=a.tenant, user_id=a.user_id, actor=ACTOR)),
+    "run.cancelled": (
+        lambda a: run_create(session=a.session, content="later"),
+        lambda a: run_cancel(run=Run.objects.get(session=a.session, background=True), actor=ACTOR),
+    ),
+    "run.answered": (
+        _waiting_run,
+        lambda a: run_act(
+            run=Run.objects.get(session=a.session, background=True),
+            answers=[Answer("c1", approve=False)],
+            decided_by="api",
+            actor=ACTOR,
+        ),
+    ),
     "retention.enforced": (
         lambda a: RetentionPolicy.objects.create(tenant=a.tenant, message_retention_days=30),
         lambda a: retention_enforce(

@@ -31,7 +31,7 @@ from agentplatform.core.audit import SYSTEM
 from agentplatform.models import Tenant
 from agentplatform.project.checks import row_level_security_binds
 from agents.client_tokens import client_token_mint
-from agents.models import Agent, Message, Session
+from agents.models import Agent, Message, Run, Session
 from memory.embeddings import embed_one
 from memory.models import Checkpoint, Memory, Summary
 from memory.semantic import Source, memory_upsert
@@ -220,13 +220,30 @@ def _bobs_ids(bob: Persona) -> dict[str, str]:
         ),
         "secret": "llm",
         "user": bob.user_id,
+        "run": str(Run.objects.filter(tenant=bob.tenant).values_list("pk", flat=True)[0]),
     }
 
 
 def _cases(ids: dict[str, str], own_session: str) -> dict[str, list[Case]]:
     """Per schema path, every operation aimed at bob's objects."""
     s, a, m, c = ids["session"], ids["agent"], ids["memory"], ids["checkpoint"]
+    r = ids["run"]
     return {
+        "/api/v1/runs/{id}/": [Case("get", f"/api/v1/runs/{r}/")],
+        "/api/v1/runs/{id}/cancel/": [Case("post", f"/api/v1/runs/{r}/cancel/", {})],
+        "/api/v1/runs/{id}/actions/": [
+            Case(
+                "post",
+                f"/api/v1/runs/{r}/actions/",
+                {"tool_outputs": [{"tool_call_id": "c1", "output": 1}]},
+            )
+        ],
+        "/api/v1/runs/{id}/events/": [Case("get", f"/api/v1/runs/{r}/events/")],
+        "/api/v1/sessions/{session_pk}/runs/": [
+            Case("get", f"/api/v1/sessions/{s}/runs/"),
+            Case("post", f"/api/v1/sessions/{s}/runs/", {"content": "hi"}),
+            Case("post", f"/api/v1/sessions/{s}/runs/", {"content": "hi", "background": True}),
+        ],
         "/api/v1/agents/{id}/": [
             Case("get", f"/api/v1/agents/{a}/"),
             Case("patch", f"/api/v1/agents/{a}/", {"name": "mine now"}),
@@ -395,7 +412,7 @@ def _send(client: Any, case: Case) -> Any:
 
 def _with_random_ids(case: Case, ids: dict[str, str]) -> Case:
     text = json.dumps([case.path, case.body])
-    for key in ("session", "agent", "memory", "checkpoint"):
+    for key in ("session", "agent", "memory", "checkpoint", "run"):
         text = text.replace(ids[key], str(uuid.uuid4()))
     path, body = json.loads(text)
     return Case(case.method, path, body)
@@ -405,7 +422,7 @@ def _assert_nothing_of(bob: Persona, ids: dict[str, str], body: bytes, case: Cas
     text = body.decode()
     for secret in (str(bob.tenant.pk), bob.tenant.slug, bob.user_id, "hello from bob"):
         assert secret not in text, (case, secret)
-    for key in ("memory", "checkpoint"):  # ids alice did not send must not come back
+    for key in ("memory", "checkpoint", "run"):  # ids alice did not send must not come back
         if ids[key] not in json.dumps([case.path, case.body]):
             assert ids[key] not in text, (case, key)
 
@@ -423,5 +440,8 @@ def _fingerprint(persona: Persona) -> dict[str, Any]:
         "summaries": sorted(Summary.objects.filter(tenant=tenant).values_list("pk", flat=True)),
         "checkpoints": sorted(
             Checkpoint.objects.filter(tenant=tenant).values_list("pk", flat=True)
+        ),
+        "runs": sorted(
+            Run.objects.filter(tenant=tenant).values_list("pk", "status", "cancel_requested_at")
         ),
     }

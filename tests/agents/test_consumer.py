@@ -59,9 +59,9 @@ async def test_a_message_streams_tokens_then_the_stored_messages(
     ws = _socket(alice)
     await _open(ws)
     await ws.send_json_to({"type": "message", "content": "hi", "client_message_id": "c-1"})
-    frames = await _frames_until(ws, "checkpoint")
+    frames = await _frames_until(ws, "run")
     types = [f["type"] for f in frames]
-    assert types[0] == "accepted" and types[-3:] == ["message", "message", "checkpoint"]
+    assert types[0] == "accepted" and types[-4:] == ["message", "message", "checkpoint", "run"]
     assert "".join(f["delta"] for f in frames if f["type"] == "token") == "Hello from the agent"
     assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
     assert all(f["client_message_id"] == "c-1" for f in frames)
@@ -172,15 +172,15 @@ async def test_two_sockets_and_a_rest_call_see_the_same_conversation(
     await _open(first)
     await _open(second)
     await first.send_json_to({"type": "message", "content": "from tab one"})
-    seen_one = await _frames_until(first, "checkpoint")
-    seen_two = await _frames_until(second, "checkpoint")
+    seen_one = await _frames_until(first, "run")
+    seen_two = await _frames_until(second, "run")
     assert seen_one == seen_two
     await database_sync_to_async(
         lambda: alice.client().post(
             f"/api/v1/sessions/{alice.session.pk}/messages/", {"content": "via REST"}, format="json"
         )
     )()
-    rest_frames = await _frames_until(second, "checkpoint")
+    rest_frames = await _frames_until(second, "run")
     messages = [f["message"]["content"] for f in rest_frames if f["type"] == "message"]
     assert messages[0] == "via REST"
     await first.disconnect()
@@ -191,7 +191,7 @@ async def test_resume_replays_exactly_the_missed_frames(alice: Persona) -> None:
     ws = _socket(alice)
     await _open(ws)
     await ws.send_json_to({"type": "message", "content": "one"})
-    first_turn = await _frames_until(ws, "checkpoint")
+    first_turn = await _frames_until(ws, "run")
     await ws.disconnect()
     # While disconnected, another turn happens.
     await database_sync_to_async(
@@ -202,7 +202,7 @@ async def test_resume_replays_exactly_the_missed_frames(alice: Persona) -> None:
     again = _socket(alice)
     await _open(again)
     await again.send_json_to({"type": "resume", "after_seq": first_turn[-1]["seq"]})
-    missed = await _frames_until(again, "checkpoint")
+    missed = await _frames_until(again, "run")
     assert missed[0]["seq"] == first_turn[-1]["seq"] + 1
     assert [f["seq"] for f in missed] == list(range(missed[0]["seq"], missed[-1]["seq"] + 1))
     assert next(f["message"]["content"] for f in missed if f["type"] == "message") == "two"
@@ -219,7 +219,7 @@ async def test_enqueue_reports_the_queue_position(alice: Persona, llm: ScriptedB
     await ws.send_json_to({"type": "message", "content": "first", "client_message_id": "a"})
     await _frames_until(ws, "token")  # the first turn streams: it holds the session
     await ws.send_json_to({"type": "message", "content": "second", "client_message_id": "b"})
-    frames = await _frames_until(ws, "checkpoint", count=2)
+    frames = await _frames_until(ws, "run", count=2)
     queued = [f for f in frames if f["type"] == "queued"]
     assert queued and queued[0]["client_message_id"] == "b" and queued[0]["position"] == 1
 
@@ -234,7 +234,7 @@ async def test_reject_policy_answers_an_error_frame(alice: Persona, llm: Scripte
     await ws.send_json_to({"type": "message", "content": "first"})
     await _frames_until(ws, "token")  # the first turn streams: it holds the session
     await ws.send_json_to({"type": "message", "content": "second", "client_message_id": "b"})
-    frames = await _frames_until(ws, "checkpoint")
+    frames = await _frames_until(ws, "run")
     errors = [f for f in frames if f["type"] == "error"]
     assert errors and errors[0]["code"] == "session_busy"
     assert errors[0]["client_message_id"] == "b"
@@ -246,7 +246,7 @@ async def test_messages_over_the_rate_limit_get_an_error(alice: Persona) -> None
     await _open(ws)
     for index in range(3):
         await ws.send_json_to({"type": "message", "content": f"m{index}"})
-    frames = await _frames_until(ws, "checkpoint", count=2)
+    frames = await _frames_until(ws, "run", count=2)
     codes = [f.get("code") for f in frames if f["type"] == "error"]
     assert "rate_limited" in codes
 
@@ -257,7 +257,7 @@ async def test_a_resent_client_message_id_never_runs_twice(
     ws = _socket(alice)
     await _open(ws)
     await ws.send_json_to({"type": "message", "content": "once", "client_message_id": "m-1"})
-    await _frames_until(ws, "checkpoint")
+    await _frames_until(ws, "run")
     await ws.send_json_to({"type": "message", "content": "once", "client_message_id": "m-1"})
     duplicate = await ws.receive_json_from(timeout=5)
     assert (duplicate["type"], duplicate["code"]) == ("error", "duplicate")
@@ -268,3 +268,50 @@ async def test_a_resent_client_message_id_never_runs_twice(
     count = await database_sync_to_async(Message.objects.count)()
     assert count == 2
     await ws.disconnect()
+
+
+async def test_the_end_user_decides_a_call_over_the_socket(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    from agents.llm.base import ToolCall
+    from agents.models import Run
+    from tests.agents import tools
+
+    call = ToolCall(id="x1", name="close_account", arguments={})
+    llm.script(Step(reply="", tool_calls=[call]), Step(reply="Your account is closed."))
+    await database_sync_to_async(tools.calls_clear)()
+    with override_settings(AGENTS={**settings.AGENTS, "TOOLS": tools.PATHS}):
+        await database_sync_to_async(
+            lambda: Agent.objects.filter(pk=alice.agent.pk).update(tools=["close_account"])
+        )()
+        token = await database_sync_to_async(lambda: client_token_mint(session=alice.session))()
+        ws = _socket(
+            alice, headers=[], path=f"/ws/sessions/{alice.session.pk}/?token={token.token}"
+        )
+        await _open(ws)
+        await ws.send_json_to({"type": "message", "content": "close my account"})
+        frames = await _frames_until(ws, "run")
+        waiting = frames[-1]
+        assert waiting["status"] == "requires_action"
+        assert waiting["required_action"]["tool_calls"][0]["approval"] == "end_user"
+        await ws.send_json_to({"type": "action", "run": waiting["run"], "tool_call_id": "x1"})
+        bad = await ws.receive_json_from(timeout=5)
+        assert (bad["type"], bad["code"]) == ("error", "bad_frame")
+        await ws.send_json_to(
+            {"type": "action", "run": "nope", "tool_call_id": "x1", "approve": True}
+        )
+        missing = await ws.receive_json_from(timeout=5)
+        assert missing["code"] == "not_found"
+        decision = {"type": "action", "run": waiting["run"], "tool_call_id": "x1", "approve": True}
+        await ws.send_json_to(decision)  # eager worker: the run resumes at once
+        rest = await _frames_until(ws, "run")
+        assert rest[-1]["status"] == "completed"
+        replies = [f["message"]["content"] for f in rest if f["type"] == "message"]
+        assert replies[-1] == "Your account is closed."
+        await ws.send_json_to(decision)
+        late = await ws.receive_json_from(timeout=5)
+        assert late["code"] == "run_not_waiting"
+        await ws.disconnect()
+    run = await database_sync_to_async(lambda: Run.objects.get(pk=waiting["run"]))()
+    assert run.action_results["x1"]["by"] == "end_user"
+    assert [name for name, _, _ in tools.CALLS] == ["close_account"]

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def registered_tools(alice: Persona) -> Iterator[None]:
-    tools.CALLS.clear()
+    tools.calls_clear()
     with override_settings(AGENTS={**settings.AGENTS, "TOOLS": tools.PATHS, "LEASE_SECONDS": 2}):
         Agent.objects.filter(pk=alice.agent.pk).update(
             tools=["lookup_order", "send_email", "broken"]

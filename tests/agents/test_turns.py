@@ -179,7 +179,7 @@ def test_server_sent_events_stream_the_turn(alice: Persona, llm: ScriptedBackend
     types = [event["type"] for event in events]
     assert types[0] == "accepted"
     assert "".join(e["delta"] for e in events if e["type"] == "token") == "streamed reply here"
-    assert types[-3:] == ["message", "message", "checkpoint"]
+    assert types[-4:] == ["message", "message", "checkpoint", "run"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
 
