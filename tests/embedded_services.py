@@ -31,3 +31,6 @@ os.environ.setdefault("DB_POOL_MIN_SIZE", "0")
 os.environ.setdefault("REDIS_KEY_PREFIX", "test")
 # The LLM is the one part replaced in tests: a deterministic scripted backend.
 os.environ.setdefault("AGENTS_LLM_BACKEND", "scripted")
+# The suite's webhook receivers and tool servers listen on loopback, which the platform
+# otherwise refuses to call (agentplatform.infra.outbound); the SSRF tests set it empty.
+os.environ.setdefault("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8")

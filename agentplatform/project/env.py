@@ -6,7 +6,9 @@ deployment stops start-up instead of surfacing later as odd behaviour.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
@@ -86,3 +88,19 @@ def env_rate(name: str, default: str) -> str:
     if not count.isdigit() or period[:1] not in {"s", "m", "h", "d"}:
         raise ConfigError(f"{name}={value!r} is not a rate like '600/min' or '10/s'.")
     return value
+
+
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?)+$", re.I)
+
+
+def env_networks(name: str, default: list[str]) -> list[str]:
+    """Comma-separated CIDRs (or single addresses) and host names."""
+    items = env_list(name, default)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(item):
+                problem = f"{name}: {item!r} is neither a network nor a host name."
+                raise ConfigError(problem) from None
+    return items

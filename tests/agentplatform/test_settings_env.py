@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from agentplatform.project.env import ConfigError, env_bool, env_int, env_rate, env_url
+from agentplatform.project.env import (
+    ConfigError,
+    env_bool,
+    env_int,
+    env_networks,
+    env_rate,
+    env_url,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +38,21 @@ def test_env_url_refuses_a_wrong_scheme(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("REDIS_URL", "http://localhost:6379")
     with pytest.raises(ConfigError, match="REDIS_URL"):
         env_url("REDIS_URL", None, schemes=("redis",))
+
+
+def test_env_networks_takes_cidrs_and_host_names_and_refuses_anything_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OUTBOUND_ALLOWED_NETWORKS", "10.0.5.0/24, fd00::/8,hooks.internal,::1")
+    assert env_networks("OUTBOUND_ALLOWED_NETWORKS", []) == [
+        "10.0.5.0/24",
+        "fd00::/8",
+        "hooks.internal",
+        "::1",
+    ]
+    monkeypatch.setenv("OUTBOUND_ALLOWED_NETWORKS", "10.0.0.0/33")
+    with pytest.raises(ConfigError, match="is neither a network nor a host name"):
+        env_networks("OUTBOUND_ALLOWED_NETWORKS", [])
 
 
 def test_env_rate_refuses_a_malformed_rate(monkeypatch: pytest.MonkeyPatch) -> None:
