@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import RelatedOnlyFieldListFilter
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
-from agentplatform.core.console import TenantScopedAdmin, is_superuser, operator_actor
+from agentplatform.core.console import (
+    TenantScopedAdmin,
+    is_superuser,
+    managed_tenants,
+    operator_actor,
+)
 from agentplatform.core.services import api_key_revoke
-from agentplatform.models import ApiKey, AuditEvent, Membership, Tenant, TenantSecret
+from agentplatform.core.webhooks import (
+    webhook_delivery_redeliver,
+    webhook_endpoint_delete,
+    webhook_endpoint_update,
+)
+from agentplatform.models import (
+    ApiKey,
+    AuditEvent,
+    Membership,
+    Tenant,
+    TenantSecret,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -109,3 +132,94 @@ class TenantSecretAdmin(TenantScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(TenantScopedAdmin):
+    """Endpoints are made through the API (which shows the secret once); here operators see
+    them, pause or resume them, and follow the delivery log. Secrets are never shown."""
+
+    list_display = ["url", "tenant", "enabled", "disabled_reason", "created_at"]
+    list_filter = ["enabled", "tenant"]
+    search_fields = ["url", "description"]
+    fields = ["tenant", "url", "description", "events", "enabled", "disabled_reason",
+              "delivery_log", "created_at", "updated_at"]  # fmt: skip
+    readonly_fields = ["tenant", "url", "events", "disabled_reason", "delivery_log",
+                       "created_at", "updated_at"]  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="Delivery log")
+    def delivery_log(self, endpoint: WebhookEndpoint) -> str:
+        url = reverse("admin:agentplatform_webhookdelivery_changelist")
+        count = endpoint.deliveries.count()
+        return format_html(
+            '<a href="{}?endpoint__id__exact={}">{} deliveries</a>', url, endpoint.pk, count
+        )
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not is_superuser(request) and obj.tenant_id not in managed_tenants(request):
+            raise Http404("No such tenant.")
+        fields = {name: form.cleaned_data[name] for name in form.changed_data}
+        webhook_endpoint_update(endpoint=obj, actor=operator_actor(request), **fields)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        webhook_endpoint_delete(endpoint=obj, actor=operator_actor(request))
+
+
+ATTEMPT_FIELDS = ("number", "created_at", "status_code", "latency_ms", "error", "response_excerpt")
+DELIVERY_FIELDS = ("tenant", "endpoint", "event_id_", "event_type", "status", "attempts",
+                   "next_attempt_at", "last_status_code", "last_latency_ms", "last_error",
+                   "payload", "created_at", "updated_at")  # fmt: skip
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ATTEMPT_FIELDS
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(TenantScopedAdmin):
+    """The delivery log: each event to each endpoint with its attempts. Read-only, but for
+    redelivery (same webhook-id)."""
+
+    list_display = ["created_at", "event_type", "endpoint", "tenant", "status", "attempts",
+                    "last_status_code", "last_latency_ms", "next_attempt_at"]  # fmt: skip
+    list_filter = ["status", ("endpoint", RelatedOnlyFieldListFilter), "tenant"]
+    list_select_related = ["event", "endpoint"]
+    fields = readonly_fields = DELIVERY_FIELDS
+    inlines = [WebhookAttemptInline]
+    actions = ["redeliver"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="Event")
+    def event_type(self, delivery: WebhookDelivery) -> str:
+        return delivery.event.type
+
+    @admin.display(description="webhook-id")
+    def event_id_(self, delivery: WebhookDelivery) -> str:
+        return str(delivery.event_id)
+
+    @admin.display(description="Payload")
+    def payload(self, delivery: WebhookDelivery) -> str:
+        body = json.dumps(json.loads(delivery.event.body), indent=2)
+        return format_html("<pre>{}</pre>", body)
+
+    @admin.action(description="Redeliver selected (same webhook-id)", permissions=["change"])
+    def redeliver(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        sent = 0
+        for delivery in queryset:
+            if not self.has_change_permission(request, delivery):
+                continue  # a viewer of this tenant
+            webhook_delivery_redeliver(delivery=delivery)
+            sent += 1
+        self.message_user(request, f"Redelivering {sent} deliveries.", messages.SUCCESS)

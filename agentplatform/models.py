@@ -157,3 +157,113 @@ class TenantSecret(TenantOwned):
 
     def __str__(self) -> str:
         return self.name
+
+
+class WebhookEndpoint(TenantOwned):
+    """A tenant's receiver of webhook events (agentplatform.core.webhooks), signed by the
+    Standard Webhooks scheme. Secrets are stored encrypted by the vault's cipher: the current
+    one, and the ones rotated out, each with the time it stops signing."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    url = models.CharField(max_length=2048)
+    description = models.CharField(max_length=500, blank=True, default="")
+    events = models.JSONField(default=list)  # event types, agentplatform.core.webhooks.EVENTS
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, blank=True, default="")
+    secret_ciphertext = models.TextField()
+    # [{"ciphertext": ..., "expires_at": ISO 8601}], newest first.
+    previous_secrets = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "webhook endpoint"
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="webhook_endpoint_tenant_list"),
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookEvent(TenantOwned):
+    """One event, sent to every endpoint subscribed when it happened. Its id is the
+    `webhook-id` of every attempt to every endpoint, so receivers can drop duplicates; `body`
+    is the exact JSON that is signed and sent."""
+
+    id = models.CharField(primary_key=True, max_length=40, editable=False)
+    type = models.CharField(max_length=64)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+
+class WebhookDelivery(TenantOwned):
+    """One event to one endpoint: its attempts until it succeeds or the schedule ends. The
+    row is the source of truth; Celery messages only wake it up (a lost one is found by the
+    sweep through `next_attempt_at`)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # waiting for its next attempt (or in one)
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"  # the schedule ran out, or the endpoint answered 410 Gone
+        CANCELLED = "cancelled"  # the endpoint was disabled before it could be delivered
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Failed attempts since the schedule (re)started; a manual redelivery starts it again.
+    scheduled_failures = models.PositiveIntegerField(default=0)
+    # When the next attempt is due; while an attempt runs, when it counts as lost.
+    next_attempt_at = models.DateTimeField(null=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    last_latency_ms = models.PositiveIntegerField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "event"], name="webhook_delivery_unique")
+        ]
+        indexes = [
+            models.Index(fields=["endpoint", "created_at"], name="webhook_delivery_endpoint"),
+            # The sweep: due deliveries of every tenant, a small index of the pending ones.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="webhook_delivery_due",
+                condition=models.Q(status="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} -> {self.endpoint_id} ({self.status})"
+
+
+class WebhookAttempt(TenantOwned):
+    """One POST of a delivery: what came back, or why nothing did."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="log")
+    number = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True)
+    latency_ms = models.PositiveIntegerField()
+    error = models.CharField(max_length=500, blank=True, default="")
+    response_excerpt = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="webhook_attempt_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error}"

@@ -18,11 +18,10 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, cast
 
-from celery import current_app
-
 from agentplatform.core import rls
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import deferred, get_redis
+from agentplatform.infra.tasks import enqueue
 from memory.conf import memory_settings
 from memory.learning import memories_extract
 
@@ -79,11 +78,6 @@ def compaction_request(session_id: uuid.UUID, first_seq: int, last_seq: int) -> 
 
     flag = redis_keys.compaction_scheduled(session_id)
     deferred("set", flag, "1", nx=True, ex=COMPACTION_FLAG_SECONDS, then=schedule)
-
-
-def enqueue(task: str, *args: Any, countdown: float = 0) -> None:
-    """Send a task by its name (eager in tests, like any registered task)."""
-    current_app.signature(task, args=args).apply_async(countdown=countdown)
 
 
 def pending_drain(*, tenant_id: str) -> int | None:

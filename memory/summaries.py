@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from agentplatform.core.audit import unaudited
+from agentplatform.core.webhooks import EventType, event_publish
 from agents.llm import backend_for, options_for
 from agents.llm.base import ChatMessage, Done, LLMError, estimate_tokens
 from agents.models import Message, Session
@@ -51,7 +52,7 @@ def summary_create(*, session: Session, kind: str, first_seq: int, last_seq: int
     text, method, model = _summarise(session, transcript)
     try:
         with transaction.atomic():
-            return Summary.objects.create(
+            summary = Summary.objects.create(
                 tenant_id=session.tenant_id,
                 session=session,
                 user_id=session.user_id,
@@ -65,8 +66,26 @@ def summary_create(*, session: Session, kind: str, first_seq: int, last_seq: int
                 source_tokens=sum(m.token_count for m in messages),
                 summary_tokens=estimate_tokens(text),
             )
+            _announce(summary)
+            return summary
     except IntegrityError:  # an overlapping summary exists: another run got there first
         return None
+
+
+def _announce(summary: Summary) -> None:
+    """`session.summarized` to the tenant's webhooks, in the summary's transaction: ids and
+    the range covered, not the text (receivers fetch it with the tenant's key)."""
+    event_publish(
+        tenant_id=summary.tenant_id,
+        type=EventType.SESSION_SUMMARIZED,
+        data={
+            "session": str(summary.session_id),
+            "summary": str(summary.pk),
+            "kind": summary.kind,
+            "first_seq": summary.first_seq,
+            "last_seq": summary.last_seq,
+        },
+    )
 
 
 def _summarise(session: Session, transcript: str) -> tuple[str, str, str]:

@@ -16,7 +16,8 @@ from rest_framework.test import APIClient
 from agentplatform.core import rls
 from agentplatform.core.audit import SYSTEM
 from agentplatform.core.services import operator_ensure, tenant_create
-from agentplatform.models import Membership, Tenant
+from agentplatform.core.webhooks import EventType, event_publish
+from agentplatform.models import Membership, Tenant, WebhookAttempt
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend, scripted_backend
 from agents.models import Agent, Session
@@ -24,6 +25,8 @@ from agents.services import agent_create, session_open
 from memory.accounting import storage_sample
 from memory.models import RetentionPolicy, Summary
 from memory.semantic import Source, memory_upsert
+
+SUMMARIZED = EventType.SESSION_SUMMARIZED.value
 
 
 @dataclass
@@ -60,7 +63,8 @@ def make_persona(slug: str) -> Persona:
 
 def populate(persona: Persona) -> None:
     """A row in every store for the persona's tenant: a turn (messages, checkpoint), a
-    memory, a summary, an audited API write, a retention policy, a storage sample, a secret."""
+    memory, a summary, an audited API write, a retention policy, a storage sample, a secret,
+    a webhook endpoint with an event delivered to it (one failed attempt)."""
     turn_run(session=persona.session, content=f"hello from {persona.tenant.slug}")
     memory_upsert(
         actor=SYSTEM,
@@ -87,6 +91,14 @@ def populate(persona: Persona) -> None:
     RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
     storage_sample(tenant=persona.tenant)
     persona.client().post("/api/v1/secrets/", {"name": "llm", "value": "s3cret"}, format="json")
+    webhook = {"url": f"https://hooks.{persona.tenant.slug}.example/in", "events": [SUMMARIZED]}
+    persona.client().post("/api/v1/webhooks/", webhook, format="json")
+    event = event_publish(tenant_id=persona.tenant.pk, type=SUMMARIZED, data={"n": 1})
+    assert event is not None
+    WebhookAttempt.objects.create(
+        tenant=persona.tenant, delivery=event.deliveries.get(), number=1, latency_ms=3,
+        error="Could not connect.",
+    )  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

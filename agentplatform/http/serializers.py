@@ -70,6 +70,15 @@ class StrictSlugField(StrictCharField, serializers.SlugField):
     pass
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, as the schema says: not 0, 1, "yes" or "on" (DRF's coercions)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class StrictModelSerializer(StrictSerializer, serializers.ModelSerializer):
     """A model serializer whose text fields are strict too."""
 
@@ -78,6 +87,7 @@ class StrictModelSerializer(StrictSerializer, serializers.ModelSerializer):
         models.CharField: StrictCharField,
         models.TextField: StrictCharField,
         models.SlugField: StrictSlugField,
+        models.BooleanField: StrictBooleanField,
     }
 
 

@@ -19,6 +19,7 @@ Error messages are safe to show the tenant: they never name an address the platf
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import ipaddress
 import re
@@ -195,9 +196,15 @@ def url_host(url: str) -> str:
 
 
 def _literal(host: str) -> IPAddress | None:
+    """The address a host that is an IP literal names, in any form the resolver takes
+    (also the legacy IPv4 ones: `127.1`, `0x7f.1`, `2130706433`, `0`)."""
     try:
         return ipaddress.ip_address(host)
     except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
         return None
 
 
@@ -220,15 +227,25 @@ def url_check(url: str) -> str:
     return url
 
 
-def _resolve(host: str, port: int) -> tuple[str, ...]:
+@functools.cache
+def _resolvers() -> concurrent.futures.ThreadPoolExecutor:
+    # getaddrinfo takes no timeout, and a tenant's name server can be slow on purpose:
+    # lookups run here so the request's deadline bounds them too.
+    return concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="resolve")
+
+
+def _resolve(host: str, port: int, deadline: float) -> tuple[str, ...]:
     """Every address of `host`, each checked; the ones a request may use."""
     literal = _literal(host)
     if literal is not None:
         if not address_allowed(literal):
             raise OutboundRefused(f"{host} is not a public address.")
-        return (host,)
+        return (str(literal),)
+    lookup = _resolvers().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout=max(0.01, deadline - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        raise OutboundFailed(f"The host name {host} did not resolve in time.") from None
     except (OSError, UnicodeError):
         raise OutboundFailed(f"The host name {host} could not be resolved.") from None
     addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -243,10 +260,10 @@ def _resolve(host: str, port: int) -> tuple[str, ...]:
     return addresses
 
 
-def _target(url: str) -> _Target:
+def _target(url: str, deadline: float) -> _Target:
     parsed, host = _parse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return _Target(parsed, host, _resolve(host, port))
+    return _Target(parsed, host, _resolve(host, port, deadline))
 
 
 # --- the request --------------------------------------------------------------------------
@@ -282,7 +299,7 @@ def request(
     headers = {"Accept-Encoding": "identity", **(headers or {})}
     hops = max(0, min(follow_redirects, MAX_REDIRECTS))
     for hop in range(hops + 1):
-        target = _target(url)
+        target = _target(url, deadline)
         status, response_headers, body = _send(
             method, target, content, headers, deadline, max_bytes
         )

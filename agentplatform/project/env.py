@@ -104,3 +104,15 @@ def env_networks(name: str, default: list[str]) -> list[str]:
                 problem = f"{name}: {item!r} is neither a network nor a host name."
                 raise ConfigError(problem) from None
     return items
+
+
+def env_seconds_list(name: str, default: list[float]) -> list[float]:
+    """Comma-separated durations in seconds (a retry schedule), each at least 0."""
+    raw = env_list(name, [str(value) for value in default])
+    try:
+        values = [float(item) for item in raw]
+    except ValueError:
+        raise ConfigError(f"{name}={','.join(raw)!r} is not a list of seconds.") from None
+    if not values or any(value < 0 for value in values):
+        raise ConfigError(f"{name} must list one or more durations of 0 seconds or more.")
+    return values

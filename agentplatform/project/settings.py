@@ -19,6 +19,7 @@ from agentplatform.project.env import (
     env_list,
     env_networks,
     env_rate,
+    env_seconds_list,
     env_str,
     env_url,
 )
@@ -260,6 +261,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "agentplatform.purge_idempotency_records",
         "schedule": 3600.0,
     },
+    # Re-sends webhook deliveries whose time came and whose Celery message was lost.
+    "agentplatform.webhook_sweep": {
+        "task": "agentplatform.webhook_sweep",
+        "schedule": 30.0,
+    },
+    "agentplatform.webhook_purge": {
+        "task": "agentplatform.webhook_purge",
+        "schedule": 86_400.0,
+    },
 }
 
 # --- REST ----------------------------------------------------------------------------------
@@ -297,10 +307,20 @@ IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=60)
 # may take over from a holder that died.
 IDEMPOTENCY_LOCK_SECONDS = env_int("IDEMPOTENCY_LOCK_SECONDS", 15, minimum=1)
 
-# --- outbound requests -------------------------------------------------------------------
+# --- outbound requests and webhooks --------------------------------------------------------
 # Requests to tenants' URLs (webhooks, tools) refuse every non-public address; these CIDRs and
 # host names are exceptions (self-hosted receivers on a private network; the test suite).
 OUTBOUND_ALLOWED_NETWORKS = env_networks("OUTBOUND_ALLOWED_NETWORKS", [])
+# Defaults in agentplatform/core/webhooks.py (WebhookSettings).
+WEBHOOKS = {
+    # Seconds between attempts (before jitter): ~27 h from the first to the last.
+    "RETRY_SCHEDULE": tuple(
+        env_seconds_list("WEBHOOKS_RETRY_SCHEDULE", [5, 300, 1800, 7200, 18_000, 36_000, 36_000])
+    ),
+    "TIMEOUT_SECONDS": float(env_int("WEBHOOKS_TIMEOUT_SECONDS", 10, minimum=1)),
+    "SECRET_GRACE_SECONDS": env_int("WEBHOOKS_SECRET_GRACE_SECONDS", 86_400, minimum=0),
+    "RETENTION_DAYS": env_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1),
+}
 
 # --- LLM -----------------------------------------------------------------------------------
 LLM_BASE_URL = env_url("LLM_BASE_URL", None, schemes=("http", "https"))

@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from agentplatform.api import webhooks as webhook_api
 from agentplatform.core.console import rate_limited_login
 from agentplatform.http.health import healthz, readyz
 from agents.api.runs import RunViewSet, SessionRunsViewSet
@@ -34,6 +35,7 @@ router.register("memories", MemoryViewSet, basename="memory")
 router.register("checkpoints", CheckpointViewSet, basename="checkpoint")
 router.register("secrets", SecretViewSet, basename="secret")
 router.register("runs", RunViewSet, basename="run")
+router.register("webhooks", webhook_api.WebhookViewSet, basename="webhook")
 
 api_urls = [
     path(
@@ -61,6 +63,7 @@ api_urls = [
     path("sessions/<str:session_pk>/fork/", SessionForkView.as_view(), name="fork"),
     path("users/<str:user_id>/erase/", UserEraseView.as_view(), name="user-erase"),
     path("invoke/", InvokeView.as_view(), name="invoke"),
+    *webhook_api.urls,
     path(
         "schema/",
         SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]),

@@ -22,8 +22,15 @@ from agentplatform.core.services import (
     tenant_create,
 )
 from agentplatform.core.vault import secret_delete, secret_set
+from agentplatform.core.webhooks import (
+    webhook_endpoint_create,
+    webhook_endpoint_delete,
+    webhook_endpoint_disable,
+    webhook_endpoint_update,
+    webhook_secret_rotate,
+)
 from agentplatform.devtools.testing import ROOT
-from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret
+from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret, WebhookEndpoint
 from agents.engine.turn import turn_run
 from agents.models import Run
 from agents.runs import Answer, run_act, run_cancel, run_create
@@ -40,6 +47,8 @@ pytestmark = pytest.mark.django_db
 SERVICE_MODULES = [
     "agentplatform.core.services",
     "agentplatform.core.vault",
+    "agentplatform.core.webhooks",
+    "agentplatform.core.webhook_delivery",
     "agents.services",
     "agents.runs",
     "memory.semantic",
@@ -65,6 +74,16 @@ READS = {
     "compaction_range",
     "storage_usage",
     "facts_of",
+    "webhook_settings",
+    "signing_secrets",
+    "previous_secret_expiry",
+    "event_id_new",
+    "webhook_endpoint_list",
+    "access_webhook_endpoint",
+    "webhook_delivery_list",
+    "access_webhook_delivery",
+    "retry_delay",
+    "deliveries_due",
 }
 ACTOR = Actor("operator", "audit-test")
 
@@ -138,6 +157,15 @@ def _waiting_run(alice: Persona) -> None:
     )
 
 
+def _webhook(alice: Persona) -> WebhookEndpoint:
+    found = WebhookEndpoint.objects.filter(tenant=alice.tenant).first()
+    if found is not None:
+        return found
+    return webhook_endpoint_create(
+        tenant=alice.tenant, url="https://hooks.example/in", events=["run.completed"], actor=ACTOR
+    )[0]
+
+
 # Each case makes the one call under test; `setup` runs first and its events do not count.
 CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]]] = {
     "tenant.created": (None, lambda a: tenant_create(slug="audited-co", actor=ACTOR)),
@@ -201,6 +229,23 @@ CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]
             decided_by="api",
             actor=ACTOR,
         ),
+    ),
+    "webhook.created": (None, _webhook),
+    "webhook.updated": (
+        _webhook,
+        lambda a: webhook_endpoint_update(endpoint=_webhook(a), description="x", actor=ACTOR),
+    ),
+    "webhook.disabled": (
+        _webhook,
+        lambda a: webhook_endpoint_disable(endpoint=_webhook(a), reason="410", actor=ACTOR),
+    ),
+    "webhook.deleted": (
+        _webhook,
+        lambda a: webhook_endpoint_delete(endpoint=_webhook(a), actor=ACTOR),
+    ),
+    "webhook.secret_rotated": (
+        _webhook,
+        lambda a: webhook_secret_rotate(endpoint=_webhook(a), actor=ACTOR),
     ),
     "retention.enforced": (
         lambda a: RetentionPolicy.objects.create(tenant=a.tenant, message_retention_days=30),

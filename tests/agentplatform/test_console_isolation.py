@@ -12,7 +12,13 @@ from django.test import Client
 from django.urls import reverse
 
 from agentplatform.core.console import TenantScopedAdmin
-from agentplatform.models import ApiKey, AuditEvent, Membership
+from agentplatform.models import (
+    ApiKey,
+    AuditEvent,
+    Membership,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from agents.models import Message
 from memory.models import Checkpoint, Memory, RetentionPolicy, Summary
 from tests.conftest import Persona, populate
@@ -56,6 +62,8 @@ def test_every_scoped_model_is_covered(two_tenants: tuple[Persona, Persona]) -> 
         Memory,
         Summary,
         RetentionPolicy,
+        WebhookEndpoint,
+        WebhookDelivery,
     }
     assert expected <= set(SCOPED)
     for model, pks in _rows_of(two_tenants[1]).items():

@@ -28,7 +28,7 @@ from pgvector.django import CosineDistance
 
 from agentplatform.core import rls
 from agentplatform.core.audit import SYSTEM
-from agentplatform.models import Tenant
+from agentplatform.models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from agentplatform.project.checks import row_level_security_binds
 from agents.client_tokens import client_token_mint
 from agents.models import Agent, Message, Run, Session
@@ -221,13 +221,20 @@ def _bobs_ids(bob: Persona) -> dict[str, str]:
         "secret": "llm",
         "user": bob.user_id,
         "run": str(Run.objects.filter(tenant=bob.tenant).values_list("pk", flat=True)[0]),
+        "webhook": _webhook_of(bob),
+        "delivery": str(WebhookDelivery.objects.get(tenant=bob.tenant).pk),
     }
 
 
-def _cases(ids: dict[str, str], own_session: str) -> dict[str, list[Case]]:
+def _webhook_of(persona: Persona) -> str:
+    return str(WebhookEndpoint.objects.get(tenant=persona.tenant).pk)
+
+
+def _cases(ids: dict[str, str], own: dict[str, str]) -> dict[str, list[Case]]:
     """Per schema path, every operation aimed at bob's objects."""
     s, a, m, c = ids["session"], ids["agent"], ids["memory"], ids["checkpoint"]
     r = ids["run"]
+    w, d, own_session, own_w = ids["webhook"], ids["delivery"], own["session"], own["webhook"]
     return {
         "/api/v1/runs/{id}/": [Case("get", f"/api/v1/runs/{r}/")],
         "/api/v1/runs/{id}/cancel/": [Case("post", f"/api/v1/runs/{r}/cancel/", {})],
@@ -293,6 +300,26 @@ def _cases(ids: dict[str, str], own_session: str) -> dict[str, list[Case]]:
         "/api/v1/memories/": [
             Case("post", "/api/v1/memories/", {"user_id": "x", "text": "a fact", "agent": a})
         ],
+        "/api/v1/webhooks/{id}/": [
+            Case("get", f"/api/v1/webhooks/{w}/"),
+            Case("patch", f"/api/v1/webhooks/{w}/", {"url": "https://mine.example/now"}),
+            Case("delete", f"/api/v1/webhooks/{w}/"),
+        ],
+        "/api/v1/webhooks/{id}/rotate-secret/": [
+            Case("post", f"/api/v1/webhooks/{w}/rotate-secret/", {})
+        ],
+        "/api/v1/webhooks/{id}/test/": [Case("post", f"/api/v1/webhooks/{w}/test/", {})],
+        "/api/v1/webhooks/{webhook_pk}/deliveries/": [
+            Case("get", f"/api/v1/webhooks/{w}/deliveries/")
+        ],
+        "/api/v1/webhooks/{webhook_pk}/deliveries/{id}/": [
+            Case("get", f"/api/v1/webhooks/{w}/deliveries/{d}/"),
+            Case("get", f"/api/v1/webhooks/{own_w}/deliveries/{d}/"),
+        ],
+        "/api/v1/webhooks/{webhook_pk}/deliveries/{id}/redeliver/": [
+            Case("post", f"/api/v1/webhooks/{w}/deliveries/{d}/redeliver/", {}),
+            Case("post", f"/api/v1/webhooks/{own_w}/deliveries/{d}/redeliver/", {}),
+        ],
     }
 
 
@@ -304,6 +331,7 @@ NO_FOREIGN_ID = {
     "/api/v1/memories/search/",
     "/api/v1/secrets/",
     "/api/v1/users/{user_id}/erase/",
+    "/api/v1/webhooks/",
 }
 
 
@@ -312,7 +340,8 @@ def test_every_operation_with_another_tenants_ids_is_404_and_says_nothing(
 ) -> None:
     alice, bob = two_tenants
     ids = _bobs_ids(bob)
-    cases = _cases(ids, str(alice.session.pk))
+    own = {"session": str(alice.session.pk), "webhook": _webhook_of(alice)}
+    cases = _cases(ids, own)
     assert (
         set(SchemaGenerator().get_schema(public=True)["paths"]) == set(cases) | NO_FOREIGN_ID
     )  # none forgotten
@@ -334,7 +363,9 @@ def test_lists_and_erasure_never_show_or_touch_another_tenants_rows(
     alice, bob = two_tenants
     ids = _bobs_ids(bob)
     client = alice.client()
-    for path in ("/api/v1/agents/", "/api/v1/sessions/", "/api/v1/memories/", "/api/v1/secrets/"):
+    lists = ("/api/v1/agents/", "/api/v1/sessions/", "/api/v1/memories/", "/api/v1/secrets/",
+             "/api/v1/webhooks/")  # fmt: skip
+    for path in lists:
         for query in ("", f"?agent={ids['agent']}", f"?user_id={bob.user_id}"):
             response = client.get(path + query)
             assert response.status_code in (200, 422), (path, query)
@@ -412,7 +443,7 @@ def _send(client: Any, case: Case) -> Any:
 
 def _with_random_ids(case: Case, ids: dict[str, str]) -> Case:
     text = json.dumps([case.path, case.body])
-    for key in ("session", "agent", "memory", "checkpoint", "run"):
+    for key in ("session", "agent", "memory", "checkpoint", "run", "webhook", "delivery"):
         text = text.replace(ids[key], str(uuid.uuid4()))
     path, body = json.loads(text)
     return Case(case.method, path, body)
@@ -422,7 +453,7 @@ def _assert_nothing_of(bob: Persona, ids: dict[str, str], body: bytes, case: Cas
     text = body.decode()
     for secret in (str(bob.tenant.pk), bob.tenant.slug, bob.user_id, "hello from bob"):
         assert secret not in text, (case, secret)
-    for key in ("memory", "checkpoint", "run"):  # ids alice did not send must not come back
+    for key in ("memory", "checkpoint", "run", "webhook", "delivery"):  # alice did not send these
         if ids[key] not in json.dumps([case.path, case.body]):
             assert ids[key] not in text, (case, key)
 
@@ -444,4 +475,15 @@ def _fingerprint(persona: Persona) -> dict[str, Any]:
         "runs": sorted(
             Run.objects.filter(tenant=tenant).values_list("pk", "status", "cancel_requested_at")
         ),
+        "webhooks": sorted(
+            WebhookEndpoint.objects.filter(tenant=tenant).values_list(
+                "pk", "url", "enabled", "secret_ciphertext", "updated_at"
+            )
+        ),
+        "deliveries": sorted(
+            WebhookDelivery.objects.filter(tenant=tenant).values_list(
+                "pk", "status", "next_attempt_at", "attempts"
+            )
+        ),
+        "webhook_events": WebhookEvent.objects.filter(tenant=tenant).count(),
     }

@@ -135,6 +135,8 @@ def test_internal_addresses_are_refused(address: str, nothing_allowed: None) -> 
         lambda port: f"http://0.0.0.0:{port}/",
         lambda port: f"http://2130706433:{port}/",  # 127.0.0.1 as one decimal number
         lambda port: f"http://0x7f.1:{port}/",  # and in hex, shortened
+        lambda port: f"http://127.1:{port}/",
+        lambda port: f"http://0:{port}/",
     ],
 )
 def test_a_listening_loopback_server_is_not_reached_without_the_setting(
@@ -209,7 +211,8 @@ def test_url_check_accepts_public_names_and_refuses_loopback_names(nothing_allow
     assert (
         outbound.url_check("https://hooks.example.com/in?x=1") == "https://hooks.example.com/in?x=1"
     )
-    for url in ("http://localhost/", "http://app.localhost:8000/", "http://LOCALHOST./"):
+    for url in ("http://localhost/", "http://app.localhost:8000/", "http://LOCALHOST./",
+                "http://0/", "http://127.1/", "http://0x7f.1/", "http://2130706433/"):  # fmt: skip
         with pytest.raises(OutboundRefused):
             outbound.url_check(url)
 
@@ -294,3 +297,15 @@ def test_proxy_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("no_proxy", raising=False)
         assert outbound.request("GET", server.url).status == 200
     assert proxy.received == [] and len(server.received) == 1
+
+
+def test_a_slow_name_server_is_bounded_by_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(host: str, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.5)
+        return _real_getaddrinfo("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow)
+    started = time.monotonic()
+    with pytest.raises(OutboundFailed, match="did not resolve in time"):
+        outbound.request("GET", "http://slow.example/", timeout=0.3)
+    assert time.monotonic() - started < 1

@@ -32,7 +32,13 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from agentplatform.core.audit import SYSTEM
 from agentplatform.http.serializers import NUL_REFUSED
-from agentplatform.models import IdempotencyRecord, Tenant, TenantSecret
+from agentplatform.models import (
+    IdempotencyRecord,
+    Tenant,
+    TenantSecret,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 from agents.llm.scripted import scripted_backend
 from agents.models import Agent
 from agents.services import agent_create, session_open
@@ -42,12 +48,22 @@ from tests.conftest import Persona, make_persona
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 SCENARIOS = int(os.environ.get("FUZZ_SCENARIOS", "40"))
 
+WEBHOOK_URL_RULES = [
+    "is not a public address.",
+    "The URL is malformed.",
+    "The URL has no host.",
+    "must not contain credentials",
+    "is not a valid host name.",
+]
 # Rules OpenAPI 3.0 cannot state. The server refuses such data with a 422 naming the rule;
 # that answer, and only it, is excused from "data the schema calls valid is accepted".
 UNSTATABLE_RULES = {
     # A JSON object's nested strings cannot be constrained by a schema of any object.
     "*": [NUL_REFUSED],
     "POST /api/v1/invoke/": ["The last message must be the user's."],
+    # A webhook URL's host: not an internal address, a valid name (checked by url_check).
+    "POST /api/v1/webhooks/": WEBHOOK_URL_RULES,
+    "PATCH /api/v1/webhooks/{id}/": WEBHOOK_URL_RULES,
 }
 
 
@@ -94,7 +110,7 @@ def _reset(tenant: Tenant) -> None:
     """The tenant as it was created: one agent with one session, nothing else. Each call
     sequence starts here, so that the same sequence meets the same state (Hypothesis replays
     sequences and refuses ones whose steps became possible or impossible in between)."""
-    for model in (Agent, Memory, TenantSecret, IdempotencyRecord):
+    for model in (Agent, Memory, TenantSecret, IdempotencyRecord, WebhookEndpoint, WebhookEvent):
         model.objects.filter(tenant=tenant).delete()
     redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
     agent = agent_create(actor=SYSTEM, tenant=tenant, name="fuzz agent", system_prompt="Hi.")
