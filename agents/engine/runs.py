@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,18 +18,18 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from agentplatform.core.webhooks import EventType, event_publish
 from agents.llm.base import Usage
 from agents.models import Message, Run, Session
 
-RunHook = Callable[[Run], None]
-# What else hears about a run reaching `requires_action` or a final status (webhooks,
-# say): the service layer registers it, so the engine does not depend on it.
-_listeners: list[RunHook] = []
-
-
-def run_listen(hook: RunHook) -> None:
-    if hook not in _listeners:
-        _listeners.append(hook)
+# The webhook event of each status a run reaches (its tenant's endpoints may listen).
+_EVENTS: dict[str, str] = {
+    Run.Status.REQUIRES_ACTION: EventType.RUN_REQUIRES_ACTION,
+    Run.Status.COMPLETED: EventType.RUN_COMPLETED,
+    Run.Status.FAILED: EventType.RUN_FAILED,
+    Run.Status.CANCELLED: EventType.RUN_CANCELLED,
+    Run.Status.EXPIRED: EventType.RUN_EXPIRED,
+}
 
 
 # The row of a transport's run is written without waiting for the WAL flush, as the lease
@@ -127,8 +126,8 @@ def run_ended(
         run.assistant_message, fields["assistant_message"] = assistant_message, assistant_message
     if usage is not None:
         run.usage = fields["usage"] = _usage_dict(run.usage, usage)
-    Run.objects.filter(Q(pk=run.pk) & ~Q(status__in=Run.FINAL)).update(**fields)
-    _tell(run)
+    if Run.objects.filter(Q(pk=run.pk) & ~Q(status__in=Run.FINAL)).update(**fields):
+        _tell(run)
 
 
 def run_find(session: Session, turn_key: str) -> Run | None:
@@ -143,5 +142,25 @@ def _usage_dict(before: dict[str, Any], usage: Usage) -> dict[str, int]:
 
 
 def _tell(run: Run) -> None:
-    for hook in _listeners:
-        hook(run)
+    """Tell the tenant's webhook endpoints (stored with the caller's transaction, sent
+    after its commit)."""
+    event_publish(tenant_id=run.tenant_id, type=_EVENTS[run.status], data=run_event_data(run))
+
+
+def run_event_data(run: Run) -> dict[str, Any]:
+    """A run as its webhook events carry it: ids and states (the messages are one GET away)."""
+    return {
+        "run": {
+            "id": str(run.pk),
+            "session": str(run.session_id),
+            "status": run.status,
+            "background": run.background,
+            "required_action": run.required_action,
+            "usage": run.usage or None,
+            "error": run.error,
+            "user_message": run.user_message_id,
+            "assistant_message": run.assistant_message_id,
+            "expires_at": run.expires_at.isoformat() if run.expires_at else None,
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        }
+    }

@@ -424,3 +424,31 @@ def test_operators_decide_their_calls_on_the_pending_approvals_page(
     assert event.actor_kind == "operator" and "900" not in json.dumps(event.payload)
     inspector = _login(alice).get(f"/admin/agents/session/{alice.session.pk}/inspect/")
     assert b"approved by operator" in inspector.content
+
+
+def test_runs_tell_the_tenants_webhooks_what_became_of_them(
+    alice: Persona, bob: Persona, llm: ScriptedBackend
+) -> None:
+    from agentplatform.core.audit import SYSTEM
+    from agentplatform.core.webhooks import webhook_endpoint_create
+    from agentplatform.models import WebhookEvent
+
+    events = ["run.requires_action", "run.completed", "run.cancelled"]
+    webhook_endpoint_create(
+        tenant=alice.tenant, url="https://hooks.example/in", events=events, actor=SYSTEM
+    )
+    llm.script(Step(reply="Plain."), Step(reply="", tool_calls=[_call("refund", "c1")]))
+    completed = _start(alice, "hello").json()["id"]
+    waiting = _start(alice, "refund").json()["id"]
+    alice.client().post(f"/api/v1/runs/{waiting}/cancel/")
+    bodies = [(e.type, json.loads(e.body)) for e in WebhookEvent.objects.order_by("created_at")]
+    sent = [(kind, body["data"]["run"]["id"]) for kind, body in bodies]
+    assert sent == [
+        ("run.completed", completed),
+        ("run.requires_action", waiting),
+        ("run.cancelled", waiting),
+    ]
+    assert bodies[1][1]["data"]["run"]["required_action"]["tool_calls"][0]["id"] == "c1"
+    llm.script(Step(reply="Bob's."))
+    _start(bob, "bob's turn")  # bob has no endpoint: nothing is stored for him
+    assert not WebhookEvent.objects.filter(tenant=bob.tenant).exists()
