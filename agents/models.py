@@ -273,3 +273,57 @@ class Run(TenantOwned):
     @property
     def final(self) -> bool:
         return self.status in self.FINAL
+
+
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # what LLM APIs accept as a function name
+
+
+class TenantTool(TenantOwned):
+    """A tool a tenant defines through the API, beside the deployment's registered ones:
+    `http` (the platform POSTs the arguments to the tenant's URL, signed), `client` (the
+    run waits for the caller's output) or `mcp` (a tool of the tenant's MCP server). Agents
+    list it by name in their `tools`."""
+
+    class Kind(models.TextChoices):
+        HTTP = "http"
+        CLIENT = "client"
+        MCP = "mcp"
+
+    class ApprovalRule(models.TextChoices):
+        NONE = "", "none"
+        API = "api"
+        OPERATOR = "operator"
+        END_USER = "end_user"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=64)
+    description = models.TextField(max_length=2000, blank=True, default="")
+    parameters = models.JSONField(default=dict, blank=True)  # JSON Schema of the arguments
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    approval = models.CharField(
+        max_length=16, choices=ApprovalRule.choices, blank=True, default=ApprovalRule.NONE
+    )
+    timeout_seconds = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(120)]
+    )
+    url = models.CharField(max_length=2048, blank=True, default="")  # http: endpoint; mcp: server
+    remote_name = models.CharField(max_length=200, blank=True, default="")  # mcp: its own name
+    # Header name -> the name of a tenant secret whose value is sent (never the value here).
+    headers = models.JSONField(default=dict, blank=True)
+    # http: the whsec_ signing secret, encrypted (agentplatform.core.vault's cipher).
+    secret_ciphertext = models.TextField(blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="tenant_tool_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(timeout_seconds__gte=1, timeout_seconds__lte=120),
+                name="tenant_tool_timeout_range",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="tool_tenant_created")]
+
+    def __str__(self) -> str:
+        return self.name
