@@ -12,7 +12,7 @@ from django.urls import path, reverse
 
 from agentplatform.core.console import TenantScopedAdmin, operator_actor
 from agents import runs
-from agents.models import Agent, Message, Run, Session
+from agents.models import Agent, Message, Run, Session, TenantTool
 from agents.tools import Approval
 
 
@@ -130,3 +130,20 @@ class RunAdmin(TenantScopedAdmin):
             verdict = "Approved" if answer.approve else "Denied"
             self.message_user(request, f"{verdict} call {answer.tool_call_id} of run {run.pk}.")
         return HttpResponseRedirect(reverse("admin:agents_run_approvals"))
+
+
+@admin.register(TenantTool)
+class TenantToolAdmin(TenantScopedAdmin):
+    """Tenants' own tools, to look at (and delete): they are defined through the API, whose
+    checks (the JSON Schema, the URL's address, the secrets named) a form would bypass."""
+
+    list_display = ["name", "tenant", "kind", "approval", "timeout_seconds", "updated_at"]
+    list_filter = ["tenant", "kind", "approval"]
+    search_fields = ["name"]
+    exclude = ["secret_ciphertext"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False

@@ -22,10 +22,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from agentplatform.core import rls
-from agentplatform.core.audit import Actor, audit_record, audited, unaudited
+from agentplatform.core.audit import Actor, audit_row, audited, unaudited
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
-from agentplatform.models import Tenant
 from agents.conf import agents_settings
 from agents.engine.runs import run_ended, run_started
 from agents.engine.turn import CANCELLED, EXPIRED, TURN_FAILURES, turn_settle
@@ -115,12 +114,8 @@ def run_cancel(*, run: Run, actor: Actor) -> Run:
         if first_request:
             locked.cancel_requested_at = timezone.now()
             locked.save(update_fields=["cancel_requested_at"])
-            audit_record(
-                tenant=Tenant(pk=locked.tenant_id),
-                actor=actor,
-                action="run.cancelled",
-                target=locked,
-                payload={"status": locked.status},
+            audit_row(
+                locked, actor=actor, action="run.cancelled", payload={"status": locked.status}
             )
         waiting = locked.status == Run.Status.REQUIRES_ACTION or locked.required_action
         started = locked.started_at is not None
@@ -154,11 +149,10 @@ def run_act(*, run: Run, answers: list[Answer], decided_by: str, actor: Actor) -
         if complete:
             locked.status = Run.Status.QUEUED
         locked.save(update_fields=["action_results", "status"])
-        audit_record(
-            tenant=Tenant(pk=locked.tenant_id),
+        audit_row(
+            locked,
             actor=actor,
             action="run.answered",
-            target=locked,
             # Which calls were answered and how; never the outputs (the tenant's data).
             payload={
                 "decided_by": decided_by,

@@ -14,11 +14,13 @@ Two tools are built in and handled by the engine itself, needing no answer from 
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
 from django.utils.module_loading import import_string
 
 from agents.conf import agents_settings
@@ -47,6 +49,7 @@ class ToolContext:
     session_id: uuid.UUID
     user_id: str
     idempotency_key: str  # the same for this call when its turn is resumed or retried
+    call_id: str = ""  # the LLM's id of the call
 
 
 class Approval:
@@ -107,6 +110,30 @@ def tools_for(names: list[str]) -> dict[str, Tool]:
     return {name: registry[name] for name in names if name in registry}
 
 
-def tool_specs(names: list[str]) -> tuple[dict[str, Any], ...]:
-    """What the LLM is told it may call: the built-ins and the agent's tools."""
-    return _BUILT_IN_SPECS + tuple(tool.spec() for tool in tools_for(names).values())
+def tool_specs(tools: dict[str, Tool]) -> tuple[dict[str, Any], ...]:
+    """What the LLM is told it may call: the built-ins and these tools (an agent's)."""
+    return _BUILT_IN_SPECS + tuple(tool.spec() for tool in tools.values())
+
+
+def arguments_problem(tool: Tool, arguments: dict[str, Any]) -> str | None:
+    """Why a call's arguments do not fit the tool's JSON Schema (None when they do). The
+    LLM gets this back as the call's error result, to correct itself."""
+    error = jsonschema.exceptions.best_match(
+        _validator(_schema_key(tool.parameters)).iter_errors(arguments)
+    )
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"{where or 'arguments'}: {error.message}"
+
+
+def _schema_key(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _validator(schema: str) -> jsonschema.protocols.Validator:
+    loaded = json.loads(schema)
+    return jsonschema.validators.validator_for(loaded, default=jsonschema.Draft202012Validator)(
+        loaded
+    )

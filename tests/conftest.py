@@ -64,7 +64,7 @@ def make_persona(slug: str) -> Persona:
 def populate(persona: Persona) -> None:
     """A row in every store for the persona's tenant: a turn (messages, checkpoint), a
     memory, a summary, an audited API write, a retention policy, a storage sample, a secret,
-    a webhook endpoint with an event delivered to it (one failed attempt)."""
+    a tool, a webhook endpoint with an event delivered to it (one failed attempt)."""
     turn_run(session=persona.session, content=f"hello from {persona.tenant.slug}")
     memory_upsert(
         actor=SYSTEM,
@@ -91,6 +91,8 @@ def populate(persona: Persona) -> None:
     RetentionPolicy.objects.create(tenant=persona.tenant, message_retention_days=90)
     storage_sample(tenant=persona.tenant)
     persona.client().post("/api/v1/secrets/", {"name": "llm", "value": "s3cret"}, format="json")
+    tool = {"name": f"{persona.tenant.slug}_picker", "kind": "client"}
+    persona.client().post("/api/v1/tools/", tool, format="json")
     webhook = {"url": f"https://hooks.{persona.tenant.slug}.example/in", "events": [SUMMARIZED]}
     persona.client().post("/api/v1/webhooks/", webhook, format="json")
     event = event_publish(tenant_id=persona.tenant.pk, type=SUMMARIZED, data={"n": 1})

@@ -144,13 +144,18 @@ def audit_record(
     return event
 
 
+def audit_row(row: Model, *, actor: Actor, action: str, payload: Any = None) -> AuditEvent:
+    """Record an action on a tenant's row, in that row's tenant's chain (no lookup)."""
+    tenant_id = getattr(row, "tenant_id", None)
+    tenant = Tenant(pk=tenant_id) if tenant_id else None
+    return audit_record(tenant=tenant, actor=actor, action=action, target=row, payload=payload)
+
+
 def audit_delete(row: Model, *, actor: Actor, action: str, payload: Any = None) -> None:
     """Delete a tenant's row and record it, in one transaction (the event is written first:
     it names the row)."""
-    tenant_id = getattr(row, "tenant_id", None)
     with transaction.atomic():
-        tenant = Tenant(pk=tenant_id) if tenant_id else None
-        audit_record(tenant=tenant, actor=actor, action=action, target=row, payload=payload)
+        audit_row(row, actor=actor, action=action, payload=payload)
         row.delete()
 
 

@@ -20,7 +20,6 @@ delivery again. Each attempt is one row of the delivery's log.
 
 from __future__ import annotations
 
-import email.utils
 import random
 import time
 import uuid
@@ -151,7 +150,7 @@ def _post(claim: _Claim) -> _Outcome:
         latency_ms=round(response.elapsed * 1000),
         error=_status_error(response),
         excerpt=response.body[:EXCERPT_CHARS].decode("utf-8", "replace"),
-        retry_after=_retry_after(response.headers.get("retry-after")),
+        retry_after=outbound.retry_after_seconds(response.headers.get("retry-after")),
     )
 
 
@@ -165,21 +164,6 @@ def _status_error(response: outbound.OutboundResponse) -> str:
     if response.status in outbound.REDIRECT_STATUSES:
         return f"Redirect ({response.status}) not followed: give the final URL."
     return f"The receiver answered {response.status}."
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - timezone.now()).total_seconds())
 
 
 @transaction.atomic

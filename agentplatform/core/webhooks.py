@@ -31,7 +31,13 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
-from agentplatform.core.audit import Actor, audit_delete, audit_record, audited, unaudited
+from agentplatform.core.audit import (
+    Actor,
+    audit_delete,
+    audit_row,
+    audited,
+    unaudited,
+)
 from agentplatform.core.tenancy import access_object
 from agentplatform.core.vault import cipher
 from agentplatform.infra import outbound
@@ -97,7 +103,7 @@ def webhook_settings() -> WebhookSettings:
 # --- secrets ------------------------------------------------------------------------------
 
 
-def _secret_new() -> tuple[str, str]:
+def signing_secret_new() -> tuple[str, str]:
     """A new secret and its ciphertext."""
     secret = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
     return secret, cipher().encrypt(secret.encode()).decode()
@@ -147,13 +153,7 @@ def _audit_payload(endpoint: WebhookEndpoint, **extra: Any) -> dict[str, Any]:
 
 
 def _audit(endpoint: WebhookEndpoint, action: str, actor: Actor, **extra: Any) -> None:
-    audit_record(
-        tenant=Tenant(pk=endpoint.tenant_id),
-        actor=actor,
-        action=action,
-        target=endpoint,
-        payload=_audit_payload(endpoint, **extra),
-    )
+    audit_row(endpoint, actor=actor, action=action, payload=_audit_payload(endpoint, **extra))
 
 
 @audited("webhook.created")
@@ -168,7 +168,7 @@ def webhook_endpoint_create(
     actor: Actor,
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint; its secret is returned this once and kept only encrypted."""
-    secret, ciphertext = _secret_new()
+    secret, ciphertext = signing_secret_new()
     endpoint = WebhookEndpoint(
         tenant=tenant,
         url=_clean_url(url),
@@ -238,7 +238,7 @@ def webhook_secret_rotate(
     if grace > 0:
         expires = (now + timedelta(seconds=grace)).isoformat()
         kept.insert(0, {"ciphertext": endpoint.secret_ciphertext, "expires_at": expires})
-    secret, endpoint.secret_ciphertext = _secret_new()
+    secret, endpoint.secret_ciphertext = signing_secret_new()
     endpoint.previous_secrets = kept[:MAX_PREVIOUS_SECRETS]
     endpoint.save(update_fields=["secret_ciphertext", "previous_secrets", "updated_at"])
     _audit(endpoint, "webhook.secret_rotated", actor, grace_seconds=grace)

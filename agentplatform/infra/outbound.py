@@ -20,6 +20,7 @@ Error messages are safe to show the tenant: they never name an address the platf
 from __future__ import annotations
 
 import concurrent.futures
+import email.utils
 import functools
 import ipaddress
 import re
@@ -28,6 +29,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urljoin
 
 import httpx
@@ -395,3 +397,18 @@ def _bounded(
 
 def _too_large(status: int, max_bytes: int) -> OutboundFailed:
     return OutboundFailed(f"The response is larger than {max_bytes} bytes.", status=status)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -300,6 +300,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "agents.models.Run.Status",
         "SessionStatusEnum": "agents.models.Session.Status",
+        "ToolKindEnum": ["http", "client"],
+        "CallKindEnum": ["python", "http", "client", "mcp"],
+        "ApprovalRuleEnum": "agents.models.TenantTool.ApprovalRule",
     },
 }
 IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=60)

@@ -9,6 +9,7 @@ from agentplatform.api import webhooks as webhook_api
 from agentplatform.core.console import rate_limited_login
 from agentplatform.http.health import healthz, readyz
 from agents.api.runs import RunViewSet, SessionRunsViewSet
+from agents.api.tools import ToolViewSet
 from agents.api.views import (
     AgentViewSet,
     InvokeView,
@@ -35,6 +36,7 @@ router.register("memories", MemoryViewSet, basename="memory")
 router.register("checkpoints", CheckpointViewSet, basename="checkpoint")
 router.register("secrets", SecretViewSet, basename="secret")
 router.register("runs", RunViewSet, basename="run")
+router.register("tools", ToolViewSet, basename="tool")
 router.register("webhooks", webhook_api.WebhookViewSet, basename="webhook")
 
 api_urls = [

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from agentplatform.http.authentication import request_tenant
 from agentplatform.http.serializers import (
     JSONObjectField,
     StrictCharField,
@@ -13,8 +14,21 @@ from agentplatform.http.serializers import (
     StrictSerializer,
     StrictSlugField,
 )
-from agents.models import LLM_SCHEMA, Agent, Message, Run, Session, validate_llm
-from agents.tools import tool_registry
+from agents.models import (
+    LLM_SCHEMA,
+    Agent,
+    Message,
+    Run,
+    Session,
+    TenantTool,
+    validate_llm,
+)
+from agents.tenant_tools import tool_names_unknown
+
+MAX_AGENT_TOOLS = 64
+MAX_TOOL_HEADERS = 20
+TOOL_KINDS = [TenantTool.Kind.HTTP, TenantTool.Kind.CLIENT]
+UNKNOWN_TOOL = "not a registered tool nor one of this tenant's tools."
 
 
 @extend_schema_field(LLM_SCHEMA)
@@ -42,18 +56,27 @@ class AgentSerializer(StrictModelSerializer):
             "working_memory_ttl_seconds",
             "checkpoint_policy",
             "double_text_policy",
+            "action_timeout_seconds",
             "tools",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
 
-    def get_fields(self) -> dict[str, serializers.Field]:
-        # `tools`: names of the registered tools, read when the fields are built.
-        fields = super().get_fields()
-        registered = serializers.ChoiceField(choices=sorted(tool_registry()))
-        fields["tools"] = serializers.ListField(child=registered, required=False)
-        return fields
+    tools = serializers.ListField(
+        child=StrictSlugField(max_length=64),
+        required=False,
+        max_length=MAX_AGENT_TOOLS,
+        help_text="Names of the tools it may call: the deployment's registered tools "
+        "and the tenant's own (/tools/).",
+    )
+
+    def validate_tools(self, names: list[str]) -> list[str]:
+        tenant = request_tenant(self.context["request"])
+        unknown = tool_names_unknown(tenant_id=tenant.pk, names=names)
+        if unknown:
+            raise serializers.ValidationError(f"{', '.join(unknown)}: {UNKNOWN_TOOL}")
+        return list(dict.fromkeys(names))  # each once, in order
 
 
 class SessionSerializer(StrictModelSerializer):
@@ -295,3 +318,53 @@ class RunActionsSerializer(StrictSerializer):
         if not attrs.get("tool_outputs") and not attrs.get("decisions"):
             raise serializers.ValidationError("Send tool_outputs or decisions (or both).")
         return attrs
+
+
+class ToolSerializer(StrictModelSerializer):
+    """A tenant's own tool. `headers` maps header names to the names of the tenant's
+    secrets (POST /secrets/), whose values are sent; no value is ever shown."""
+
+    name = StrictSlugField(max_length=64)
+    kind = serializers.ChoiceField(
+        choices=TOOL_KINDS,
+        help_text="http: the platform POSTs each call to `url`, signed; client: the caller "
+        "runs it and sends the output (POST /runs/{id}/actions/).",
+    )
+    parameters = JSONObjectField(required=False, help_text="JSON Schema of the arguments.")
+    url = StrictCharField(max_length=2048, required=False, allow_blank=True)
+    headers = serializers.DictField(child=StrictCharField(max_length=100), required=False)
+    description = StrictCharField(max_length=2000, required=False, allow_blank=True)
+
+    def validate_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        if len(headers) > MAX_TOOL_HEADERS:
+            raise serializers.ValidationError(f"At most {MAX_TOOL_HEADERS} headers.")
+        return headers
+
+    class Meta:
+        model = TenantTool
+        fields = [
+            "id", "name", "description", "parameters", "kind", "approval", "timeout_seconds",
+            "url", "headers", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class ToolUpdateSerializer(ToolSerializer):
+    # Fixed once created: agents refer to the name, and the kind decides the rest.
+    name = StrictSlugField(read_only=True)
+    kind = serializers.ChoiceField(choices=TOOL_KINDS, read_only=True)
+
+    class Meta(ToolSerializer.Meta):
+        read_only_fields = ["id", "name", "kind", "created_at", "updated_at"]
+
+
+class ToolCreatedSerializer(ToolSerializer):
+    secret = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="An http tool's signing secret (whsec_...), shown this once: verify the "
+        "webhook-signature header of each call with it.",
+    )
+
+    class Meta(ToolSerializer.Meta):
+        fields = [*ToolSerializer.Meta.fields, "secret"]

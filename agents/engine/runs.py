@@ -46,11 +46,16 @@ FROM async
 
 
 def run_open(
-    *, session: Session, content: str, turn_key: str, metadata: dict[str, Any] | None = None
+    *,
+    session: Session,
+    content: str,
+    turn_key: str,
+    metadata: dict[str, Any] | None = None,
+    retried: bool = False,
 ) -> Run:
-    """The run of a turn its caller waits on, in progress from now. A turn retried under
+    """The run of a turn its caller waits on, in progress from now. A turn `retried` under
     its key (an Idempotency-Key, a client_message_id) keeps the run it began with."""
-    existing = Run.objects.filter(session=session, turn_key=turn_key).first()
+    existing = Run.objects.filter(session=session, turn_key=turn_key).first() if retried else None
     if existing is not None:
         return existing
     run = Run(

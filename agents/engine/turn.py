@@ -64,7 +64,15 @@ from agents.llm.base import (
 )
 from agents.models import Agent, Message, Run, Session
 from agents.services import NewMessage, SeqRef, StaleLease, messages_append
-from agents.tools import BUILT_IN, CHECKPOINT_TOOL, TASK_STATE_TOOL, Tool, ToolContext, tools_for
+from agents.tenant_tools import agent_tools
+from agents.tools import (
+    BUILT_IN,
+    CHECKPOINT_TOOL,
+    TASK_STATE_TOOL,
+    Tool,
+    ToolContext,
+    arguments_problem,
+)
 
 Emit = Callable[[str, dict[str, Any]], None]
 CANCEL_CHECK_SECONDS = 0.02
@@ -180,7 +188,13 @@ def turn_run(
     turn_key = turn_key or uuid.uuid4().hex
     metadata = {**(metadata or {}), "turn": turn_key}
     if run is None:
-        run = run_open(session=session, content=content, turn_key=turn_key, metadata=metadata)
+        run = run_open(
+            session=session,
+            content=content,
+            turn_key=turn_key,
+            metadata=metadata,
+            retried=resumable,
+        )
     # Every frame of this turn names it, so a page can pair replies with their message.
     publisher.extra = {"turn": turn_key, "run": str(run.pk)}
     if client_message_id:
@@ -352,7 +366,7 @@ class _Turn:
         self.awaiting: list[dict[str, Any]] = []  # calls waiting for an output or decision
         self.state = state_backend()
         self.backend = backend_for(agent)
-        self.tools = tools_for(agent.tools)
+        self.tools = agent_tools(agent)
         self.policy = agent.checkpoint_policy
         self.written = _Written()
         self.pending: list[NewMessage] = []  # not written yet, in order
@@ -461,7 +475,7 @@ class _Turn:
         parts: list[str] = []
         checked_at = time.monotonic()
         prompt = llm_messages(self.agent, context, extras.messages) + self.exchange
-        events = iter(self.backend.stream(prompt, options_for(self.agent)))
+        events = iter(self.backend.stream(prompt, options_for(self.agent, self.tools)))
         try:
             for event in _timed(events, result):
                 if isinstance(event, Delta):
@@ -512,8 +526,13 @@ class _Turn:
         # applied already and are no side effect.
         for position, call in enumerate(generation.tool_calls):
             tool = self.tools.get(call.name)
+            problem = arguments_problem(tool, call.arguments) if tool is not None else None
             if call.name in BUILT_IN:
                 self._tool_result(call, position, {"ok": True})
+            elif problem is not None:
+                # The LLM's own mistake: it reads why and may call again (no approval asked).
+                error = {"error": f"The arguments do not match the tool's schema: {problem}"}
+                self._tool_result(call, position, error, ran=False)
             elif tool is not None and tool.needs_action:
                 self.awaiting.append(_awaiting(call, tool))
             else:
@@ -550,7 +569,9 @@ class _Turn:
             return {"error": f"unknown tool {call.name!r}"}
         if tool.run is None:
             return {"error": f"{call.name!r} is run by the client, which sent no output"}
-        context = ToolContext(self.session.tenant_id, self.session.pk, self.session.user_id, key)
+        context = ToolContext(
+            self.session.tenant_id, self.session.pk, self.session.user_id, key, call.id
+        )
         try:
             return tool.run(call.arguments, context)
         except Exception as error:

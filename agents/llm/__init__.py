@@ -11,7 +11,7 @@ from agentplatform.core.vault import SecretUnavailable, secret_value
 from agents.conf import agents_settings
 from agents.llm.base import GenerationOptions, LLMBackend, LLMError
 from agents.models import LLM_KEY_ENV_PATTERN, Agent
-from agents.tools import tool_specs
+from agents.tools import Tool, tool_specs, tools_for
 
 __all__ = ["GenerationOptions", "LLMBackend", "LLMError", "backend_for", "options_for"]
 
@@ -33,7 +33,9 @@ def backend_for(agent: Agent) -> LLMBackend:
     return local_backend
 
 
-def options_for(agent: Agent) -> GenerationOptions:
+def options_for(agent: Agent, tools: dict[str, Tool] | None = None) -> GenerationOptions:
+    """The agent's generation settings; `tools` are the ones it may call (by default its
+    registered tools: the engine passes the tenant's own tools too)."""
     llm = agent.llm or {}
     return GenerationOptions(
         model=llm.get("model") or settings.LLM_MODEL or "default",
@@ -41,7 +43,7 @@ def options_for(agent: Agent) -> GenerationOptions:
         api_key=_api_key(agent, llm),
         temperature=llm.get("temperature"),
         max_tokens=int(llm.get("max_tokens") or 512),
-        tools=tool_specs(agent.tools),
+        tools=tool_specs(tools_for(agent.tools) if tools is None else tools),
     )
 
 

@@ -32,9 +32,10 @@ from agentplatform.core.webhooks import (
 from agentplatform.devtools.testing import ROOT
 from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret, WebhookEndpoint
 from agents.engine.turn import turn_run
-from agents.models import Run
+from agents.models import Run, TenantTool
 from agents.runs import Answer, run_act, run_cancel, run_create
 from agents.services import agent_create, agent_delete, agent_update, session_delete, session_open
+from agents.tenant_tools import ToolSpec, tool_create, tool_delete, tool_update
 from memory.checkpoints import checkpoint_fork, checkpoint_rollback
 from memory.erasure import user_erase
 from memory.models import Checkpoint, Memory, RetentionPolicy
@@ -51,6 +52,7 @@ SERVICE_MODULES = [
     "agentplatform.core.webhook_delivery",
     "agents.services",
     "agents.runs",
+    "agents.tenant_tools",
     "memory.semantic",
     "memory.checkpoints",
     "memory.erasure",
@@ -61,6 +63,11 @@ SERVICE_MODULES = [
 ]
 # Public functions of those modules that write nothing (reads, pure helpers).
 READS = {
+    "signing_secret_new",  # makes a secret, stores nothing
+    "tool_list",
+    "tool_names_unknown",
+    "agent_tools",
+    "schema_problem",
     "api_key_authenticate",  # touches last_used_at, a hint for operators, not a change
     "secret_value",
     "memory_search",
@@ -149,6 +156,13 @@ def _operator(alice: Persona) -> None:
     )
 
 
+def _tool(alice: Persona) -> Any:
+    found = TenantTool.objects.filter(tenant=alice.tenant).first()
+    if found is not None:
+        return found
+    return tool_create(tenant=alice.tenant, spec=ToolSpec("pick", "client"), actor=ACTOR)[0]
+
+
 def _waiting_run(alice: Persona) -> None:
     call = {"id": "c1", "name": "refund", "arguments": {}, "kind": "python", "approval": "api"}
     run_create(session=alice.session, content="refund it")
@@ -217,6 +231,9 @@ CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]
         lambda a: memory_delete(memory=Memory.objects.get(tenant=a.tenant), actor=ACTOR),
     ),
     "user.erase": (None, lambda a: user_erase(tenant=a.tenant, user_id=a.user_id, actor=ACTOR)),
+    "tool.created": (None, lambda a: _tool(a)),
+    "tool.updated": (_tool, lambda a: tool_update(tool=_tool(a), description="x", actor=ACTOR)),
+    "tool.deleted": (_tool, lambda a: tool_delete(tool=_tool(a), actor=ACTOR)),
     "run.cancelled": (
         lambda a: run_create(session=a.session, content="later"),
         lambda a: run_cancel(run=Run.objects.get(session=a.session, background=True), actor=ACTOR),

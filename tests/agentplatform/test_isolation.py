@@ -31,7 +31,7 @@ from agentplatform.core.audit import SYSTEM
 from agentplatform.models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from agentplatform.project.checks import row_level_security_binds
 from agents.client_tokens import client_token_mint
-from agents.models import Agent, Message, Run, Session
+from agents.models import Agent, Message, Run, Session, TenantTool
 from memory.embeddings import embed_one
 from memory.models import Checkpoint, Memory, Summary
 from memory.semantic import Source, memory_upsert
@@ -221,6 +221,7 @@ def _bobs_ids(bob: Persona) -> dict[str, str]:
         "secret": "llm",
         "user": bob.user_id,
         "run": str(Run.objects.filter(tenant=bob.tenant).values_list("pk", flat=True)[0]),
+        "tool": str(TenantTool.objects.filter(tenant=bob.tenant).values_list("pk", flat=True)[0]),
         "webhook": _webhook_of(bob),
         "delivery": str(WebhookDelivery.objects.get(tenant=bob.tenant).pk),
     }
@@ -233,10 +234,15 @@ def _webhook_of(persona: Persona) -> str:
 def _cases(ids: dict[str, str], own: dict[str, str]) -> dict[str, list[Case]]:
     """Per schema path, every operation aimed at bob's objects."""
     s, a, m, c = ids["session"], ids["agent"], ids["memory"], ids["checkpoint"]
-    r = ids["run"]
+    r, t = ids["run"], ids["tool"]
     w, d, own_session, own_w = ids["webhook"], ids["delivery"], own["session"], own["webhook"]
     return {
         "/api/v1/runs/{id}/": [Case("get", f"/api/v1/runs/{r}/")],
+        "/api/v1/tools/{id}/": [
+            Case("get", f"/api/v1/tools/{t}/"),
+            Case("patch", f"/api/v1/tools/{t}/", {"description": "mine now"}),
+            Case("delete", f"/api/v1/tools/{t}/"),
+        ],
         "/api/v1/runs/{id}/cancel/": [Case("post", f"/api/v1/runs/{r}/cancel/", {})],
         "/api/v1/runs/{id}/actions/": [
             Case(
@@ -332,6 +338,7 @@ NO_FOREIGN_ID = {
     "/api/v1/secrets/",
     "/api/v1/users/{user_id}/erase/",
     "/api/v1/webhooks/",
+    "/api/v1/tools/",
 }
 
 
@@ -443,7 +450,7 @@ def _send(client: Any, case: Case) -> Any:
 
 def _with_random_ids(case: Case, ids: dict[str, str]) -> Case:
     text = json.dumps([case.path, case.body])
-    for key in ("session", "agent", "memory", "checkpoint", "run", "webhook", "delivery"):
+    for key in ("session", "agent", "memory", "checkpoint", "run", "tool", "webhook", "delivery"):
         text = text.replace(ids[key], str(uuid.uuid4()))
     path, body = json.loads(text)
     return Case(case.method, path, body)
@@ -453,7 +460,7 @@ def _assert_nothing_of(bob: Persona, ids: dict[str, str], body: bytes, case: Cas
     text = body.decode()
     for secret in (str(bob.tenant.pk), bob.tenant.slug, bob.user_id, "hello from bob"):
         assert secret not in text, (case, secret)
-    for key in ("memory", "checkpoint", "run", "webhook", "delivery"):  # alice did not send these
+    for key in ("memory", "checkpoint", "run", "tool", "webhook", "delivery"):  # not sent
         if ids[key] not in json.dumps([case.path, case.body]):
             assert ids[key] not in text, (case, key)
 
@@ -471,6 +478,9 @@ def _fingerprint(persona: Persona) -> dict[str, Any]:
         "summaries": sorted(Summary.objects.filter(tenant=tenant).values_list("pk", flat=True)),
         "checkpoints": sorted(
             Checkpoint.objects.filter(tenant=tenant).values_list("pk", flat=True)
+        ),
+        "tools": sorted(
+            TenantTool.objects.filter(tenant=tenant).values_list("pk", "description", "updated_at")
         ),
         "runs": sorted(
             Run.objects.filter(tenant=tenant).values_list("pk", "status", "cancel_requested_at")

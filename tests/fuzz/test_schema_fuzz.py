@@ -39,6 +39,7 @@ from agentplatform.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from agents.api.serializers import UNKNOWN_TOOL
 from agents.llm.scripted import scripted_backend
 from agents.models import Agent
 from agents.services import agent_create, session_open
@@ -55,6 +56,19 @@ WEBHOOK_URL_RULES = [
     "must not contain credentials",
     "is not a valid host name.",
 ]
+TOOL_RULES = [
+    *WEBHOOK_URL_RULES,
+    "The URL must start with http:// or https://.",
+    "is longer than",
+    "is not a valid host name.",
+    "Not a valid JSON Schema",
+    "A tool's parameters are a JSON Schema of an object",
+    "A client tool is run by the caller",
+    "tool needs the URL the platform calls",
+    "cannot be set.",
+    "No secret named",
+    "is the name of a platform tool.",
+]
 # Rules OpenAPI 3.0 cannot state. The server refuses such data with a 422 naming the rule;
 # that answer, and only it, is excused from "data the schema calls valid is accepted".
 UNSTATABLE_RULES = {
@@ -64,6 +78,11 @@ UNSTATABLE_RULES = {
     # A webhook URL's host: not an internal address, a valid name (checked by url_check).
     "POST /api/v1/webhooks/": WEBHOOK_URL_RULES,
     "PATCH /api/v1/webhooks/{id}/": WEBHOOK_URL_RULES,
+    # Tool names an agent lists exist for its tenant; a tool's URL, schema and secrets.
+    "POST /api/v1/agents/": [UNKNOWN_TOOL],
+    "PATCH /api/v1/agents/{id}/": [UNKNOWN_TOOL],
+    "POST /api/v1/tools/": TOOL_RULES,
+    "PATCH /api/v1/tools/{id}/": TOOL_RULES,
 }
 
 
