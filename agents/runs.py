@@ -15,6 +15,7 @@ import contextlib
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from celery import current_app
@@ -26,6 +27,7 @@ from agentplatform.core.audit import Actor, audit_row, audited, unaudited
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agents.conf import agents_settings
+from agents.engine.ports import state_backend
 from agents.engine.runs import run_ended, run_started
 from agents.engine.turn import CANCELLED, EXPIRED, TURN_FAILURES, turn_settle
 from agents.entry import content_validate, turn_begin
@@ -33,6 +35,8 @@ from agents.models import Run, Session
 from agents.tools import Approval, ToolKind
 
 CANCEL_WAIT_SECONDS = 5.0
+# A run in progress whose session nobody holds for this long was left by a dead process.
+REAP_AFTER_SECONDS = 60
 CANCEL_POLL_SECONDS = 0.02
 
 
@@ -182,6 +186,50 @@ def runs_expire() -> int:
             turn_settle(session=run.session, run=run, settle=EXPIRED)
             expired += run.status == Run.Status.EXPIRED
     return expired
+
+
+@unaudited("a run's own lifecycle, recorded on the run (its status, its error)")
+def runs_reap() -> int:
+    """Beat: runs left `in_progress` by a process that died, once nothing holds their
+    session's lease for a while. A background run is sent to a worker again (it resumes: a
+    recorded tool never runs twice); a waited-on run whose turn finished is marked so; one
+    whose turn wrote nothing fails (its caller saw the connection drop), and one cut off
+    between LLM calls is left to the recovery task, which resumes it."""
+    conf = agents_settings()
+    cutoff = timezone.now() - timedelta(seconds=max(3 * conf.LEASE_SECONDS, REAP_AFTER_SECONDS))
+    with rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "stuck runs"):
+        stuck = list(
+            Run.objects.filter(status=Run.Status.IN_PROGRESS, started_at__lt=cutoff).values_list(
+                "pk", "tenant_id", "session_id"
+            )[:500]
+        )
+    client, reaped = get_redis(), 0
+    for run_id, tenant_id, session_id in stuck:
+        if client.exists(redis_keys.lease(session_id)):
+            continue  # a turn runs on the session: perhaps this one, or it waits its turn
+        if not client.set(
+            redis_keys.run_reaped(session_id, run_id), "1", nx=True, ex=REAP_AFTER_SECONDS
+        ):
+            continue  # handled a moment ago
+        with rls.tenant_scope(tenant_id):
+            reaped += _reap(Run.objects.select_related("session__agent").get(pk=run_id))
+    return reaped
+
+
+def _reap(run: Run) -> bool:
+    if run.background:
+        _enqueue(run)
+        return True
+    progress = state_backend().turn_progress(session=run.session, turn_key=run.turn_key)
+    if progress is not None and progress.resumable:
+        return False  # the recovery task resumes it
+    if progress is not None:
+        rows = progress.messages
+        run_ended(run, Run.Status.COMPLETED, user_message=rows[0], assistant_message=rows[-1])
+        return True
+    detail = "The process serving the run stopped before it finished; send the message again."
+    run_ended(run, Run.Status.FAILED, error={"code": "interrupted", "detail": detail})
+    return True
 
 
 def _check_answer(

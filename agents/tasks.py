@@ -28,5 +28,6 @@ def run_execute(run_id: str) -> str | None:
 
 @shared_task(name="agents.expire_runs")
 def expire_runs() -> int:
-    """Beat: settle runs whose wait for an action ran out."""
-    return runs.runs_expire()
+    """Beat: settle runs whose wait for an action ran out, and pick up runs a dead process
+    left in progress."""
+    return runs.runs_expire() + runs.runs_reap()

@@ -48,6 +48,11 @@ def run_stop(session_id: object, run_id: object) -> str:
     return _key("cancel", session_id, "run", run_id)
 
 
+def run_reaped(session_id: object, run_id: object) -> str:
+    """Set when the reaper handled a stuck run, so the next sweep leaves it alone (TTL)."""
+    return _key("reaped", session_id, "run", run_id)
+
+
 def session_prefix(session_id: object) -> str:
     """Pattern matching every key of one session (used by erasure and tests)."""
     return _key("*", session_id) + "*"

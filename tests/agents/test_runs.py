@@ -452,3 +452,25 @@ def test_runs_tell_the_tenants_webhooks_what_became_of_them(
     llm.script(Step(reply="Bob's."))
     _start(bob, "bob's turn")  # bob has no endpoint: nothing is stored for him
     assert not WebhookEvent.objects.filter(tenant=bob.tenant).exists()
+
+
+def test_runs_left_in_progress_by_a_dead_process_are_reaped(
+    alice: Persona, llm: ScriptedBackend, django_capture_on_commit_callbacks: Callbacks
+) -> None:
+    from agents.engine.runs import run_open
+    from agents.runs import runs_reap
+
+    long_ago = timezone.now() - timedelta(minutes=5)
+    # A waited-on run whose server died before it wrote anything: it failed.
+    lost = run_open(session=alice.session, content="lost", turn_key="k-lost")
+    # A background run whose worker died: sent to a worker again, which finishes it.
+    llm.script(Step(reply="Picked up again."))
+    queued = _start(alice, "again", background=True).json()["id"]  # callbacks not run
+    Run.objects.filter(pk=queued).update(status="in_progress", started_at=long_ago)
+    Run.objects.filter(pk=lost.pk).update(started_at=long_ago)
+    maintenance = rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "test")
+    with django_capture_on_commit_callbacks(execute=True), maintenance:
+        assert runs_reap() == 2
+        assert runs_reap() == 0  # handled: the next sweep leaves them alone
+    assert Run.objects.get(pk=lost.pk).error["code"] == "interrupted"
+    assert Run.objects.get(pk=queued).status == "completed"

@@ -214,3 +214,19 @@ def test_a_client_tool_waits_for_the_callers_output(alice: Persona, llm: Scripte
     assert run["status"] == "requires_action"
     assert run["required_action"]["tool_calls"][0]["kind"] == "client"
     assert Agent.objects.get(pk=alice.agent.pk).tools == ["read_clipboard"]
+
+
+def test_a_slow_server_is_retried_then_gives_an_error_result(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    with receiver(lambda r: Reply(200, b"{}", delay=1.5)) as server:
+        _create(alice, url=server.url, timeout_seconds=1)
+        _use(alice, "order_status")
+        llm.script(
+            Step(reply="", tool_calls=[ToolCall("c1", "order_status", {"order": 1})]),
+            Step(reply="The order system is slow today."),
+        )
+        assert _turn(alice).status_code == 201
+    assert len(server.received) == 3  # a timeout may pass: tried three times
+    (result,) = _tool_results(alice)
+    assert "after 3 attempts" in result["error"]
