@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection, transaction
@@ -132,6 +132,38 @@ NOW = object()  # a companion row's value: the time it is written (ordered withi
 
 
 @dataclass(frozen=True)
+class MessageRef:
+    """A value of a companion update: the id of the `index`-th appended message."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class CompanionUpdate:
+    """An UPDATE of one row by the statement that appends the messages, when they are
+    appended (the run a turn ends: its status and the messages it produced). It applies only
+    while the row's `unless` column holds none of `unless_values` (a run already final stays
+    so). `probe` is an SQL boolean evaluated with it (%(p_...)s parameters in `probe_params`):
+    whether anyone listens for what the write tells, say."""
+
+    table: str
+    pk: object
+    values: dict[str, Any]
+    unless: tuple[str, tuple[str, ...]] | None = None
+    probe: str = "false"
+    probe_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What an append wrote: its rows, whether its companion update applied, its probe."""
+
+    rows: list[Message]
+    updated: bool = False
+    probe: bool = False
+
+
+@dataclass(frozen=True)
 class CompanionRow:
     """A row written by the same statement as the messages, so that it commits with them
     without a transaction's extra round trips (a turn's checkpoint). Its values may be
@@ -160,8 +192,8 @@ WITH reserved AS (
     ) WITH ORDINALITY AS m(role, content, tokens, status, metadata, ord)
     ORDER BY m.ord
     RETURNING id, seq, created_at
-){companion}
-SELECT id, seq, created_at FROM appended
+){companion}{update}
+SELECT id, seq, created_at, {updated}, {probe} FROM appended
 """
 
 
@@ -183,6 +215,33 @@ def _companion_sql(row: CompanionRow, params: dict[str, Any]) -> str:
     )
 
 
+def _update_sql(update: CompanionUpdate, params: dict[str, Any]) -> str:
+    assignments = []
+    for index, (column, value) in enumerate(update.values.items()):
+        if isinstance(value, MessageRef):
+            sql = f"(SELECT id FROM appended WHERE seq = reserved.first_seq + {int(value.index)})"  # noqa: S608
+        elif value is NOW:
+            sql = "clock_timestamp()"
+        elif isinstance(value, dict | list):
+            params[f"u{index}"] = json.dumps(value)
+            sql = f"%(u{index})s::jsonb"
+        else:
+            params[f"u{index}"] = value
+            sql = f"%(u{index})s"
+        assignments.append(f"{column} = {sql}")
+    params["u_pk"] = update.pk
+    condition = ""
+    if update.unless is not None:
+        params["u_unless"] = list(update.unless[1])
+        condition = f" AND NOT ({update.table}.{update.unless[0]} = ANY(%(u_unless)s))"
+    params.update(update.probe_params)
+    # Table and column names come from code, values travel as parameters.
+    return (
+        f", updated AS (UPDATE {update.table} SET {', '.join(assignments)} FROM reserved "  # noqa: S608
+        f"WHERE {update.table}.id = %(u_pk)s{condition} RETURNING {update.table}.id)"
+    )
+
+
 @unaudited("the conversation itself: its messages and checkpoints are their own record")
 def messages_append(
     *,
@@ -191,6 +250,21 @@ def messages_append(
     fence: uuid.UUID | None = None,
     companion: CompanionRow | None = None,
 ) -> list[Message]:
+    """`messages_append_with` without a companion update: the appended rows."""
+    return messages_append_with(
+        session=session, messages=messages, fence=fence, companion=companion
+    ).rows
+
+
+@unaudited("the conversation itself: its messages and checkpoints are their own record")
+def messages_append_with(
+    *,
+    session: Session,
+    messages: Sequence[NewMessage],
+    fence: uuid.UUID | None = None,
+    companion: CompanionRow | None = None,
+    update: CompanionUpdate | None = None,
+) -> Appended:
     """Append messages with the next `seq` numbers, gapless and strictly increasing.
 
     The seqs are reserved by an UPDATE of the session row in the same statement as the
@@ -213,12 +287,22 @@ def messages_append(
     sql = _APPEND.format(
         fence="AND lease_holder = %(fence)s" if fence else "",
         companion=_companion_sql(companion, params) if companion else "",
+        update=_update_sql(update, params) if update else "",
+        updated="(SELECT count(*) FROM updated) > 0" if update else "false",
+        probe=update.probe if update else "false",
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         inserted = sorted(cursor.fetchall(), key=lambda row: row[1])
     if len(inserted) != len(messages):
         raise StaleLease("the session's lease was taken over by another turn")
+    updated, probe = (bool(inserted[0][3]), bool(inserted[0][4])) if inserted else (False, False)
+    return Appended(_rows(session, messages, inserted), updated, probe)
+
+
+def _rows(
+    session: Session, messages: Sequence[NewMessage], inserted: list[tuple[Any, ...]]
+) -> list[Message]:
     return [
         Message(
             id=row_id,
@@ -232,5 +316,5 @@ def messages_append(
             metadata=item.metadata or {},
             created_at=created_at,
         )
-        for (row_id, seq, created_at), item in zip(inserted, messages, strict=True)
+        for (row_id, seq, created_at, *_), item in zip(inserted, messages, strict=True)
     ]

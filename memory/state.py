@@ -13,7 +13,15 @@ from psycopg.types.json import Jsonb
 from agents.engine.context import working_memory_budget
 from agents.engine.ports import CheckpointRequest, ContextExtras, TurnProgress, WorkingMemory
 from agents.models import Agent, Message, Session
-from agents.services import NOW, CompanionRow, NewMessage, SeqRef, messages_append
+from agents.services import (
+    NOW,
+    Appended,
+    CompanionRow,
+    CompanionUpdate,
+    NewMessage,
+    SeqRef,
+    messages_append_with,
+)
 from memory.context import compile_extras
 from memory.followups import compaction_request, extraction_request
 from memory.models import Checkpoint
@@ -69,7 +77,8 @@ class PlatformState:
         fence: uuid.UUID,
         messages: list[NewMessage],
         checkpoint: CheckpointRequest | None,
-    ) -> tuple[list[Message], uuid.UUID | None]:
+        update: CompanionUpdate | None = None,
+    ) -> tuple[Appended, uuid.UUID | None]:
         # The checkpoint is written by the statement that appends the turn's messages: one
         # round trip, no model instance (bench/turn_overhead.py). Messages are referenced by
         # seq, never copied, so storage grows linearly with turns.
@@ -77,8 +86,10 @@ class PlatformState:
         if checkpoint is not None:
             checkpoint_id = uuid.uuid4()
             row = _checkpoint_row(checkpoint_id, session, checkpoint, len(messages))
-        rows = messages_append(session=session, fence=fence, messages=messages, companion=row)
-        return rows, checkpoint_id
+        appended = messages_append_with(
+            session=session, fence=fence, messages=messages, companion=row, update=update
+        )
+        return appended, checkpoint_id
 
     def turn_progress(self, *, session: Session, turn_key: str) -> TurnProgress | None:
         # Through the (session, turn_key) index: a turn is found by its latest checkpoint,

@@ -265,6 +265,17 @@ def event_id_new() -> str:
 
 
 @unaudited("data plane: the event and its deliveries are their own record")
+def listening_probe(*, tenant_id: uuid.UUID | str, type: str) -> tuple[str, dict[str, Any]]:
+    """An SQL boolean and its parameters: whether an enabled endpoint of the tenant listens
+    for `type`. A statement that may lead to an event evaluates it with its own work (a turn's
+    last write does), so a tenant without endpoints costs no query of its own."""
+    sql = (
+        "EXISTS (SELECT 1 FROM agentplatform_webhookendpoint WHERE tenant_id = %(p_tenant)s"
+        " AND enabled AND events @> %(p_events)s::jsonb)"
+    )
+    return sql, {"p_tenant": tenant_id, "p_events": json.dumps([type])}
+
+
 def event_publish(
     *, tenant_id: uuid.UUID | str, type: str, data: dict[str, Any]
 ) -> WebhookEvent | None:

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.db import connection
@@ -132,22 +132,46 @@ class Lease:
         return mode if holder == self.holder else None
 
 
-# The claim also reads whether a run waits for an action on the session: no extra trip.
+# The claim also reads whether a run waits for an action on the session, and may write the
+# turn's run row (ClaimRow): no extra round trip for either.
 _CLAIM_ROW = """
-WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
-UPDATE agents_session SET lease_holder = %s FROM async WHERE id = %s RETURNING awaiting_turn
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true)),
+claim AS (
+    UPDATE agents_session SET lease_holder = %(holder)s FROM async WHERE id = %(session)s
+    RETURNING awaiting_turn
+){row}
+SELECT awaiting_turn FROM claim
 """
 
 
-def lease_try_acquire(session: Session, *, stop_key: str | None = None) -> Lease | None:
+class ClaimRow(Protocol):
+    """A row written with the lease's claim (`sql`: an INSERT ... SELECT, completed with
+    FROM claim), or by `insert()` when the turn has to wait for the session instead."""
+
+    @property
+    def sql(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    def insert(self) -> None: ...
+
+
+def lease_try_acquire(
+    session: Session, *, stop_key: str | None = None, with_row: ClaimRow | None = None
+) -> Lease | None:
     ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
     holder = uuid.uuid4()
     if not get_redis().set(redis_keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
         return None
     lease = Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms, stop_key=stop_key)
+    params: dict[str, Any] = {"holder": holder, "session": session.pk}
+    row_sql = ""
+    if with_row is not None:
+        row_sql, params = f", row AS ({with_row.sql} FROM claim)", params | with_row.params
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_ROW, [holder, session.pk])
+            cursor.execute(_CLAIM_ROW.format(row=row_sql), params)
             row = cursor.fetchone()
     except BaseException:
         lease.release()  # PostgreSQL is down, say: the next turn need not wait for expiry
@@ -173,15 +197,19 @@ def admit(
     agent: Agent,
     on_queued: Callable[[int], None] | None = None,
     stop_key: str | None = None,
+    with_row: ClaimRow | None = None,
 ) -> Lease:
     """Wait for the session per the agent's double-text policy; return the held lease.
-    `stop_key` is the run's cancel key: set while the turn waits, it gives up."""
+    `stop_key` is the run's cancel key: set while the turn waits, it gives up. `with_row`
+    is written with the claim, or before the turn waits."""
     policy = agent.double_text_policy
-    lease = lease_try_acquire(session, stop_key=stop_key)
+    lease = lease_try_acquire(session, stop_key=stop_key, with_row=with_row)
     if lease is not None:
         return lease
     if policy == Agent.DoubleTextPolicy.REJECT:
         raise SessionBusy("A turn is already running on this session.")
+    if with_row is not None:
+        with_row.insert()
     if policy in (Agent.DoubleTextPolicy.INTERRUPT, Agent.DoubleTextPolicy.ROLLBACK):
         _request_cancel(session.pk, policy)
     return _wait_in_queue(session, policy=policy, on_queued=on_queued, stop_key=stop_key)

@@ -18,7 +18,7 @@ from django.utils.module_loading import import_string
 from agents.conf import agents_settings
 from agents.llm.base import ChatMessage
 from agents.models import Agent, Message, Session
-from agents.services import NewMessage, SeqRef
+from agents.services import Appended, CompanionUpdate, NewMessage, SeqRef
 
 
 @dataclass(frozen=True)
@@ -179,10 +179,12 @@ class StateBackend(Protocol):
         fence: uuid.UUID,
         messages: list[NewMessage],
         checkpoint: CheckpointRequest | None,
-    ) -> tuple[list[Message], uuid.UUID | None]:
+        update: CompanionUpdate | None = None,
+    ) -> tuple[Appended, uuid.UUID | None]:
         """Append a turn's messages and, in the same statement, its checkpoint (the backend
-        owns how); returns the stored rows and the checkpoint's id. Raises StaleLease when
-        `fence` no longer holds the session's lease: then nothing is written."""
+        owns how) and `update` (the run the write ends); returns what was appended and the
+        checkpoint's id. Raises StaleLease when `fence` no longer holds the session's lease:
+        then nothing is written."""
         ...
 
     def turn_progress(self, *, session: Session, turn_key: str) -> TurnProgress | None:

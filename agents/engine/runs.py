@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -18,9 +19,10 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from agentplatform.core.webhooks import EventType, event_publish
+from agentplatform.core.webhooks import EventType, event_publish, listening_probe
 from agents.llm.base import Usage
 from agents.models import Message, Run, Session
+from agents.services import NOW, Appended, CompanionUpdate, MessageRef
 
 # The webhook event of each status a run reaches (its tenant's endpoints may listen).
 _EVENTS: dict[str, str] = {
@@ -32,17 +34,49 @@ _EVENTS: dict[str, str] = {
 }
 
 
-# The row of a transport's run is written without waiting for the WAL flush, as the lease
-# claim is: if a crash loses it, the turn it describes was cut off too, and the turn's own
-# messages commit durably.
-_INSERT = """
-WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
-INSERT INTO agents_run (id, tenant_id, session_id, status, background, content, metadata,
-    turn_key, action_results, usage, created_at, started_at)
-SELECT %s, %s, %s, 'in_progress', false, %s, %s::jsonb, %s, '{}'::jsonb, '{}'::jsonb,
-    now(), now()
-FROM async
-"""
+# The row of a transport's run is written by the statement that claims the session's lease
+# (no round trip of its own), without waiting for the WAL flush as that claim does: if a
+# crash loses it, the turn it describes was cut off too, and the turn's own messages commit
+# durably. A turn that must wait for the session writes it before it waits, so the run can
+# be read and cancelled while it is queued.
+_ROW = """INSERT INTO agents_run (id, tenant_id, session_id, status, background, content,
+    metadata, turn_key, action_results, usage, created_at, started_at)
+SELECT %(r_id)s, %(r_tenant)s, %(r_session)s, 'in_progress', false, %(r_content)s,
+    %(r_metadata)s::jsonb, %(r_turn)s, '{}'::jsonb, '{}'::jsonb, now(), now()"""
+# Both from constants of this module: no value is formatted into SQL.
+_INSERT = (
+    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))\n"  # noqa: S608
+    + _ROW
+    + " FROM async"
+)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A transport's run, not written yet: its row goes with the lease's claim (`sql`,
+    `params`), or by `insert()` when the turn has to wait for the session first."""
+
+    run: Run
+
+    @property
+    def sql(self) -> str:
+        return _ROW
+
+    @property
+    def params(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "r_id": run.pk,
+            "r_tenant": run.tenant_id,
+            "r_session": run.session_id,
+            "r_content": run.content,
+            "r_metadata": json.dumps(run.metadata),
+            "r_turn": run.turn_key,
+        }
+
+    def insert(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(_INSERT, self.params)
 
 
 def run_open(
@@ -52,27 +86,25 @@ def run_open(
     turn_key: str,
     metadata: dict[str, Any] | None = None,
     retried: bool = False,
-) -> Run:
-    """The run of a turn its caller waits on, in progress from now. A turn `retried` under
-    its key (an Idempotency-Key, a client_message_id) keeps the run it began with."""
+) -> Run | NewRun:
+    """The run of a turn its caller waits on, in progress from now: a NewRun to write with
+    the lease's claim. A turn `retried` under its key (an Idempotency-Key, a
+    client_message_id) keeps the run it began with."""
     existing = Run.objects.filter(session=session, turn_key=turn_key).first() if retried else None
     if existing is not None:
         return existing
-    run = Run(
-        id=uuid.uuid4(),
-        tenant_id=session.tenant_id,
-        session=session,
-        status=Run.Status.IN_PROGRESS,
-        content=content,
-        metadata=metadata or {},
-        turn_key=turn_key,
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _INSERT,
-            [run.id, session.tenant_id, session.pk, content, json.dumps(run.metadata), turn_key],
+    return NewRun(
+        Run(
+            id=uuid.uuid4(),
+            tenant_id=session.tenant_id,
+            session=session,
+            status=Run.Status.IN_PROGRESS,
+            content=content,
+            metadata=metadata or {},
+            turn_key=turn_key,
+            started_at=timezone.now(),
         )
-    return run
+    )
 
 
 def run_started(run: Run) -> bool:
@@ -132,6 +164,54 @@ def run_ended(
     if usage is not None:
         run.usage = fields["usage"] = _usage_dict(run.usage, usage)
     if Run.objects.filter(Q(pk=run.pk) & ~Q(status__in=Run.FINAL)).update(**fields):
+        _tell(run)
+
+
+def run_end_update(
+    run: Run,
+    status: str,
+    *,
+    user_message: Message | MessageRef,
+    assistant_message: MessageRef,
+    usage: Usage | None,
+    error: dict[str, str] | None,
+) -> CompanionUpdate:
+    """The run's end as an update the turn's last write makes in its own statement: the
+    run ends exactly when its messages are stored, without a round trip of its own, and the
+    same statement tells whether a webhook endpoint listens (no query when none does)."""
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": NOW,
+        "error": error,
+        "required_action": None,
+        "user_message_id": user_message
+        if isinstance(user_message, MessageRef)
+        else user_message.pk,
+        "assistant_message_id": assistant_message,
+    }
+    if usage is not None:
+        values["usage"] = _usage_dict(run.usage, usage)
+    probe, params = listening_probe(tenant_id=run.tenant_id, type=_EVENTS[status])
+    final = tuple(str(value) for value in Run.FINAL)
+    return CompanionUpdate("agents_run", run.pk, values, ("status", final), probe, params)
+
+
+def run_end_written(run: Run, update: CompanionUpdate, appended: Appended) -> None:
+    """After the write of `run_end_update`: the run as stored, and its event if it ended
+    now (not before) and an endpoint listens."""
+    if not appended.updated:
+        return
+    values = update.values
+    run.status, run.finished_at = values["status"], timezone.now()
+    run.error, run.required_action = values["error"], None
+    run.usage = values.get("usage", run.usage)
+    user, assistant = values["user_message_id"], values["assistant_message_id"]
+    if isinstance(user, MessageRef):
+        run.user_message = appended.rows[user.index]
+    else:
+        run.user_message_id = user
+    run.assistant_message = appended.rows[assistant.index]
+    if appended.probe:
         _tell(run)
 
 

@@ -50,7 +50,15 @@ from agents.engine.ports import (
     WorkingMessage,
     state_backend,
 )
-from agents.engine.runs import run_ended, run_find, run_open, run_paused
+from agents.engine.runs import (
+    NewRun,
+    run_end_update,
+    run_end_written,
+    run_ended,
+    run_find,
+    run_open,
+    run_paused,
+)
 from agents.live import Fanout, FramePublisher
 from agents.llm import backend_for, options_for
 from agents.llm.base import (
@@ -63,7 +71,15 @@ from agents.llm.base import (
     Usage,
 )
 from agents.models import Agent, Message, Run, Session
-from agents.services import NewMessage, SeqRef, StaleLease, messages_append
+from agents.services import (
+    Appended,
+    CompanionUpdate,
+    MessageRef,
+    NewMessage,
+    SeqRef,
+    StaleLease,
+    messages_append,
+)
 from agents.tenant_tools import agent_tools
 from agents.tools import (
     BUILT_IN,
@@ -187,14 +203,17 @@ def turn_run(
     resumable = turn_key is not None  # only a caller's key can have been used before
     turn_key = turn_key or uuid.uuid4().hex
     metadata = {**(metadata or {}), "turn": turn_key}
+    new_run = None
     if run is None:
-        run = run_open(
+        opened = run_open(
             session=session,
             content=content,
             turn_key=turn_key,
             metadata=metadata,
             retried=resumable,
         )
+        new_run = opened if isinstance(opened, NewRun) else None
+        run = opened.run if isinstance(opened, NewRun) else opened
     # Every frame of this turn names it, so a page can pair replies with their message.
     publisher.extra = {"turn": turn_key, "run": str(run.pk)}
     if client_message_id:
@@ -208,6 +227,7 @@ def turn_run(
             agent=agent,
             on_queued=lambda n: publisher("queued", {"position": n}),
             stop_key=redis_keys.run_stop(session.pk, run.pk),
+            with_row=new_run,
         )
         if lease.awaiting and lease.awaiting != turn_key:
             # Before the batch below: what settling writes to Redis, this turn reads.
@@ -332,6 +352,7 @@ class _Write:
     rows: list[Message]
     memory: WorkingMemory
     checkpoint: CheckpointRecord | None
+    appended: Appended
 
 
 @dataclass
@@ -691,9 +712,10 @@ class _Turn:
         user: WorkingMessage,
         checkpoint: _CheckpointSpec | None,
         metadata: dict[str, Any],
+        update: CompanionUpdate | None = None,
     ) -> _Write:
-        """Write the pending messages and the checkpoint, through the state backend, in one
-        statement."""
+        """Write the pending messages, the checkpoint and `update` (the run it ends),
+        through the state backend, in one statement."""
         new, self.pending = self.pending, []
         after = _memory_after(context, self.written.rows, new, task_state, user)
         after = replace(after, checkpoint_id=self.written.checkpoint_id or context.checkpoint_id)
@@ -713,12 +735,14 @@ class _Turn:
                 side_effects=self.side_effects,
             )
             self.side_effects = []
-        rows, record_id = self.state.turn_write(
+        appended, record_id = self.state.turn_write(
             session=self.session,
             fence=uuid.UUID(self.lease.holder),
             messages=new,
             checkpoint=request,
+            update=update,
         )
+        rows = appended.rows
         self.written.rows.extend(rows)
         memory = after.resolved(rows)
         record = None
@@ -726,7 +750,7 @@ class _Turn:
             record = CheckpointRecord(record_id, checkpoint.kind, rows[-1].seq)
             self.written.checkpoint_id = str(record_id)
             memory = replace(memory, checkpoint_id=str(record_id))
-        return _Write(rows, memory, record)
+        return _Write(rows, memory, record, appended)
 
     def _write_step(
         self, context: WorkingMemory, task_state: dict[str, Any], user: WorkingMessage
@@ -756,17 +780,19 @@ class _Turn:
             _mark_rolled_back(self.written.rows)
             task_state = context.task_state
         checkpoint = self._closing_checkpoint(context, task_state, outcome)
-        write = self._write(context, task_state, user, checkpoint, meta)
-        every = [*self.written.rows]
         status, code = _RUN_ENDS[outcome]
-        run_ended(
+        run_end = run_end_update(
             self.run_row,
             status,
-            user_message=every[0],
-            assistant_message=every[-1],
+            # The user's message: written already, or the first of this write.
+            user_message=self.written.rows[0] if self.written.rows else MessageRef(0),
+            assistant_message=MessageRef(len(self.pending) - 1),  # the reply, last
             usage=generation.usage,
             error=None if code is None else {"code": code, "detail": _END_DETAILS[code]},
         )
+        write = self._write(context, task_state, user, checkpoint, meta, run_end)
+        run_end_written(self.run_row, run_end, write.appended)
+        every = [*self.written.rows]
         frames = [*_frames_of(write), _run_frame(self.run_row)]
         transaction.on_commit(lambda: self.emit.many(frames))
         self.state.after_turn(

@@ -457,12 +457,15 @@ def test_runs_tell_the_tenants_webhooks_what_became_of_them(
 def test_runs_left_in_progress_by_a_dead_process_are_reaped(
     alice: Persona, llm: ScriptedBackend, django_capture_on_commit_callbacks: Callbacks
 ) -> None:
-    from agents.engine.runs import run_open
+    from agents.engine.runs import NewRun, run_open
     from agents.runs import runs_reap
 
     long_ago = timezone.now() - timedelta(minutes=5)
     # A waited-on run whose server died before it wrote anything: it failed.
-    lost = run_open(session=alice.session, content="lost", turn_key="k-lost")
+    opened = run_open(session=alice.session, content="lost", turn_key="k-lost")
+    assert isinstance(opened, NewRun)
+    opened.insert()
+    lost = opened.run
     # A background run whose worker died: sent to a worker again, which finishes it.
     llm.script(Step(reply="Picked up again."))
     queued = _start(alice, "again", background=True).json()["id"]  # callbacks not run
@@ -474,3 +477,37 @@ def test_runs_left_in_progress_by_a_dead_process_are_reaped(
         assert runs_reap() == 0  # handled: the next sweep leaves them alone
     assert Run.objects.get(pk=lost.pk).error["code"] == "interrupted"
     assert Run.objects.get(pk=queued).status == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_waiting_for_the_session_can_be_read_and_cancelled(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    _agent(alice, double_text_policy="enqueue")
+    llm.script(Step(reply="slow " * 200, delay=0.01), Step(reply="never"))
+    done: list[Any] = []
+
+    def send(content: str) -> None:
+        try:
+            with rls.tenant_scope(alice.tenant.pk):
+                done.append(_start(alice, content))
+        finally:
+            close_old_connections()
+
+    first = threading.Thread(target=send, args=("first",), daemon=True)
+    first.start()
+    wait_until(lambda: _streamed(alice.session) > 2, what="the first run to stream")
+    second = threading.Thread(target=send, args=("second",), daemon=True)
+    second.start()
+    wait_until(
+        lambda: Run.objects.filter(session=alice.session, content="second").exists(),
+        what="the queued run's row",
+    )
+    queued = Run.objects.get(session=alice.session, content="second")
+    response = alice.client().post(f"/api/v1/runs/{queued.pk}/cancel/")
+    assert response.json()["status"] == "cancelled"
+    first.join(20)
+    second.join(20)
+    assert sorted(r.json()["status"] for r in done if r.status_code == 201) == ["completed"]
+    assert Run.objects.get(pk=queued.pk).error["code"] == "cancelled"
+    assert not Message.objects.filter(session=alice.session, content="second").exists()
