@@ -511,3 +511,25 @@ def test_a_run_waiting_for_the_session_can_be_read_and_cancelled(
     assert sorted(r.json()["status"] for r in done if r.status_code == 201) == ["completed"]
     assert Run.objects.get(pk=queued.pk).error["code"] == "cancelled"
     assert not Message.objects.filter(session=alice.session, content="second").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_adds_no_statement_to_a_turn(alice: Persona, llm: ScriptedBackend) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from agents.engine.turn import turn_run
+
+    turn_run(session=alice.session, content="warm up")
+    with CaptureQueriesContext(connection) as captured:
+        turn_run(session=alice.session, content="count me")
+    statements = [q["sql"] for q in captured.captured_queries]
+    # The run's row rides on the lease's claim, its end on the messages' write, and the
+    # webhook check on that write too: no statement of their own.
+    assert "INSERT INTO agents_run" in statements[0] and "agents_session" in statements[0]
+    write = next(sql for sql in statements if "INSERT INTO agents_message" in sql)
+    assert "UPDATE agents_run" in write and "agentplatform_webhookendpoint" in write
+    alone = [sql for sql in statements if sql not in (statements[0], write)]
+    assert not any("agents_run" in sql or "webhookendpoint" in sql for sql in alone)
+    run = Run.objects.get(session=alice.session, content="count me")
+    assert run.status == "completed" and run.assistant_message_id is not None
