@@ -79,10 +79,13 @@ class SessionRunsViewSet(mixins.ListModelMixin, TenantViewSet):
     def _background(self, request: Request) -> Response:
         session = selectors.access_session(tenant=self.tenant, id=self.kwargs["session_pk"])
         data = request.data
-        with transaction.atomic():
-            run = runs.run_create(
-                session=session, content=data["content"], metadata=data.get("metadata")
-            )
+        try:
+            with transaction.atomic():
+                run = runs.run_create(
+                    session=session, content=data["content"], metadata=data.get("metadata")
+                )
+        except TurnRefused as error:  # content over AGENTS["MAX_MESSAGE_CHARS"], say
+            raise refusal_problem(error) from None
         response = Response(RunSerializer(run).data, status=202)
         response["Location"] = f"/api/v1/runs/{run.pk}/"
         return response

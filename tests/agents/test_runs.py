@@ -533,3 +533,11 @@ def test_a_run_adds_no_statement_to_a_turn(alice: Persona, llm: ScriptedBackend)
     assert not any("agents_run" in sql or "webhookendpoint" in sql for sql in alone)
     run = Run.objects.get(session=alice.session, content="count me")
     assert run.status == "completed" and run.assistant_message_id is not None
+
+
+def test_a_background_runs_content_is_checked_like_a_messages(alice: Persona) -> None:
+    with override_settings(AGENTS={**settings.AGENTS, "MAX_MESSAGE_CHARS": 10}):
+        response = _start(alice, "x" * 11, background=True)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["pointer"] == "#/content"
+    assert not Run.objects.filter(session=alice.session).exists()
