@@ -18,6 +18,8 @@ from agentplatform.core.audit import Actor, audit_record, audited
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agents.engine.concurrency import SessionBusy, lease_try_acquire
+from agents.engine.runs import run_find
+from agents.engine.turn import Outcome, Settle, turn_settle
 from agents.live import publish
 from agents.models import Message, Session
 from agents.services import NewMessage, messages_append, session_new
@@ -46,8 +48,10 @@ def checkpoint_rollback(
     """Make `checkpoint` the head of `session` (see the module docstring); the event records
     which messages were undone, with the rollback's own transaction.
 
-    Raises SessionBusy while a turn runs on the session.
+    Raises SessionBusy while a turn runs on the session. A run waiting for an action is
+    cancelled first: its pending calls get error results, so none is left without one.
     """
+    _cancel_waiting_run(session, "The session was rolled back.")
     lease = lease_try_acquire(session)
     if lease is None:
         raise SessionBusy("A turn is running on this session; roll back when it ends.")
@@ -71,6 +75,13 @@ def checkpoint_rollback(
         {"checkpoint": str(checkpoint.pk), "high_water_seq": checkpoint.high_water_seq},
     )
     return receipt
+
+
+def _cancel_waiting_run(session: Session, detail: str) -> None:
+    waiting = Session.objects.filter(pk=session.pk).values_list("awaiting_turn", flat=True).first()
+    run = run_find(session, waiting) if waiting else None
+    if run is not None and not run.final:
+        turn_settle(session=session, run=run, settle=Settle(Outcome.CANCELLED, "cancelled", detail))
 
 
 def _receipt_payload(receipt: RollbackReceipt) -> dict[str, Any]:

@@ -541,3 +541,25 @@ def test_a_background_runs_content_is_checked_like_a_messages(alice: Persona) ->
     assert response.status_code == 422
     assert response.json()["errors"][0]["pointer"] == "#/content"
     assert not Run.objects.filter(session=alice.session).exists()
+
+
+def test_rolling_the_session_back_cancels_a_waiting_run(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    from memory.models import Checkpoint
+
+    llm.script(Step(reply="First."))
+    _start(alice, "hello")
+    head = Checkpoint.objects.filter(session=alice.session).latest("created_at")
+    llm.script(Step(reply="", tool_calls=[_call("refund", "c1")]))
+    waiting = _start(alice, "refund").json()["id"]
+    response = alice.client().post(
+        f"/api/v1/sessions/{alice.session.pk}/rollback/",
+        {"checkpoint": str(head.pk)},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    assert Run.objects.get(pk=waiting).status == "cancelled"
+    _no_call_without_result(alice.session)
+    llm.script(Step(reply="Fresh."))
+    assert _start(alice, "again").json()["status"] == "completed"
