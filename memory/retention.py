@@ -20,7 +20,7 @@ from agentplatform.core.audit import SYSTEM, Actor, audit_record, audited, unaud
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agentplatform.models import Tenant
-from agents.models import Agent, Message, Session
+from agents.models import Agent, Message, Run, Session
 from memory.models import Checkpoint, Memory, RetentionPolicy, Summary
 from memory.summaries import session_summarize
 
@@ -40,6 +40,7 @@ class RetentionCounts:
     checkpoints: int = 0
     memories: int = 0
     summaries_written: int = 0
+    runs: int = 0  # finished runs past the message retention (each holds its message's text)
 
     def add(self, other: RetentionCounts) -> None:
         for name, value in asdict(other).items():
@@ -55,6 +56,7 @@ class _Plan:
     old_messages: int = 0
     checkpoints: list[Any] = field(default_factory=list)
     stale_memories: int = 0
+    old_runs: int = 0
 
 
 def policy_effective(*, policy: RetentionPolicy) -> RetentionPolicy:
@@ -95,6 +97,7 @@ def retention_preview(*, policy: RetentionPolicy, now: datetime | None = None) -
         messages=plan.old_messages,
         checkpoints=len(plan.checkpoints),
         memories=plan.stale_memories,
+        runs=plan.old_runs,
     )
 
 
@@ -104,6 +107,7 @@ def _plan(policy: RetentionPolicy, now: datetime | None) -> _Plan:
     plan.old_messages = _old_messages(plan).count()
     plan.checkpoints = _thinned_checkpoints(plan)
     plan.stale_memories = _stale_memories(plan).count()
+    plan.old_runs = _old_runs(plan).count()
     return plan
 
 
@@ -138,6 +142,19 @@ SELECT id FROM (
 ) ranked
 WHERE newest > %s AND in_day > 1 AND NOT turn_open
 """
+
+
+def _old_runs(plan: _Plan) -> QuerySet[Run]:
+    """Finished runs older than the message retention: a run keeps its message's text."""
+    cutoff = _cutoff(plan, plan.policy.message_retention_days)
+    if cutoff is None:
+        return Run.objects.none()
+    return Run.objects.filter(
+        tenant_id=plan.policy.tenant_id,
+        session__in=plan.sessions,
+        created_at__lt=cutoff,
+        status__in=Run.FINAL,
+    )
 
 
 def _thinned_checkpoints(plan: _Plan) -> list[Any]:
@@ -182,6 +199,7 @@ def retention_enforce(
     with transaction.atomic():
         counts.checkpoints, _ = Checkpoint.objects.filter(pk__in=plan.checkpoints).delete()
         counts.memories, _ = _stale_memories(plan).delete()
+        counts.runs, _ = _old_runs(plan).delete()
     audit_record(
         tenant=Tenant(pk=policy.tenant_id),
         actor=actor,

@@ -16,7 +16,7 @@ from agentplatform.infra import redis_keys
 from agentplatform.models import AuditEvent
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend
-from agents.models import Agent, Message, Session
+from agents.models import Agent, Message, Run, Session
 from agents.services import session_open
 from memory.accounting import storage_sample
 from memory.models import Checkpoint, Memory, RetentionPolicy, StorageSample, Summary
@@ -41,6 +41,7 @@ def _aged_session(persona: Persona, user_id: str, turns: int, age_days: float) -
     for index in range(turns):
         turn_run(session=session, content=f"{user_id} message {index}")
     Message.objects.filter(session=session).update(created_at=_days_ago(age_days))
+    Run.objects.filter(session=session).update(created_at=_days_ago(age_days))
     Session.objects.filter(pk=session.pk).update(last_activity_at=_days_ago(age_days))
     return session
 
@@ -109,6 +110,10 @@ def test_the_daily_run_deletes_exactly_what_the_policy_says(
     assert Message.objects.filter(tenant=bob.tenant).count() == bob_messages
     assert (preview.sessions_archived, preview.messages, preview.memories) == (1, 6, 1)
     assert result["messages"] == 6 and result["sessions_archived"] == 1
+    # The old session's three runs kept their messages' text: gone too; the recent stay.
+    assert preview.runs == result["runs"] == 3
+    assert not Run.objects.filter(session=old).exists()
+    assert Run.objects.filter(session=recent).count() == 7
     event = AuditEvent.objects.get(action="retention.enforced")
     assert event.payload["messages"] == 6 and event.tenant_id == alice.tenant.pk
 
