@@ -264,7 +264,6 @@ def event_id_new() -> str:
     return "msg_" + "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -5, -5))
 
 
-@unaudited("data plane: the event and its deliveries are their own record")
 def listening_probe(*, tenant_id: uuid.UUID | str, type: str) -> tuple[str, dict[str, Any]]:
     """An SQL boolean and its parameters: whether an enabled endpoint of the tenant listens
     for `type`. A statement that may lead to an event evaluates it with its own work (a turn's
@@ -276,6 +275,7 @@ def listening_probe(*, tenant_id: uuid.UUID | str, type: str) -> tuple[str, dict
     return sql, {"p_tenant": tenant_id, "p_events": json.dumps([type])}
 
 
+@unaudited("data plane: the event and its deliveries are their own record")
 def event_publish(
     *, tenant_id: uuid.UUID | str, type: str, data: dict[str, Any]
 ) -> WebhookEvent | None:

@@ -63,6 +63,7 @@ SERVICE_MODULES = [
 ]
 # Public functions of those modules that write nothing (reads, pure helpers).
 READS = {
+    "listening_probe",  # builds SQL, runs none
     "signing_secret_new",  # makes a secret, stores nothing
     "tool_list",
     "tool_names_unknown",
