@@ -32,8 +32,9 @@ from agentplatform.core.webhooks import (
 from agentplatform.devtools.testing import ROOT
 from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret, WebhookEndpoint
 from agents.engine.turn import turn_run
-from agents.models import Run
+from agents.models import Run, Schedule
 from agents.runs import Answer, run_act, run_cancel, run_create
+from agents.schedules import schedule_create, schedule_delete, schedule_update
 from agents.services import agent_create, agent_delete, agent_update, session_delete, session_open
 from memory.checkpoints import checkpoint_fork, checkpoint_rollback
 from memory.erasure import user_erase
@@ -51,6 +52,7 @@ SERVICE_MODULES = [
     "agentplatform.core.webhook_delivery",
     "agents.services",
     "agents.runs",
+    "agents.schedules",
     "memory.semantic",
     "memory.checkpoints",
     "memory.erasure",
@@ -166,6 +168,13 @@ def _webhook(alice: Persona) -> WebhookEndpoint:
     )[0]
 
 
+def _schedule(alice: Persona) -> Schedule:
+    found = Schedule.objects.filter(tenant=alice.tenant).first()
+    if found is not None:
+        return found
+    return schedule_create(session=alice.session, cron="0 9 * * *", content="Hi.", actor=ACTOR)
+
+
 # Each case makes the one call under test; `setup` runs first and its events do not count.
 CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]]] = {
     "tenant.created": (None, lambda a: tenant_create(slug="audited-co", actor=ACTOR)),
@@ -246,6 +255,15 @@ CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]
     "webhook.secret_rotated": (
         _webhook,
         lambda a: webhook_secret_rotate(endpoint=_webhook(a), actor=ACTOR),
+    ),
+    "schedule.created": (None, _schedule),
+    "schedule.updated": (
+        _schedule,
+        lambda a: schedule_update(schedule=_schedule(a), enabled=False, actor=ACTOR),
+    ),
+    "schedule.deleted": (
+        _schedule,
+        lambda a: schedule_delete(schedule=_schedule(a), actor=ACTOR),
     ),
     "retention.enforced": (
         lambda a: RetentionPolicy.objects.create(tenant=a.tenant, message_retention_days=30),

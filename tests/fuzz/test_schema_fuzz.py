@@ -39,6 +39,7 @@ from agentplatform.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from agents.cron import CRON_INVALID, TIMEZONE_INVALID
 from agents.llm.scripted import scripted_backend
 from agents.models import Agent
 from agents.services import agent_create, session_open
@@ -64,6 +65,10 @@ UNSTATABLE_RULES = {
     # A webhook URL's host: not an internal address, a valid name (checked by url_check).
     "POST /api/v1/webhooks/": WEBHOOK_URL_RULES,
     "PATCH /api/v1/webhooks/{id}/": WEBHOOK_URL_RULES,
+    # A cron field's range (minute 0-59, ...) and which time zone names exist: the
+    # patterns state only their form.
+    "POST /api/v1/sessions/{session_pk}/schedules/": [CRON_INVALID, TIMEZONE_INVALID],
+    "PATCH /api/v1/schedules/{id}/": [CRON_INVALID, TIMEZONE_INVALID],
 }
 
 
