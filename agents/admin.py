@@ -2,17 +2,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone as django_timezone
 
-from agentplatform.core.console import TenantScopedAdmin, operator_actor
-from agents import runs
-from agents.models import Agent, Message, Run, Session, TenantTool
+from agentplatform.core.console import (
+    TenantScopedAdmin,
+    is_superuser,
+    managed_tenants,
+    operator_actor,
+)
+from agents import runs, schedules
+from agents.cron import next_fire, time_zones
+from agents.entry import content_validate
+from agents.errors import ContentInvalid
+from agents.models import Agent, Message, Run, Schedule, Session, TenantTool
 from agents.tools import Approval
 
 
@@ -147,3 +157,61 @@ class TenantToolAdmin(TenantScopedAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
+
+
+class ScheduleForm(forms.ModelForm):
+    timezone = forms.ChoiceField(choices=[(zone, zone) for zone in time_zones()], initial="UTC")
+
+    class Meta:
+        model = Schedule
+        fields = ["session", "cron", "timezone", "content", "metadata", "enabled"]
+
+    def clean_content(self) -> str:
+        # The service's check, here, so that the operator sees it on the form.
+        try:
+            return content_validate(self.cleaned_data.get("content"))
+        except ContentInvalid as error:
+            raise forms.ValidationError(str(error)) from None
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(TenantScopedAdmin):
+    """Schedules, editable by managers; every save and delete goes through agents.schedules,
+    which keeps the schedule's periodic task (what beat fires) in step and audits it."""
+
+    form = ScheduleForm
+    list_display = ["cron", "timezone", "session", "tenant", "enabled", "next_run_at",
+                    "last_fired_at"]  # fmt: skip
+    list_filter = ["tenant", "enabled"]
+    search_fields = ["cron", "session__id"]
+    raw_id_fields = ["session"]
+    readonly_fields = ["next_run_at", "last_run", "last_fired_at", "created_at", "updated_at"]
+    show_full_result_count = False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        # A schedule stays on its session; make another one on the other session.
+        return [*self.readonly_fields, *(["session"] if obj is not None else [])]
+
+    @admin.display(description="Next run")
+    def next_run_at(self, schedule: Schedule) -> Any:
+        if not schedule.pk or not schedule.enabled:
+            return None
+        return next_fire(schedule.cron, schedule.timezone, now=django_timezone.now())
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        session = obj.session
+        if not is_superuser(request) and session.tenant_id not in managed_tenants(request):
+            raise Http404("No such tenant.")
+        actor = operator_actor(request)
+        if change:
+            fields = {name: form.cleaned_data[name] for name in form.changed_data}
+            schedules.schedule_update(schedule=obj, actor=actor, **fields)
+            return
+        data = {name: form.cleaned_data[name] for name in schedules.SCHEDULE_EDITABLE}
+        created = schedules.schedule_create(session=session, actor=actor, **data)
+        # The admin goes on with `obj` (its message, log entry and redirect name it).
+        obj.pk, obj.tenant_id = created.pk, created.tenant_id
+        obj.periodic_task = created.periodic_task
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        schedules.schedule_delete(schedule=obj, actor=operator_actor(request))

@@ -9,5 +9,6 @@ class AgentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # The app's Celery tasks, registered in every process (services send some by name).
-        from agents import tasks  # noqa: F401
+        # The app's Celery tasks, registered in every process (services send some by name),
+        # and the receiver that takes a deleted schedule's beat rows with it.
+        from agents import schedules, tasks  # noqa: F401

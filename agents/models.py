@@ -12,6 +12,13 @@ from django.db import models
 
 from agentplatform.core.tenancy import TenantOwned
 from agentplatform.http.serializers import NO_NUL
+from agents.cron import (
+    CRON_HELP,
+    CRON_MAX_LENGTH,
+    TIMEZONE_MAX_LENGTH,
+    validate_cron,
+    validate_timezone,
+)
 
 MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 1_000_000
@@ -327,3 +334,50 @@ class TenantTool(TenantOwned):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Schedule(TenantOwned):
+    """A session's cron schedule: at each time its expression names (in its time zone) a
+    background run of `content` starts on the session. Beat fires it through its own row,
+    a django-celery-beat PeriodicTask (task `agents.schedule_fire`, the schedule's id as its
+    argument) with its own CrontabSchedule, which the services keep in step with this row
+    in the same transaction; the beat tables hold no tenant data beyond the expression."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="schedules")
+    cron = models.CharField(
+        max_length=CRON_MAX_LENGTH, validators=[validate_cron], help_text=CRON_HELP
+    )
+    timezone = models.CharField(
+        max_length=TIMEZONE_MAX_LENGTH,
+        default="UTC",
+        validators=[validate_timezone],
+        help_text="The IANA time zone the expression is read in.",
+    )
+    content = models.TextField(help_text="The message each run starts with.")
+    metadata = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    # PROTECT: the periodic task goes when the schedule goes (agents.schedules), not before.
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        on_delete=models.PROTECT,
+        editable=False,
+        related_name="agent_schedule",
+    )
+    last_run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, editable=False, related_name="+"
+    )
+    last_fired_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The Celery id of the message that fired last: a redelivered message starts no second run.
+    last_fire_id = models.CharField(max_length=64, blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["session", "-created_at"], name="schedule_session_created"),
+            models.Index(fields=["tenant", "-created_at"], name="schedule_tenant_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cron} ({self.timezone}) · {self.session_id}"

@@ -12,7 +12,7 @@ from rest_framework.exceptions import NotFound
 from agentplatform.core.tenancy import access_object
 from agentplatform.models import Tenant
 from agents.errors import SessionNotFound
-from agents.models import Agent, Message, Run, Session
+from agents.models import Agent, Message, Run, Schedule, Session
 
 
 def agent_list(*, tenant: Tenant) -> QuerySet[Agent]:
@@ -97,3 +97,11 @@ def run_messages(*, run: Run) -> list[Message]:
         last = Message.objects.filter(pk=run.assistant_message_id).values_list("seq", flat=True)
         rows = rows.filter(seq__lte=last[:1])
     return [row for row in rows[:500] if row.metadata.get("turn") == run.turn_key]
+
+
+def schedule_list(*, session: Session) -> QuerySet[Schedule]:
+    return Schedule.objects.filter(session=session, tenant_id=session.tenant_id)
+
+
+def access_schedule(*, tenant: Tenant, id: object) -> Schedule:
+    return access_object(Schedule, tenant=tenant, id=id)  # type: ignore[arg-type]

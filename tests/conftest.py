@@ -64,7 +64,8 @@ def make_persona(slug: str) -> Persona:
 def populate(persona: Persona) -> None:
     """A row in every store for the persona's tenant: a turn (messages, checkpoint), a
     memory, a summary, an audited API write, a retention policy, a storage sample, a secret,
-    a tool, a webhook endpoint with an event delivered to it (one failed attempt)."""
+    a tool, a webhook endpoint with an event delivered to it (one failed attempt), a
+    schedule."""
     turn_run(session=persona.session, content=f"hello from {persona.tenant.slug}")
     memory_upsert(
         actor=SYSTEM,
@@ -101,6 +102,11 @@ def populate(persona: Persona) -> None:
         tenant=persona.tenant, delivery=event.deliveries.get(), number=1, latency_ms=3,
         error="Could not connect.",
     )  # fmt: skip
+    schedule = {"cron": "0 9 * * mon-fri", "timezone": "Europe/Lisbon", "content": "Report."}
+    created = persona.client().post(
+        f"/api/v1/sessions/{persona.session.pk}/schedules/", schedule, format="json"
+    )
+    assert created.status_code == 201, created.content
 
 
 @pytest.fixture(autouse=True)

@@ -108,3 +108,16 @@ class Worker(_Process):
              "--without-mingle"],
             {"CELERY_TASK_ALWAYS_EAGER": "0", **env},
         )  # fmt: skip
+
+
+class Beat(_Process):
+    """Celery beat with the database scheduler (django-celery-beat), on the same database
+    as `Worker`: it reads the schedule from PostgreSQL and sends due tasks to the broker."""
+
+    def __init__(self, env: dict[str, str], *, max_interval: int = 1) -> None:
+        self._start(
+            [sys.executable, "-m", "celery", "-A", "agentplatform.project.celery", "beat",
+             "--loglevel", "warning", "--max-interval", str(max_interval)],
+            # Eager here would run the tasks inside beat instead of sending them.
+            {"CELERY_TASK_ALWAYS_EAGER": "0", **env},
+        )  # fmt: skip

@@ -9,6 +9,7 @@ from agentplatform.api import webhooks as webhook_api
 from agentplatform.core.console import rate_limited_login
 from agentplatform.http.health import healthz, readyz
 from agents.api.runs import RunViewSet, SessionRunsViewSet
+from agents.api.schedules import ScheduleViewSet, SessionSchedulesViewSet
 from agents.api.tools import ToolViewSet
 from agents.api.views import (
     AgentViewSet,
@@ -37,6 +38,7 @@ router.register("checkpoints", CheckpointViewSet, basename="checkpoint")
 router.register("secrets", SecretViewSet, basename="secret")
 router.register("runs", RunViewSet, basename="run")
 router.register("tools", ToolViewSet, basename="tool")
+router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("webhooks", webhook_api.WebhookViewSet, basename="webhook")
 
 api_urls = [
@@ -49,6 +51,11 @@ api_urls = [
         "sessions/<str:session_pk>/runs/",
         SessionRunsViewSet.as_view({"get": "list", "post": "create"}),
         name="session-runs",
+    ),
+    path(
+        "sessions/<str:session_pk>/schedules/",
+        SessionSchedulesViewSet.as_view({"get": "list", "post": "create"}),
+        name="session-schedules",
     ),
     path(
         "sessions/<str:session_pk>/summaries/",

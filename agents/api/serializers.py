@@ -3,22 +3,35 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone as django_timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agentplatform.http.authentication import request_tenant
 from agentplatform.http.serializers import (
     JSONObjectField,
+    StrictBooleanField,
     StrictCharField,
     StrictModelSerializer,
     StrictSerializer,
     StrictSlugField,
+)
+from agents.cron import (
+    CRON_HELP,
+    CRON_MAX_LENGTH,
+    CRON_PATTERN,
+    TIMEZONE_MAX_LENGTH,
+    TIMEZONE_PATTERN,
+    next_fire,
+    validate_cron,
+    validate_timezone,
 )
 from agents.models import (
     LLM_SCHEMA,
     Agent,
     Message,
     Run,
+    Schedule,
     Session,
     TenantTool,
     validate_llm,
@@ -368,3 +381,61 @@ class ToolCreatedSerializer(ToolSerializer):
 
     class Meta(ToolSerializer.Meta):
         fields = [*ToolSerializer.Meta.fields, "secret"]
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "pattern": CRON_PATTERN,
+        "maxLength": CRON_MAX_LENGTH,
+        "description": CRON_HELP,
+        "example": "0 9 * * mon-fri",
+    }
+)
+class CronField(StrictCharField):
+    """A five-field cron expression: the schema states its form; validate_cron the ranges."""
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "pattern": TIMEZONE_PATTERN,
+        "maxLength": TIMEZONE_MAX_LENGTH,
+        "example": "Europe/Lisbon",
+    }
+)
+class TimeZoneField(StrictCharField):
+    """An IANA time zone name: the schema states its form; validate_timezone that this
+    deployment knows it (as an enum, the ~600 names were half of the whole schema)."""
+
+
+class ScheduleSerializer(StrictSerializer):
+    id = serializers.UUIDField(read_only=True)
+    session = serializers.UUIDField(source="session_id", read_only=True)
+    cron = CronField(max_length=CRON_MAX_LENGTH, validators=[validate_cron])
+    timezone = TimeZoneField(
+        max_length=TIMEZONE_MAX_LENGTH,
+        validators=[validate_timezone],
+        default="UTC",
+        help_text="The IANA time zone the expression is read in (daylight saving included).",
+    )
+    content = StrictCharField(max_length=32_000, help_text="The message each run starts with.")
+    metadata = JSONObjectField(
+        required=False,
+        help_text="Given to each run (with `schedule`: this schedule's id, added).",
+    )
+    enabled = StrictBooleanField(default=True)
+    next_run_at = serializers.SerializerMethodField(
+        help_text="When the next run starts (null while disabled)."
+    )
+    last_run = serializers.UUIDField(source="last_run_id", read_only=True, allow_null=True)
+    last_fired_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
+
+    @extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
+    def get_next_run_at(self, schedule: Schedule) -> str | None:
+        if not schedule.enabled:
+            return None
+        when = next_fire(schedule.cron, schedule.timezone, now=django_timezone.now())
+        return str(serializers.DateTimeField().to_representation(when))

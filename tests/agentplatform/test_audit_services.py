@@ -32,8 +32,9 @@ from agentplatform.core.webhooks import (
 from agentplatform.devtools.testing import ROOT
 from agentplatform.models import ApiKey, AuditEvent, Membership, TenantSecret, WebhookEndpoint
 from agents.engine.turn import turn_run
-from agents.models import Run, TenantTool
+from agents.models import Run, Schedule, TenantTool
 from agents.runs import Answer, run_act, run_cancel, run_create
+from agents.schedules import schedule_create, schedule_delete, schedule_update
 from agents.services import agent_create, agent_delete, agent_update, session_delete, session_open
 from agents.tenant_tools import ToolSpec, tool_create, tool_delete, tool_update
 from memory.checkpoints import checkpoint_fork, checkpoint_rollback
@@ -53,6 +54,7 @@ SERVICE_MODULES = [
     "agents.services",
     "agents.runs",
     "agents.tenant_tools",
+    "agents.schedules",
     "memory.semantic",
     "memory.checkpoints",
     "memory.erasure",
@@ -181,6 +183,13 @@ def _webhook(alice: Persona) -> WebhookEndpoint:
     )[0]
 
 
+def _schedule(alice: Persona) -> Schedule:
+    found = Schedule.objects.filter(tenant=alice.tenant).first()
+    if found is not None:
+        return found
+    return schedule_create(session=alice.session, cron="0 9 * * *", content="Hi.", actor=ACTOR)
+
+
 # Each case makes the one call under test; `setup` runs first and its events do not count.
 CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]]] = {
     "tenant.created": (None, lambda a: tenant_create(slug="audited-co", actor=ACTOR)),
@@ -264,6 +273,15 @@ CASES: dict[str, tuple[Callable[[Persona], Any] | None, Callable[[Persona], Any]
     "webhook.secret_rotated": (
         _webhook,
         lambda a: webhook_secret_rotate(endpoint=_webhook(a), actor=ACTOR),
+    ),
+    "schedule.created": (None, _schedule),
+    "schedule.updated": (
+        _schedule,
+        lambda a: schedule_update(schedule=_schedule(a), enabled=False, actor=ACTOR),
+    ),
+    "schedule.deleted": (
+        _schedule,
+        lambda a: schedule_delete(schedule=_schedule(a), actor=ACTOR),
     ),
     "retention.enforced": (
         lambda a: RetentionPolicy.objects.create(tenant=a.tenant, message_retention_days=30),

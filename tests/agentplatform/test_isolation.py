@@ -31,7 +31,7 @@ from agentplatform.core.audit import SYSTEM
 from agentplatform.models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from agentplatform.project.checks import row_level_security_binds
 from agents.client_tokens import client_token_mint
-from agents.models import Agent, Message, Run, Session, TenantTool
+from agents.models import Agent, Message, Run, Schedule, Session, TenantTool
 from memory.embeddings import embed_one
 from memory.models import Checkpoint, Memory, Summary
 from memory.semantic import Source, memory_upsert
@@ -224,6 +224,7 @@ def _bobs_ids(bob: Persona) -> dict[str, str]:
         "tool": str(TenantTool.objects.filter(tenant=bob.tenant).values_list("pk", flat=True)[0]),
         "webhook": _webhook_of(bob),
         "delivery": str(WebhookDelivery.objects.get(tenant=bob.tenant).pk),
+        "schedule": str(Schedule.objects.get(tenant=bob.tenant).pk),
     }
 
 
@@ -235,6 +236,7 @@ def _cases(ids: dict[str, str], own: dict[str, str]) -> dict[str, list[Case]]:
     """Per schema path, every operation aimed at bob's objects."""
     s, a, m, c = ids["session"], ids["agent"], ids["memory"], ids["checkpoint"]
     r, t = ids["run"], ids["tool"]
+    r, sc = ids["run"], ids["schedule"]
     w, d, own_session, own_w = ids["webhook"], ids["delivery"], own["session"], own["webhook"]
     return {
         "/api/v1/runs/{id}/": [Case("get", f"/api/v1/runs/{r}/")],
@@ -256,6 +258,15 @@ def _cases(ids: dict[str, str], own: dict[str, str]) -> dict[str, list[Case]]:
             Case("get", f"/api/v1/sessions/{s}/runs/"),
             Case("post", f"/api/v1/sessions/{s}/runs/", {"content": "hi"}),
             Case("post", f"/api/v1/sessions/{s}/runs/", {"content": "hi", "background": True}),
+        ],
+        "/api/v1/sessions/{session_pk}/schedules/": [
+            Case("get", f"/api/v1/sessions/{s}/schedules/"),
+            Case("post", f"/api/v1/sessions/{s}/schedules/", {"cron": "* * * * *", "content": "x"}),
+        ],
+        "/api/v1/schedules/{id}/": [
+            Case("get", f"/api/v1/schedules/{sc}/"),
+            Case("patch", f"/api/v1/schedules/{sc}/", {"enabled": False}),
+            Case("delete", f"/api/v1/schedules/{sc}/"),
         ],
         "/api/v1/agents/{id}/": [
             Case("get", f"/api/v1/agents/{a}/"),
@@ -450,7 +461,8 @@ def _send(client: Any, case: Case) -> Any:
 
 def _with_random_ids(case: Case, ids: dict[str, str]) -> Case:
     text = json.dumps([case.path, case.body])
-    for key in ("session", "agent", "memory", "checkpoint", "run", "tool", "webhook", "delivery"):
+    for key in ("session", "agent", "memory", "checkpoint", "run", "tool", "webhook", "delivery",
+                "schedule"):  # fmt: skip
         text = text.replace(ids[key], str(uuid.uuid4()))
     path, body = json.loads(text)
     return Case(case.method, path, body)
@@ -460,7 +472,8 @@ def _assert_nothing_of(bob: Persona, ids: dict[str, str], body: bytes, case: Cas
     text = body.decode()
     for secret in (str(bob.tenant.pk), bob.tenant.slug, bob.user_id, "hello from bob"):
         assert secret not in text, (case, secret)
-    for key in ("memory", "checkpoint", "run", "tool", "webhook", "delivery"):  # not sent
+    # Alice did not send these.
+    for key in ("memory", "checkpoint", "run", "tool", "webhook", "delivery", "schedule"):
         if ids[key] not in json.dumps([case.path, case.body]):
             assert ids[key] not in text, (case, key)
 
@@ -496,4 +509,9 @@ def _fingerprint(persona: Persona) -> dict[str, Any]:
             )
         ),
         "webhook_events": WebhookEvent.objects.filter(tenant=tenant).count(),
+        "schedules": sorted(
+            Schedule.objects.filter(tenant=tenant).values_list(
+                "pk", "cron", "enabled", "updated_at", "periodic_task__enabled"
+            )
+        ),
     }

@@ -40,6 +40,7 @@ from agentplatform.models import (
     WebhookEvent,
 )
 from agents.api.serializers import UNKNOWN_TOOL
+from agents.cron import CRON_INVALID, TIMEZONE_INVALID
 from agents.llm.scripted import scripted_backend
 from agents.models import Agent
 from agents.services import agent_create, session_open
@@ -83,6 +84,10 @@ UNSTATABLE_RULES = {
     "PATCH /api/v1/agents/{id}/": [UNKNOWN_TOOL],
     "POST /api/v1/tools/": TOOL_RULES,
     "PATCH /api/v1/tools/{id}/": TOOL_RULES,
+    # A cron field's range (minute 0-59, ...) and which time zone names exist: the
+    # patterns state only their form.
+    "POST /api/v1/sessions/{session_pk}/schedules/": [CRON_INVALID, TIMEZONE_INVALID],
+    "PATCH /api/v1/schedules/{id}/": [CRON_INVALID, TIMEZONE_INVALID],
 }
 
 
