@@ -232,6 +232,7 @@ class InspectableSessionAdmin(SessionAdmin):
             "memories": inspector.memory_list_learned(session=session),
             "can_undo": self.has_change_permission(request, session),
             "runs": inspector.run_timeline(session=session),
+            "schedules": inspector.schedule_list(session=session),
         }
         return TemplateResponse(request, "admin/agents/session/inspect.html", context)
 

@@ -9,11 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
+from agents.cron import next_fire
 from agents.engine.ports import WorkingMemory
-from agents.models import Message, Run, Session
+from agents.models import Message, Run, Schedule, Session
 from agents.selectors import run_list
 from memory import working
 from memory.models import Checkpoint, Memory, Summary
@@ -176,3 +178,14 @@ def run_timeline(*, session: Session) -> list[Run]:
                 for call_id, answer in answers.items()
             ]
     return runs
+
+
+def schedule_list(*, session: Session) -> list[Schedule]:
+    """The session's schedules, each with `next_run_at` (when beat fires it next)."""
+    now = timezone.now()
+    schedules = list(Schedule.objects.filter(session=session).order_by("created_at"))
+    for schedule in schedules:
+        schedule.next_run_at = (  # type: ignore[attr-defined]
+            next_fire(schedule.cron, schedule.timezone, now=now) if schedule.enabled else None
+        )
+    return schedules

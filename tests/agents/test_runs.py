@@ -422,8 +422,14 @@ def test_operators_decide_their_calls_on_the_pending_approvals_page(
 
     event = AuditEvent.objects.filter(tenant=alice.tenant, action="run.answered").get()
     assert event.actor_kind == "operator" and "900" not in json.dumps(event.payload)
+    schedule = {"cron": "30 7 * * *", "timezone": "Asia/Tokyo", "content": "Morning check."}
+    created = alice.client().post(
+        f"/api/v1/sessions/{alice.session.pk}/schedules/", schedule, format="json"
+    )
+    assert created.status_code == 201, created.content
     inspector = _login(alice).get(f"/admin/agents/session/{alice.session.pk}/inspect/")
     assert b"approved by operator" in inspector.content
+    assert b"30 7 * * *" in inspector.content and b"Asia/Tokyo" in inspector.content
 
 
 def test_runs_tell_the_tenants_webhooks_what_became_of_them(
