@@ -8,6 +8,12 @@ deployment registers (agents.tools). An agent lists both kinds by name in its `t
   retries only on timeouts, 5xx and 429 (Retry-After honoured, bounded). The response body
   becomes the call's result; any failure becomes an error result the LLM reads.
 - `client`: the run stops in `requires_action` until the caller sends the output.
+- `mcp`: a tool of the tenant's MCP server (streamable HTTP, agents.mcp_tools), called by
+  its `remote_name` in a session whose every request goes to the address checked for it.
+  When the tool is saved the server's tools are listed: the tool must be among them, and its
+  description and JSON Schema fill the ones the tenant left empty (saved on the row, the
+  listing's cache; `tool_refresh` takes the server's again). A failure or an `isError`
+  answer becomes an error result.
 
 Arguments are checked against the tool's JSON Schema when it is saved (the schema itself)
 and on every call (agents.tools.arguments_problem). Header values come from the tenant's
@@ -23,6 +29,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +37,13 @@ import jsonschema
 from django.db import transaction
 from django.utils import timezone
 
-from agentplatform.core.audit import Actor, audit_delete, audit_row, audited
+from agentplatform.core.audit import Actor, audit_delete, audit_row, audited, unaudited
 from agentplatform.core.vault import SecretUnavailable, cipher, secret_value
 from agentplatform.core.webhook_delivery import sign
 from agentplatform.core.webhooks import signing_secret_new
 from agentplatform.infra import outbound
 from agentplatform.models import Tenant, TenantSecret
+from agents import mcp_tools
 from agents.models import TOOL_NAME_PATTERN, Agent, TenantTool
 from agents.tools import BUILT_IN, Tool, ToolContext, tool_registry, tools_for
 
@@ -43,13 +51,15 @@ MAX_RESULT_BYTES = 262_144
 HTTP_ATTEMPTS = 3
 RETRY_WAIT_CAP_SECONDS = 10.0
 EDITABLE = (
-    "description", "parameters", "approval", "timeout_seconds", "url", "headers",
+    "description", "parameters", "approval", "timeout_seconds", "url", "headers", "remote_name",
 )  # fmt: skip
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,100}$")
-# Headers the platform sets itself on every call; a tenant's secret cannot replace them.
+# Headers the platform sets itself on every call (an http tool's, the MCP protocol's); a
+# tenant's secret cannot replace them.
 _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "host", "idempotency-key", "webhook-id",
-     "webhook-timestamp", "webhook-signature"}
+     "webhook-timestamp", "webhook-signature", "accept", "accept-encoding", "mcp-session-id",
+     "mcp-protocol-version", "last-event-id"}
 )  # fmt: skip
 
 
@@ -73,47 +83,62 @@ class ToolSpec:
     timeout_seconds: int = 30
     url: str = ""
     headers: dict[str, str] | None = None
+    remote_name: str = ""
 
 
 @audited("tool.created")
-@transaction.atomic
 def tool_create(*, tenant: Tenant, spec: ToolSpec, actor: Actor) -> tuple[TenantTool, str | None]:
-    """A new tool; an `http` tool's signing secret is returned this once."""
+    """A new tool; an `http` tool's signing secret is returned this once. An `mcp` tool's
+    server is listed first (outside the transaction: a network call of up to its timeout)."""
     _check_name(spec.name)
+    is_mcp = spec.kind == TenantTool.Kind.MCP
     tool = TenantTool(
         tenant=tenant,
         name=spec.name,
         kind=spec.kind,
         description=spec.description,
-        parameters=spec.parameters or {"type": "object"},
+        # An mcp tool's empty schema is filled from its server's listing.
+        parameters=spec.parameters or ({} if is_mcp else {"type": "object"}),
         approval=spec.approval,
         timeout_seconds=spec.timeout_seconds,
         url=spec.url,
         headers=spec.headers or {},
+        remote_name=spec.remote_name,
     )
     _check(tool)
     secret = None
     if tool.kind == TenantTool.Kind.HTTP:
         secret, tool.secret_ciphertext = signing_secret_new()
-    tool.full_clean(validate_constraints=False)  # a taken name is the database's 409
-    tool.save()
-    _audit(tool, "tool.created", actor)
+    with transaction.atomic():
+        tool.full_clean(validate_constraints=False)  # a taken name is the database's 409
+        tool.save()
+        _audit(tool, "tool.created", actor)
     return tool, secret
 
 
 @audited("tool.updated")
-@transaction.atomic
 def tool_update(*, tool: TenantTool, actor: Actor, **changes: Any) -> TenantTool:
+    """Change a tool; an `mcp` tool's server is listed again (outside the transaction)."""
     unknown = set(changes) - set(EDITABLE)
     if unknown:
         raise ValueError(f"not editable: {sorted(unknown)}")
     for field, value in changes.items():
         setattr(tool, field, value)
     _check(tool)
-    tool.full_clean(validate_constraints=False)  # a taken name is the database's 409
-    tool.save()
-    _audit(tool, "tool.updated", actor, fields=sorted(changes))
+    with transaction.atomic():
+        tool.full_clean(validate_constraints=False)  # a taken name is the database's 409
+        tool.save()
+        _audit(tool, "tool.updated", actor, fields=sorted(changes))
     return tool
+
+
+@unaudited("audited by tool_update, which it calls (tool.updated)")
+def tool_refresh(*, tool: TenantTool, actor: Actor) -> TenantTool:
+    """An `mcp` tool's description and schema taken again from its server's listing (the
+    saved ones are dropped: they may be the tenant's own)."""
+    if tool.kind != TenantTool.Kind.MCP:
+        raise ToolInvalid("kind", "Only an mcp tool is described by its server.")
+    return tool_update(tool=tool, actor=actor, description="", parameters={})
 
 
 @audited("tool.deleted")
@@ -164,6 +189,8 @@ def _check(tool: TenantTool) -> None:
     problem = schema_problem(tool.parameters)
     if problem:
         raise ToolInvalid("parameters", problem)
+    if tool.remote_name and tool.kind != TenantTool.Kind.MCP:
+        raise ToolInvalid("remote_name", "Only an mcp tool has a remote name.")
     if tool.kind == TenantTool.Kind.CLIENT:
         if tool.url or tool.headers:
             raise ToolInvalid("url", "A client tool is run by the caller: it has no URL.")
@@ -175,6 +202,28 @@ def _check(tool: TenantTool) -> None:
     except outbound.OutboundRefused as error:
         raise ToolInvalid("url", str(error)) from None
     _check_headers(tool)
+    if tool.kind == TenantTool.Kind.MCP:
+        _check_remote(tool)
+
+
+def _check_remote(tool: TenantTool) -> None:
+    """The MCP server must list the tool; its description and schema fill empty ones."""
+    tool.remote_name = tool.remote_name or tool.name
+    try:
+        remote = mcp_tools.remote_tool(_server(tool), tool.remote_name)
+    except mcp_tools.McpUnavailable as error:
+        raise ToolInvalid("url", f"The MCP server's tools could not be listed: {error}") from None
+    except SecretUnavailable as error:
+        raise ToolInvalid("headers", str(error)) from None
+    if remote is None:
+        raise ToolInvalid("remote_name", f"The MCP server has no tool {tool.remote_name!r}.")
+    if not tool.parameters:
+        problem = schema_problem(remote.parameters)
+        if problem:
+            raise ToolInvalid("parameters", f"The MCP server's schema is not usable: {problem}")
+        tool.parameters = remote.parameters
+    if not tool.description:
+        tool.description = remote.description[:2000]
 
 
 def schema_problem(schema: Any) -> str | None:
@@ -219,7 +268,12 @@ def _audit(tool: TenantTool, action: str, actor: Actor, **extra: Any) -> None:
 
 
 def _as_tool(row: TenantTool) -> Tool:
-    run = functools.partial(_http_call, row) if row.kind == TenantTool.Kind.HTTP else None
+    calls: dict[str, Callable[[TenantTool, dict[str, Any], ToolContext], Any]] = {
+        TenantTool.Kind.HTTP: _http_call,
+        TenantTool.Kind.MCP: _mcp_call,
+    }
+    call = calls.get(row.kind)  # none for a client tool: the caller runs it
+    run = functools.partial(call, row) if call is not None else None
     return Tool(
         row.name,
         row.description,
@@ -286,6 +340,20 @@ def _http_call(tool: TenantTool, arguments: dict[str, Any], context: ToolContext
         if attempt + 1 < HTTP_ATTEMPTS:
             time.sleep(min(wait, RETRY_WAIT_CAP_SECONDS))
     return {"error": f"{failure} (after {HTTP_ATTEMPTS} attempts)"}
+
+
+def _mcp_call(tool: TenantTool, arguments: dict[str, Any], context: ToolContext) -> Any:
+    """Call the tool on the tenant's MCP server; its answer, or an error result."""
+    try:
+        server = _server(tool)
+    except SecretUnavailable as error:
+        return {"error": f"The tool cannot be called: {error}"}
+    name = tool.remote_name or tool.name
+    return mcp_tools.mcp_call(server, name, arguments, context.idempotency_key)
+
+
+def _server(tool: TenantTool) -> mcp_tools.Server:
+    return mcp_tools.Server(tool.url, _secret_headers(tool), float(tool.timeout_seconds))
 
 
 def _secret_headers(tool: TenantTool) -> dict[str, str]:

@@ -12,6 +12,9 @@ goes through `request`, which:
 - follows redirects only when the caller allows them, checking each hop the same way;
 - bounds the time and the size of the response, and ignores proxy variables.
 
+Libraries that make their own requests (the MCP SDK) get `pinned_async_client` instead: an
+async client bound to one tenant URL whose every request goes to the address checked for it.
+
 Exceptions to the address rules come only from the deployment: `OUTBOUND_ALLOWED_NETWORKS`
 (CIDRs and/or host names), for self-hosted set-ups and for the test suite's loopback servers.
 Error messages are safe to show the tenant: they never name an address the platform resolved.
@@ -27,12 +30,13 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urljoin
 
 import httpx
+import httpx2
 from django.conf import settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -397,6 +401,115 @@ def _bounded(
 
 def _too_large(status: int, max_bytes: int) -> OutboundFailed:
     return OutboundFailed(f"The response is larger than {max_bytes} bytes.", status=status)
+
+
+# --- a pinned async client ----------------------------------------------------------------
+# httpx2 (pydantic's continuation of httpx, the one the MCP SDK takes) for libraries that bring
+# their own requests; the rules are the module's, only the client class differs.
+
+
+def pinned_async_client(
+    url: str, *, timeout: float, headers: dict[str, str] | None = None, max_bytes: int = 1_048_576
+) -> httpx2.AsyncClient:
+    """An async client for one tenant URL, for a library that sends its own requests.
+
+    The URL's host is resolved and checked here, once; every request the client sends
+    connects to a checked address (the name stays in the Host header and is the TLS server
+    name, certificates checked against it), so no later lookup is made (no DNS rebinding).
+    A request to any other origin raises OutboundRefused: a redirect or a URL a server
+    hands back cannot lead elsewhere. Redirects are not followed; proxy variables are
+    ignored; each response body is bounded by `max_bytes`, and network errors are
+    OutboundFailed, named as `request` names them (never by address).
+    Raises OutboundRefused or OutboundFailed when the URL itself cannot be used.
+    """
+    target = _target(url, time.monotonic() + timeout)
+    return httpx2.AsyncClient(
+        transport=_PinnedTransport(target, max_bytes),
+        # Bodies are bounded as they arrive, so they must arrive as they are.
+        headers={**(headers or {}), "Accept-Encoding": "identity"},
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class _PinnedTransport(httpx2.AsyncBaseTransport):
+    def __init__(self, target: _Target, max_bytes: int) -> None:
+        self._target = target
+        self._max_bytes = max_bytes
+        # Its own pool: every connection in it goes to the one checked host.
+        self._inner = httpx2.AsyncHTTPTransport(verify=_tls(), trust_env=False)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        target = self._target
+        if _origin(str(request.url)) != _origin(str(target.url)):
+            raise OutboundRefused(f"Only {target.host} may be reached through this client.")
+        extensions = dict(request.extensions)
+        if target.url.scheme == "https" and _literal(target.host) is None:
+            extensions["sni_hostname"] = target.host
+        for index, address in enumerate(target.addresses):
+            # A copy: the caller's request keeps the name (redirect checks compare it).
+            pinned = httpx2.Request(
+                request.method,
+                request.url.copy_with(host=address),
+                headers=request.headers,  # the Host header, with the name, is among them
+                stream=request.stream,
+                extensions=extensions,
+            )
+            last = index == len(target.addresses) - 1
+            try:
+                response = await self._inner.handle_async_request(pinned)
+            except httpx2.ConnectError:
+                if last:
+                    raise OutboundFailed(f"Could not connect to {target.host}.") from None
+                continue
+            except httpx2.HTTPError as error:
+                raise _failure(error, target.host) from None
+            return self._checked(response)
+        raise OutboundFailed(f"Could not connect to {target.host}.")
+
+    def _checked(self, response: httpx2.Response) -> httpx2.Response:
+        host, status = self._target.host, response.status_code
+        if response.headers.get("content-encoding", "identity").lower() != "identity":
+            # The client would inflate it past any bound: a small body can hide gigabytes.
+            raise OutboundFailed(f"{host} sent a compressed answer, asked not to.", status=status)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            raise _too_large(status, self._max_bytes)
+        stream = _BoundedStream(response.stream, self._max_bytes, status, host)
+        return httpx2.Response(
+            status, headers=response.headers, stream=stream, extensions=response.extensions
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _BoundedStream(httpx2.AsyncByteStream):
+    def __init__(self, stream: object, max_bytes: int, status: int, host: str) -> None:
+        assert isinstance(stream, httpx2.AsyncByteStream)
+        self._stream, self._max_bytes, self._status, self._host = stream, max_bytes, status, host
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = 0
+        try:
+            async for chunk in self._stream:
+                read += len(chunk)
+                if read > self._max_bytes:
+                    raise _too_large(self._status, self._max_bytes)
+                yield chunk
+        except httpx2.HTTPError as error:
+            raise _failure(error, self._host) from None
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _failure(error: httpx2.HTTPError, host: str) -> OutboundFailed:
+    if isinstance(error, httpx2.TimeoutException):
+        return OutboundFailed(f"{host} did not answer in time.")
+    # Protocol errors, TLS failures: the class says what, without addresses.
+    return OutboundFailed(f"The exchange with {host} failed ({type(error).__name__}).")
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -373,5 +373,8 @@ LOGGING = {
         # httpx logs every request's URL at INFO, which for tenants' URLs (webhooks, tools)
         # can hold their tokens, and is the pinned address rather than the name.
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # the same, from the MCP client
+        # The MCP client logs session ids and reconnections at INFO: noise per tool call.
+        "mcp": {"level": "WARNING"},
     },
 }

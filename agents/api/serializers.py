@@ -40,7 +40,7 @@ from agents.tenant_tools import tool_names_unknown
 
 MAX_AGENT_TOOLS = 64
 MAX_TOOL_HEADERS = 20
-TOOL_KINDS = [TenantTool.Kind.HTTP, TenantTool.Kind.CLIENT]
+TOOL_KINDS = [TenantTool.Kind.HTTP, TenantTool.Kind.CLIENT, TenantTool.Kind.MCP]
 UNKNOWN_TOOL = "not a registered tool nor one of this tenant's tools."
 
 
@@ -341,12 +341,27 @@ class ToolSerializer(StrictModelSerializer):
     kind = serializers.ChoiceField(
         choices=TOOL_KINDS,
         help_text="http: the platform POSTs each call to `url`, signed; client: the caller "
-        "runs it and sends the output (POST /runs/{id}/actions/).",
+        "runs it and sends the output (POST /runs/{id}/actions/); mcp: the tool `remote_name` "
+        "of the MCP server at `url` (streamable HTTP), listed when saved.",
     )
-    parameters = JSONObjectField(required=False, help_text="JSON Schema of the arguments.")
+    parameters = JSONObjectField(
+        required=False,
+        help_text="JSON Schema of the arguments. An mcp tool without one takes its server's.",
+    )
     url = StrictCharField(max_length=2048, required=False, allow_blank=True)
+    remote_name = StrictCharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        help_text="mcp: the tool's name on the server (default: `name`).",
+    )
     headers = serializers.DictField(child=StrictCharField(max_length=100), required=False)
-    description = StrictCharField(max_length=2000, required=False, allow_blank=True)
+    description = StrictCharField(
+        max_length=2000,
+        required=False,
+        allow_blank=True,
+        help_text="What the LLM is told the tool does. An mcp tool without one takes its server's.",
+    )
 
     def validate_headers(self, headers: dict[str, str]) -> dict[str, str]:
         if len(headers) > MAX_TOOL_HEADERS:
@@ -357,7 +372,7 @@ class ToolSerializer(StrictModelSerializer):
         model = TenantTool
         fields = [
             "id", "name", "description", "parameters", "kind", "approval", "timeout_seconds",
-            "url", "headers", "created_at", "updated_at",
+            "url", "remote_name", "headers", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["id", "created_at", "updated_at"]
 

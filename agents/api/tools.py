@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins
+from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,7 +29,8 @@ class ToolViewSet(
 ):
     """Tools of the tenant that its agents may call (listed by name in an agent's
     `tools`). Creating an http tool shows its signing secret once; no Idempotency-Key
-    replay of that answer is kept (it would store the secret in clear)."""
+    replay of that answer is kept (it would store the secret in clear). Saving an mcp tool
+    lists its server's tools (422 on `url` or `remote_name` when that fails)."""
 
     queryset = TenantTool.objects.none()  # for the schema generator
     serializer_class = ToolSerializer
@@ -66,6 +68,17 @@ class ToolViewSet(
             )
         except tenant_tools.ToolInvalid as error:
             raise ValidationError({error.field: [str(error)]}) from None
+
+    @extend_schema(request=None, responses={200: ToolSerializer})
+    @action(detail=True, methods=["post"])
+    def refresh(self, request: Request, pk: str | None = None) -> Response:
+        """An mcp tool's description and schema taken again from its server's listing."""
+        tool = self.get_object()
+        try:
+            tool = tenant_tools.tool_refresh(tool=tool, actor=self.actor)
+        except tenant_tools.ToolInvalid as error:
+            raise ValidationError({error.field: [str(error)]}) from None
+        return Response(ToolSerializer(tool).data)
 
     def perform_destroy(self, instance: TenantTool) -> None:
         tenant_tools.tool_delete(tool=instance, actor=self.actor)

@@ -245,6 +245,7 @@ def _cases(ids: dict[str, str], own: dict[str, str]) -> dict[str, list[Case]]:
             Case("patch", f"/api/v1/tools/{t}/", {"description": "mine now"}),
             Case("delete", f"/api/v1/tools/{t}/"),
         ],
+        "/api/v1/tools/{id}/refresh/": [Case("post", f"/api/v1/tools/{t}/refresh/", {})],
         "/api/v1/runs/{id}/cancel/": [Case("post", f"/api/v1/runs/{r}/cancel/", {})],
         "/api/v1/runs/{id}/actions/": [
             Case(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from agentplatform.devtools.testing import free_port
@@ -309,3 +310,67 @@ def test_a_slow_name_server_is_bounded_by_the_timeout(monkeypatch: pytest.Monkey
     with pytest.raises(OutboundFailed, match="did not resolve in time"):
         outbound.request("GET", "http://slow.example/", timeout=0.3)
     assert time.monotonic() - started < 1
+
+
+# --- the pinned async client (libraries that send their own requests: the MCP SDK) --------
+
+
+def _get_all(client: Any, urls: list[str]) -> list[int]:
+    async def send() -> list[int]:
+        async with client:
+            return [(await client.get(url)).status_code for url in urls]
+
+    result: list[int] = anyio.run(send)
+    return result
+
+
+def test_a_pinned_client_looks_the_name_up_once_and_connects_to_the_checked_address(
+    names: dict[str, list[list[str]]], settings: Any
+) -> None:
+    """The name answers an allowed address, then a refused one (rebinding): however many
+    requests the client sends, it looked up once and reached only the address it checked."""
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    with receiver() as public, receiver(host="127.0.0.2", port=public.port) as internal:
+        names["mcp.example"] = [["127.0.0.1"], ["127.0.0.2"]]
+        url = f"http://mcp.example:{public.port}"
+        client = outbound.pinned_async_client(url + "/mcp", timeout=5, headers={"X-Key": "k"})
+        assert _get_all(client, [f"{url}/mcp", f"{url}/mcp?again", f"{url}/other"]) == [200] * 3
+    assert lookups(names, "mcp.example") == 1
+    assert [r.path for r in public.received] == ["/mcp", "/mcp?again", "/other"]
+    assert {r.headers["host"] for r in public.received} == {f"mcp.example:{public.port}"}
+    assert all(r.headers["x-key"] == "k" for r in public.received)
+    assert internal.received == []
+
+
+def test_a_pinned_client_refuses_a_name_resolving_to_a_refused_address(
+    names: dict[str, list[list[str]]], nothing_allowed: None
+) -> None:
+    with receiver() as server:
+        names["internal.example"] = [["127.0.0.1"]]
+        with pytest.raises(OutboundRefused, match=r"internal\.example resolves to an address"):
+            outbound.pinned_async_client(f"http://internal.example:{server.port}/", timeout=5)
+        with pytest.raises(OutboundRefused, match="not a public address"):
+            outbound.pinned_async_client(f"http://127.0.0.1:{server.port}/", timeout=5)
+    assert server.received == []
+
+
+def test_a_pinned_client_reaches_no_other_origin_and_follows_no_redirect() -> None:
+    with receiver() as other:
+        elsewhere = f"{other.url}/final"
+        with receiver(lambda r: Reply(302, b"", {"Location": elsewhere})) as server:
+            client = outbound.pinned_async_client(server.url, timeout=5)
+            assert _get_all(client, [server.url + "/start"]) == [302]
+            client = outbound.pinned_async_client(server.url, timeout=5)
+            with pytest.raises(OutboundRefused, match=r"Only 127\.0\.0\.1 may be reached"):
+                _get_all(client, [elsewhere])
+    assert other.received == []
+
+
+def test_a_pinned_clients_responses_are_bounded_and_its_failures_name_no_address() -> None:
+    with receiver(lambda r: Reply(200, b"x" * 5000, length=False)) as server:
+        client = outbound.pinned_async_client(server.url, timeout=5, max_bytes=1000)
+        with pytest.raises(OutboundFailed, match="larger than 1000"):
+            _get_all(client, [server.url])
+    closed = f"http://127.0.0.1:{free_port()}/"
+    with pytest.raises(OutboundFailed, match=r"Could not connect to 127\.0\.0\.1"):
+        _get_all(outbound.pinned_async_client(closed, timeout=2), [closed])

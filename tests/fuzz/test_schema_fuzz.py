@@ -69,6 +69,11 @@ TOOL_RULES = [
     "cannot be set.",
     "No secret named",
     "is the name of a platform tool.",
+    # An mcp tool: its server is listed when it is saved (the fuzzer's URLs lead nowhere).
+    "Only an mcp tool has a remote name.",
+    "The MCP server's tools could not be listed",
+    "The MCP server has no tool",
+    "The MCP server's schema is not usable",
 ]
 # Rules OpenAPI 3.0 cannot state. The server refuses such data with a 422 naming the rule;
 # that answer, and only it, is excused from "data the schema calls valid is accepted".
@@ -88,6 +93,7 @@ UNSTATABLE_RULES = {
     # patterns state only their form.
     "POST /api/v1/sessions/{session_pk}/schedules/": [CRON_INVALID, TIMEZONE_INVALID],
     "PATCH /api/v1/schedules/{id}/": [CRON_INVALID, TIMEZONE_INVALID],
+    "POST /api/v1/tools/{id}/refresh/": [*TOOL_RULES, "Only an mcp tool is described by"],
 }
 
 
