@@ -300,7 +300,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "agents.models.Run.Status",
         "SessionStatusEnum": "agents.models.Session.Status",
-        "ToolKindEnum": ["http", "client"],
+        "ToolKindEnum": ["http", "client", "mcp"],
         "CallKindEnum": ["python", "http", "client", "mcp"],
         "ApprovalRuleEnum": "agents.models.TenantTool.ApprovalRule",
     },

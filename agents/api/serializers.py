@@ -265,13 +265,17 @@ class RunSerializer(serializers.Serializer):
     answered = serializers.SerializerMethodField()
     usage = serializers.SerializerMethodField()
     error = RunErrorSerializer(read_only=True, allow_null=True)
-    user_message = serializers.IntegerField(source="user_message_id", read_only=True)
-    assistant_message = serializers.IntegerField(source="assistant_message_id", read_only=True)
-    cancel_requested_at = serializers.DateTimeField(read_only=True)
-    expires_at = serializers.DateTimeField(read_only=True)
+    user_message = serializers.IntegerField(
+        source="user_message_id", read_only=True, allow_null=True
+    )
+    assistant_message = serializers.IntegerField(
+        source="assistant_message_id", read_only=True, allow_null=True
+    )
+    cancel_requested_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    expires_at = serializers.DateTimeField(read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(read_only=True)
-    started_at = serializers.DateTimeField(read_only=True)
-    finished_at = serializers.DateTimeField(read_only=True)
+    started_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    finished_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
     @extend_schema_field(
         {

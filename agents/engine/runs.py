@@ -102,6 +102,7 @@ def run_open(
             content=content,
             metadata=metadata or {},
             turn_key=turn_key,
+            created_at=timezone.now(),
             started_at=timezone.now(),
         )
     )

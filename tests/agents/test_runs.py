@@ -398,7 +398,8 @@ def test_operators_decide_their_calls_on_the_pending_approvals_page(
     run_id = _start(alice, "wire 900").json()["id"]
     page = _login(alice).get("/admin/agents/run/approvals/")
     assert page.status_code == 200 and b"w1" in page.content and b"Approve" in page.content
-    assert b"w1" not in _login(bob).get("/admin/agents/run/approvals/").content  # not bob's
+    assert run_id.encode() in page.content
+    assert run_id.encode() not in _login(bob).get("/admin/agents/run/approvals/").content
     viewer = _login(alice, role="viewer")
     assert b"managers decide" in viewer.get("/admin/agents/run/approvals/").content
     denied = viewer.post(
