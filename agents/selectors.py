@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Subquery
 from rest_framework.exceptions import NotFound
 
 from agentplatform.core.tenancy import access_object
@@ -85,17 +85,17 @@ def access_run(*, tenant: Tenant, id: object) -> Run:
 
 
 def run_messages(*, run: Run) -> list[Message]:
-    """The messages the run's turn wrote, in order: from its user message on, those that
-    carry its turn key (through the session's seq index)."""
+    """The messages the run's turn wrote, in order: from its user message to its reply (or
+    on, while it waits), those that carry its turn key; one query, through the seq index."""
     if run.user_message_id is None:
         return []
-    first = Message.objects.filter(pk=run.user_message_id).values_list("seq", flat=True).first()
-    if first is None:
-        return []
-    rows = message_list(session=run.session).filter(seq__gte=first)
+
+    def seq_of(message_id: int) -> Subquery:
+        return Subquery(Message.objects.filter(pk=message_id).values("seq")[:1])
+
+    rows = message_list(session=run.session).filter(seq__gte=seq_of(run.user_message_id))
     if run.assistant_message_id is not None:
-        last = Message.objects.filter(pk=run.assistant_message_id).values_list("seq", flat=True)
-        rows = rows.filter(seq__lte=last[:1])
+        rows = rows.filter(seq__lte=seq_of(run.assistant_message_id))
     return [row for row in rows[:500] if row.metadata.get("turn") == run.turn_key]
 
 

@@ -40,7 +40,7 @@ from agents.engine.turn import TURN_FAILURES, TurnResult
 from agents.entry import turn_begin
 from agents.errors import TurnRefused
 from agents.live import frames_after
-from agents.models import Run
+from agents.models import Run, Session
 from agents.tools import Approval
 
 JOIN_POLL_SECONDS = 0.05
@@ -68,16 +68,16 @@ class SessionRunsViewSet(mixins.ListModelMixin, TenantViewSet):
         ),
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        selectors.access_session(tenant=self.tenant, id=self.kwargs["session_pk"])  # 404 first
+        # Found once, before the body is read: another tenant's session is a 404 whatever it holds.
+        session = selectors.access_session(tenant=self.tenant, id=self.kwargs["session_pk"])
         data = RunCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         if data.validated_data["background"]:
-            return self._background(request)
-        return self._foreground(request, data.validated_data)
+            return self._background(request, session)
+        return self._foreground(request, session, data.validated_data)
 
     @idempotent
-    def _background(self, request: Request) -> Response:
-        session = selectors.access_session(tenant=self.tenant, id=self.kwargs["session_pk"])
+    def _background(self, request: Request, session: Session) -> Response:
         data = request.data
         try:
             with transaction.atomic():
@@ -90,11 +90,10 @@ class SessionRunsViewSet(mixins.ListModelMixin, TenantViewSet):
         response["Location"] = f"/api/v1/runs/{run.pk}/"
         return response
 
-    def _foreground(self, request: Request, data: dict[str, Any]) -> HttpResponseBase:
+    def _foreground(
+        self, request: Request, session: Session, data: dict[str, Any]
+    ) -> HttpResponseBase:
         try:
-            session = selectors.session_find(
-                id=self.kwargs["session_pk"], tenant_ids=[self.tenant.pk]
-            )
             pending = turn_begin(
                 session=session,
                 content=data["content"],
