@@ -1,28 +1,48 @@
-"""What the platform adds to a turn, and how that compares with LangGraph's PostgresSaver.
+"""What the platform adds to a turn, through each transport, against LangGraph, and where its
+time goes.
 
-Prints and saves bench/results/turn_overhead.json (+ .png):
-- platform time per turn (wall time minus the scripted LLM's own time), p50/p99, through the
-  turn service directly and through REST on a real uvicorn, at 1, 10 and 50 concurrent sessions;
-- per-turn cost at turns 1, 100 and 500 of one conversation (median of 10 turns around each);
-- the same 500-turn conversation through a one-node LangGraph graph with PostgresSaver on the
-  same PostgreSQL: turns per second, ours / theirs, and storage bytes after 500 turns.
+Every comparison runs both sides in the same process, against the same PostgreSQL and Redis,
+in alternating rounds (A, B, A, B, ...), and reports medians: on a shared 2-core machine the
+load changes from one minute to the next, and two measurements taken minutes apart gave
+ratios that differed by 2x. Prints and saves bench/results/turn_overhead.json (+ .png):
+
+- transports: turns/s and platform time per turn (wall time minus the scripted LLM's own
+  time) through the turn service, REST on one uvicorn process and websockets on the same
+  process, at 1 and 10 concurrent sessions;
+- one 500-turn conversation against LangGraph's PostgresSaver, advanced in alternating
+  blocks, and 20 concurrent conversations (at turn ~200) against AsyncPostgresSaver with
+  its `sync` and `exit` durability;
+- row-level security: turns with the policies in force vs as the owner, alternating;
+- the breakdown: every SQL statement and Redis round trip of a turn, and the Python between;
+- the goals of issue 16, each with its measured value and whether it is met.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import statistics
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _breakdown import Breakdown
 from _common import save, setup_django, summary_ms
 
+ROUNDS = 3
 TURNS = 500
+BLOCK = 25  # turns per side and block of the 500-turn conversation
+CONVERSATIONS = 20
+GROWN_TO = 200  # turns each concurrent conversation has before it is measured
+MEASURED_TURNS = 10  # per conversation and round
 USER_TEXT = "turn {i}: please keep note of order number {i} and the delivery window we discussed"
+REPLY = "You said: {}"
 
 
 def _tenant_and_agent() -> tuple[Any, Any, str]:
@@ -43,7 +63,31 @@ def _tenant_and_agent() -> tuple[Any, Any, str]:
     return tenant, agent, key
 
 
-def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dict[str, Any]:
+def _run_threads(target: Callable[[], None], count: int) -> float:
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def _median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "turns_per_s": round(statistics.median(r["turns_per_s"] for r in rounds), 1),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 3),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in rounds), 3),
+        "rounds": [r["turns_per_s"] for r in rounds],
+    }
+
+
+# --- transports -------------------------------------------------------------------------------
+
+
+def _service(tenant: Any, agent: Any, concurrency: int, turns: int) -> dict[str, Any]:
+    """`turns` turns on each of `concurrency` new sessions, one thread each, as a request or
+    task would run them (in the tenant's row-level security scope)."""
     from django.db import connection
 
     from agentplatform.core import rls
@@ -55,7 +99,7 @@ def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dic
     lock = threading.Lock()
 
     def worker() -> None:
-        with rls.tenant_scope(tenant.pk):  # as a request or task would: row-level security on
+        with rls.tenant_scope(tenant.pk):
             session = session_open(
                 actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"u-{uuid.uuid4().hex[:6]}"
             )
@@ -67,18 +111,13 @@ def _service_turns(tenant: Any, agent: Any, concurrency: int, turns: int) -> dic
             platform.extend(times)
         connection.close()
 
-    started = time.perf_counter()
-    _run_threads(worker, concurrency)
-    elapsed = time.perf_counter() - started
+    elapsed = _run_threads(worker, concurrency)
     return {**summary_ms(platform), "turns_per_s": round(len(platform) / elapsed, 1)}
 
 
-def _rest_turns(tenant: Any, agent: Any, key: str, concurrency: int, turns: int) -> dict[str, Any]:
+def _rest(url: str, agent: Any, key: str, concurrency: int, turns: int) -> dict[str, Any]:
     import requests
 
-    from agentplatform.devtools.testing import Server
-
-    server = Server({"SCRIPTED_LLM_DELAY": "0"})
     platform: list[float] = []
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {key}"}
@@ -86,7 +125,7 @@ def _rest_turns(tenant: Any, agent: Any, key: str, concurrency: int, turns: int)
     def worker() -> None:
         http = requests.Session()
         session_id = http.post(
-            f"{server.url}/api/v1/sessions/",
+            f"{url}/api/v1/sessions/",
             json={"agent": str(agent.pk), "user_id": "rest"},
             headers=headers,
         ).json()["id"]
@@ -94,7 +133,7 @@ def _rest_turns(tenant: Any, agent: Any, key: str, concurrency: int, turns: int)
         for i in range(turns):
             started = time.perf_counter()
             response = http.post(
-                f"{server.url}/api/v1/sessions/{session_id}/messages/",
+                f"{url}/api/v1/sessions/{session_id}/messages/",
                 json={"content": USER_TEXT.format(i=i)},
                 headers=headers,
             )
@@ -104,65 +143,319 @@ def _rest_turns(tenant: Any, agent: Any, key: str, concurrency: int, turns: int)
         with lock:
             platform.extend(times)
 
-    try:
-        started = time.perf_counter()
-        _run_threads(worker, concurrency)
-        elapsed = time.perf_counter() - started
-    finally:
-        server.stop()
+    elapsed = _run_threads(worker, concurrency)
     return {**summary_ms(platform), "turns_per_s": round(len(platform) / elapsed, 1)}
 
 
-def _run_threads(target: Any, count: int) -> None:
-    threads = [threading.Thread(target=target) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+def _websocket(url: str, sessions: list[Any], key: str, turns: int) -> dict[str, Any]:
+    """One socket per session, each sending `turns` messages one after another (the next
+    when the assistant's reply arrived). Wall time per message, reply included."""
+    from websockets.asyncio.client import connect
+
+    walls: list[float] = []
+
+    async def client(session: Any) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with connect(f"{url}/ws/sessions/{session.pk}/", additional_headers=headers) as ws:
+            for i in range(turns):
+                client_id = uuid.uuid4().hex
+                started = time.perf_counter()
+                frame = {"type": "message", "content": USER_TEXT.format(i=i)}
+                await ws.send(json.dumps({**frame, "client_message_id": client_id}))
+                while True:
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=120))
+                    if reply.get("client_message_id") != client_id:
+                        continue
+                    if reply["type"] == "error":
+                        raise RuntimeError(f"websocket turn failed: {reply}")
+                    if reply["type"] == "message" and reply["message"]["role"] == "assistant":
+                        break
+                walls.append(time.perf_counter() - started)
+
+    async def run_all() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for session in sessions))
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(run_all())
+    return {**summary_ms(walls), "turns_per_s": round(len(walls) / elapsed, 1)}
 
 
-def _growth(tenant: Any, agent: Any) -> tuple[dict[str, Any], list[float], float, Any]:
+def _transports(tenant: Any, agent: Any, key: str) -> dict[str, Any]:
     from agentplatform.core.audit import SYSTEM
-    from agents.engine.turn import turn_run
+    from agentplatform.devtools.testing import Server
     from agents.services import session_open
 
-    session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id="growth")
-    per_turn: list[float] = []
-    started = time.perf_counter()
-    for i in range(TURNS):
-        per_turn.append(turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds)
-    elapsed = time.perf_counter() - started
+    # The rate limits (per tenant, per socket) would refuse turns long before the server is
+    # saturated: this measures the server.
+    unlimited = {"API_THROTTLE_RATE": "1000000/min", "AGENTS_WS_RATE_MESSAGES": "1000000"}
+    server = Server({"SCRIPTED_LLM_DELAY": "0", **unlimited})
+    ws_url = server.url.replace("http://", "ws://")
+    plan = {1: 40, 10: 8}  # concurrency: turns per session and round
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for _ in range(ROUNDS):
+            for concurrency, turns in plan.items():
+                sessions = [
+                    session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"ws{n}")
+                    for n in range(concurrency)
+                ]
+                measured = {
+                    "service": _service(tenant, agent, concurrency, turns),
+                    "rest": _rest(server.url, agent, key, concurrency, turns),
+                    "websocket": _websocket(ws_url, sessions, key, turns),
+                }
+                for transport, result in measured.items():
+                    rounds.setdefault(f"{transport}_c{concurrency}", []).append(result)
+    finally:
+        server.stop()
+    results = {name: _median_of_rounds(each) for name, each in rounds.items()}
+    for name, result in results.items():
+        print(f"{name:<13} {result}")
+    return results
 
-    def around(n: int) -> float:
-        window = per_turn[max(0, n - 5) : n + 5] if n > 1 else per_turn[:10]
-        return round(statistics.median(window) * 1000, 3)
 
-    cost = {"turn_1_ms": around(1), "turn_100_ms": around(100), "turn_500_ms": around(TURNS - 5)}
-    cost["ratio_500_over_1"] = round(cost["turn_500_ms"] / cost["turn_1_ms"], 3)
-    return cost, per_turn, TURNS / elapsed, session
+# --- against LangGraph ------------------------------------------------------------------------
 
 
-def _rls_cost(tenant: Any, agent: Any, turns: int = 200) -> dict[str, float]:
-    """Per-turn platform time with the policies in force (the application's role, in the
-    tenant's scope) and bypassed (the owner, a superuser in the embedded set-up)."""
+def _chat_graph() -> Any:
+    """The idiomatic LangGraph chat graph: MessagesState (add_messages) and one node that
+    appends the same scripted reply our turns get."""
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def reply(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage(REPLY.format(state["messages"][-1].content))]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("reply", reply)
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    return builder
+
+
+def _one_conversation(tenant: Any, agent: Any, owner_url: str) -> dict[str, Any]:
+    """One 500-turn conversation each, advanced BLOCK turns at a time, alternating sides."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.postgres import PostgresSaver
+
     from agentplatform.core import rls
     from agentplatform.core.audit import SYSTEM
     from agents.engine.turn import turn_run
     from agents.services import session_open
 
-    def p50(user_id: str) -> float:
-        session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=user_id)
-        times = [
-            turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds
-            for i in range(turns)
-        ]
-        return round(statistics.median(times) * 1000, 3)
+    ours: list[float] = []
+    theirs: list[float] = []
+    thread = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex[:8]}"}}
+    with PostgresSaver.from_conn_string(owner_url) as saver, rls.tenant_scope(tenant.pk):
+        saver.setup()
+        graph = _chat_graph().compile(checkpointer=saver)
+        session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id="growth")
+        for block in range(0, TURNS, BLOCK):
+            for i in range(block, block + BLOCK):
+                started = time.perf_counter()
+                turn_run(session=session, content=USER_TEXT.format(i=i))
+                ours.append(time.perf_counter() - started)
+            for i in range(block, block + BLOCK):
+                started = time.perf_counter()
+                graph.invoke({"messages": [HumanMessage(USER_TEXT.format(i=i))]}, thread)
+                theirs.append(time.perf_counter() - started)
+        storage = _langgraph_storage(saver, thread["configurable"]["thread_id"])
+    result = {
+        "turns": TURNS,
+        "ours_turns_per_s": round(TURNS / sum(ours), 1),
+        "langgraph_turns_per_s": round(TURNS / sum(theirs), 1),
+        "speedup": round(sum(theirs) / sum(ours), 1),
+        "ours_turn_1_ms": round(statistics.median(ours[:10]) * 1000, 3),
+        "ours_turn_500_ms": round(statistics.median(ours[-10:]) * 1000, 3),
+        "langgraph_turn_1_ms": round(statistics.median(theirs[:10]) * 1000, 3),
+        "langgraph_turn_500_ms": round(statistics.median(theirs[-10:]) * 1000, 3),
+        "ours_storage": _our_storage(session),
+        "langgraph_storage": storage,
+    }
+    result["storage_ratio_langgraph_over_ours"] = round(
+        storage["postgres_bytes"] / max(1, result["ours_storage"]["postgres_bytes"]), 1
+    )
+    print(f"one conversation: { ({k: v for k, v in result.items() if 'storage' not in k}) }")
+    _plot(ours, theirs, Path(__file__).resolve().parent / "results" / "turn_overhead.png")
+    return result
 
+
+def _ours_concurrent(tenant: Any, sessions: list[Any], turns: int, offset: int) -> float:
+    """Turns/s of `turns` turns on each session, one thread per session."""
+    from django.db import connection
+
+    from agentplatform.core import rls
+    from agents.engine.turn import turn_run
+
+    pending = list(sessions)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with lock:
+            session = pending.pop()
+        with rls.tenant_scope(tenant.pk):
+            for i in range(offset, offset + turns):
+                turn_run(session=session, content=USER_TEXT.format(i=i))
+        connection.close()
+
+    return len(sessions) * turns / _run_threads(worker, len(sessions))
+
+
+async def _theirs_concurrent(
+    graph: Any, threads: list[str], turns: int, offset: int, durability: str
+) -> float:
+    from langchain_core.messages import HumanMessage
+
+    async def conversation(thread_id: str) -> None:
+        config = {"configurable": {"thread_id": thread_id}}
+        for i in range(offset, offset + turns):
+            message = {"messages": [HumanMessage(USER_TEXT.format(i=i))]}
+            await graph.ainvoke(message, config, durability=durability)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(conversation(thread_id) for thread_id in threads))
+    return len(threads) * turns / (time.perf_counter() - started)
+
+
+def _concurrent_conversations(tenant: Any, agent: Any, owner_url: str) -> dict[str, Any]:
+    """20 conversations each, grown to GROWN_TO turns, then measured in alternating rounds:
+    ours (20 threads of one process), theirs with `sync` and with `exit` durability."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    from agentplatform.core.audit import SYSTEM
+    from agents.services import session_open
+
+    sessions = [
+        session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"c{n}")
+        for n in range(CONVERSATIONS)
+    ]
+    threads = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(CONVERSATIONS)]
+    rounds: dict[str, list[float]] = {"ours": [], "langgraph_sync": [], "langgraph_exit": []}
+
+    async def langgraph_side(turns: int, offset: int, durability: str) -> float:
+        connection = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        async with AsyncConnectionPool(
+            owner_url, max_size=CONVERSATIONS, kwargs=connection, open=False
+        ) as pool:
+            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+            await saver.setup()
+            graph = _chat_graph().compile(checkpointer=saver)
+            return await _theirs_concurrent(graph, threads, turns, offset, durability)
+
+    print(f"growing {CONVERSATIONS} conversations per side to {GROWN_TO} turns ...")
+    _ours_concurrent(tenant, sessions, GROWN_TO, 0)
+    asyncio.run(langgraph_side(GROWN_TO, 0, "exit"))
+    offset = GROWN_TO
+    for _ in range(ROUNDS):
+        rounds["ours"].append(_ours_concurrent(tenant, sessions, MEASURED_TURNS, offset))
+        for durability in ("sync", "exit"):
+            rate = asyncio.run(langgraph_side(MEASURED_TURNS, offset, durability))
+            rounds[f"langgraph_{durability}"].append(rate)
+        offset += MEASURED_TURNS
+    result: dict[str, Any] = {
+        "conversations": CONVERSATIONS,
+        "from_turn": GROWN_TO,
+        **{f"{side}_turns_per_s": round(statistics.median(v), 1) for side, v in rounds.items()},
+        "rounds": {side: [round(v, 1) for v in values] for side, values in rounds.items()},
+    }
+    for durability in ("sync", "exit"):
+        result[f"speedup_vs_{durability}"] = round(
+            result["ours_turns_per_s"] / result[f"langgraph_{durability}_turns_per_s"], 1
+        )
+    print(f"{CONVERSATIONS} concurrent conversations: {result}")
+    return result
+
+
+# --- row-level security and the breakdown -----------------------------------------------------
+
+
+def _rls_cost(tenant: Any, agent: Any, turns: int = 50) -> dict[str, float]:
+    """Per-turn platform time with the policies in force (the application's role, in the
+    tenant's scope) and bypassed (the owner, a superuser in the embedded set-up), in
+    alternating blocks of `turns` on one session each."""
+    from agentplatform.core import rls
+    from agentplatform.core.audit import SYSTEM
+    from agents.engine.turn import turn_run
+    from agents.services import session_open
+
+    sides = ("enforced", "bypassed")
+    sessions = {
+        side: session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"rls-{side}")
+        for side in sides
+    }
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for block in range(ROUNDS * 2):
+        for side in sides:
+            scope = rls.tenant_scope(tenant.pk) if side == "enforced" else rls.as_owner()
+            with scope:
+                times[side] += [
+                    turn_run(
+                        session=sessions[side], content=USER_TEXT.format(i=block * turns + i)
+                    ).platform_seconds
+                    for i in range(turns)
+                ]
+    result = {f"{side}_p50_ms": round(statistics.median(v) * 1000, 3) for side, v in times.items()}
+    result["cost"] = round(result["enforced_p50_ms"] / result["bypassed_p50_ms"] - 1, 3)
+    print(f"row-level security: {result}")
+    return result
+
+
+def _breakdown(tenant: Any, agent: Any, turns: int = 200) -> list[dict[str, Any]]:
+    from agentplatform.core import rls
+    from agentplatform.core.audit import SYSTEM
+    from agents.engine.turn import turn_run
+    from agents.services import session_open
+
+    breakdown = Breakdown()
     with rls.tenant_scope(tenant.pk):
-        enforced = p50("rls-on")
-    with rls.as_owner():
-        bypassed = p50("rls-bypassed")
-    return {"enforced_p50_ms": enforced, "bypassed_p50_ms": bypassed}
+        session = session_open(actor=SYSTEM, tenant=tenant, agent=agent, user_id="breakdown")
+        for i in range(20):  # warm: prepared statements, script cache, pools
+            turn_run(session=session, content=USER_TEXT.format(i=i))
+        with breakdown.active():
+            for i in range(20, 20 + turns):
+                breakdown.turn(partial(turn_run, session=session, content=USER_TEXT.format(i=i)))
+    breakdown.print_table()
+    return breakdown.rows()
+
+
+# --- goals ------------------------------------------------------------------------------------
+
+
+def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    transports = results["transports"]
+    service10, rest10 = transports["service_c10"], transports["rest_c10"]
+    one, many = results["vs_langgraph"]["one_conversation"], results["vs_langgraph"]["concurrent"]
+    measured = [
+        ("turn service vs PostgresSaver, one 500-turn conversation", one["speedup"], 10, ">="),
+        ("turn service vs AsyncPostgresSaver (sync), 20 conversations", many["speedup_vs_sync"],
+         10, ">="),
+        ("turn service vs AsyncPostgresSaver (exit), 20 conversations", many["speedup_vs_exit"],
+         10, ">="),
+        ("REST turns/s / service turns/s, 10 sessions",
+         round(rest10["turns_per_s"] / service10["turns_per_s"], 2), 0.6, ">="),
+        ("REST p50 / service p50, 1 session",
+         round(transports["rest_c1"]["p50_ms"] / transports["service_c1"]["p50_ms"], 2), 2, "<="),
+        ("websocket messages/s / service turns/s, 10 sessions",
+         round(transports["websocket_c10"]["turns_per_s"] / service10["turns_per_s"], 2), 0.8,
+         ">="),
+        ("row-level security cost per turn", results["row_level_security"]["cost"], 0.05, "<="),
+    ]  # fmt: skip
+    goals = [
+        {"goal": name, "measured": value, "target": f"{op} {target}",
+         "met": value >= target if op == ">=" else value <= target}
+        for name, value, target, op in measured
+    ]  # fmt: skip
+    print("goals (issue 16):")
+    for goal in goals:
+        mark = "met" if goal["met"] else "NOT MET"
+        print(f"  {goal['goal']:<62} {goal['measured']:>7} (target {goal['target']}) {mark}")
+    return goals
+
+
+# --- storage and the chart --------------------------------------------------------------------
 
 
 def _our_storage(session: Any) -> dict[str, int]:
@@ -193,35 +486,6 @@ def _our_storage(session: Any) -> dict[str, int]:
     }
 
 
-def _langgraph(url: str) -> tuple[float, list[float], dict[str, int]]:
-    from langchain_core.messages import AIMessage, HumanMessage
-    from langgraph.checkpoint.postgres import PostgresSaver
-    from langgraph.graph import END, START, MessagesState, StateGraph
-
-    # The idiomatic LangGraph chat graph: MessagesState (add_messages) and one node that
-    # appends the same scripted reply our turns get.
-    def reply(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [AIMessage(f"You said: {state['messages'][-1].content}")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("reply", reply)
-    builder.add_edge(START, "reply")
-    builder.add_edge("reply", END)
-    thread = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex[:8]}"}}
-    per_turn: list[float] = []
-    with PostgresSaver.from_conn_string(url) as saver:
-        saver.setup()
-        graph = builder.compile(checkpointer=saver)
-        started = time.perf_counter()
-        for i in range(TURNS):
-            turn_started = time.perf_counter()
-            graph.invoke({"messages": [HumanMessage(USER_TEXT.format(i=i))]}, thread)
-            per_turn.append(time.perf_counter() - turn_started)
-        elapsed = time.perf_counter() - started
-        storage = _langgraph_storage(saver, thread["configurable"]["thread_id"])
-    return TURNS / elapsed, per_turn, storage
-
-
 def _langgraph_storage(saver: Any, thread_id: str) -> dict[str, int]:
     sizes = {}
     with saver._cursor() as cursor:
@@ -243,13 +507,14 @@ def _plot(ours: list[float], theirs: list[float], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([t * 1000 for t in theirs], label="LangGraph PostgresSaver (whole turn)", alpha=0.7)
-    ax.plot([t * 1000 for t in ours], label="this platform (platform time per turn)", alpha=0.9)
+    ax.plot([t * 1000 for t in ours], label="this platform (whole turn)", alpha=0.9)
     ax.set_xlabel("turn of one conversation")
     ax.set_ylabel("ms per turn")
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("Per-turn cost as a conversation grows")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
 
@@ -258,42 +523,19 @@ def main() -> None:
     import os
 
     tenant, agent, key = _tenant_and_agent()
-    results: dict[str, Any] = {"service": {}, "rest": {}}
-    for concurrency, turns in ((1, 100), (10, 30), (50, 10)):
-        results["service"][f"c{concurrency}"] = _service_turns(tenant, agent, concurrency, turns)
-        results["rest"][f"c{concurrency}"] = _rest_turns(tenant, agent, key, concurrency, turns)
-        print(f"c={concurrency:>2} service {results['service'][f'c{concurrency}']}")
-        print(f"c={concurrency:>2} rest    {results['rest'][f'c{concurrency}']}")
-
-    from agentplatform.core import rls
-
-    with rls.tenant_scope(tenant.pk):
-        cost, ours_per_turn, ours_tps, session = _growth(tenant, agent)
-    results["growth"] = cost
-    print(f"growth {cost}")
-    results["row_level_security"] = _rls_cost(tenant, agent)
-    print(f"row-level security {results['row_level_security']}")
-    # LangGraph creates its own tables, so it runs as the owner (and without row-level security).
-    theirs_tps, theirs_per_turn, theirs_storage = _langgraph(os.environ["DATABASE_OWNER_URL"])
-    ours_storage = _our_storage(session)
-    ratio = ours_tps / theirs_tps
-    results["vs_langgraph"] = {
-        "turns": TURNS,
-        "ours_turns_per_s": round(ours_tps, 1),
-        "langgraph_turns_per_s": round(theirs_tps, 1),
-        "speedup": round(ratio, 1),
-        "ours_storage": ours_storage,
-        "langgraph_storage": theirs_storage,
-        "storage_ratio_langgraph_over_ours": round(
-            theirs_storage["postgres_bytes"] / max(1, ours_storage["postgres_bytes"]), 1
-        ),
-        "langgraph_turn_1_ms": round(statistics.median(theirs_per_turn[:10]) * 1000, 3),
-        "langgraph_turn_500_ms": round(statistics.median(theirs_per_turn[-10:]) * 1000, 3),
+    # LangGraph creates its own tables, so it runs as the owner (without row-level security).
+    owner_url = os.environ["DATABASE_OWNER_URL"]
+    results: dict[str, Any] = {
+        "transports": _transports(tenant, agent, key),
+        "vs_langgraph": {
+            "one_conversation": _one_conversation(tenant, agent, owner_url),
+            "concurrent": _concurrent_conversations(tenant, agent, owner_url),
+        },
+        "row_level_security": _rls_cost(tenant, agent),
+        "breakdown": _breakdown(tenant, agent),
     }
-    print(f"turns/s vs LangGraph PostgresSaver: {ratio:.1f}x")
-    print(f"storage after {TURNS} turns: ours {ours_storage}, LangGraph {theirs_storage}")
-    path = save("turn_overhead", results)
-    _plot(ours_per_turn, theirs_per_turn, path.with_suffix(".png"))
+    results["goals"] = _goals(results)
+    save("turn_overhead", results)
     tenant.delete()
 
 

@@ -10,9 +10,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings"
 # A server process never owns the embedded services: it re-attaches to what `make run` started.
 embedded.configure(stop_on_exit=False)
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+import django  # noqa: E402
 
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from agentplatform.http.asgi import SyncChainASGIHandler  # noqa: E402
+
+django_asgi_app = SyncChainASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
