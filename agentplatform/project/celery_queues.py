@@ -56,9 +56,10 @@ def queue_names(names: list[str], *, name: str) -> list[str]:
 
 
 def task_queues() -> list[Queue]:
-    """Durable queues (kombu's default), each on its own direct exchange. On RabbitMQ they
-    are classic queues: quorum queues replicate across a cluster's nodes but need Celery's
-    native delayed delivery for countdowns, which a single node gains nothing from."""
+    """Durable queues (kombu's default) bound to Celery's direct exchange, each by its own
+    name as routing key. On RabbitMQ they are classic queues: quorum queues replicate across
+    a cluster's nodes but need Celery's native delayed delivery for countdowns, which a
+    single node gains nothing from."""
     return [Queue(name, routing_key=name) for name in QUEUE_NAMES]
 
 
