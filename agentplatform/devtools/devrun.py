@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from agentplatform.devtools import embedded
+from agentplatform.project.env import ConfigError, env_int
 
 BASE_DIR = Path(__file__).resolve().parents[2]  # the checkout
 PYTHON = sys.executable
@@ -22,11 +23,16 @@ PYTHON = sys.executable
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentplatform.project.settings")
     os.environ.setdefault("DEBUG", "1")
+    try:  # checked before anything starts
+        web_workers = env_int("WEB_CONCURRENCY", 1, minimum=1)
+    except ConfigError as error:
+        print(f"make run: {error}", file=sys.stderr)
+        return 2
     embedded.configure(stop_on_exit=True, quiet=False)
     port = os.environ.get("PORT", "8000")
     _manage("migrate", "--noinput", quiet=True)
     credentials = json.loads(_manage("bootstrap_demo", capture=True).strip().splitlines()[-1])
-    children = _start_children(port)
+    children = _start_children(port, web_workers)
     _announce(port, credentials)
     return _supervise(children)
 
@@ -41,17 +47,23 @@ def _manage(*args: str, capture: bool = False, quiet: bool = False) -> str:
     return result.stdout or ""
 
 
-def web_command(port: int | str) -> list[str]:
-    """The ASGI server on loopback (also used by the end-to-end tests)."""
+def web_command(port: int | str, *, workers: int = 1) -> list[str]:
+    """The ASGI server on loopback (also used by the end-to-end tests). With several workers
+    uvicorn's supervisor binds the port once and hands the socket to that many processes,
+    restarting any that dies; nothing a request needs lives in one process (it is all in
+    PostgreSQL and Redis), so any process can serve any request or websocket. `--workers` is
+    always given: uvicorn would otherwise read WEB_CONCURRENCY itself, unchecked."""
     return [
         PYTHON, "-m", "uvicorn", "agentplatform.project.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--workers", str(workers),
     ]  # fmt: skip
 
 
-def _start_children(port: str) -> dict[str, subprocess.Popen[bytes]]:
+def _start_children(port: str, web_workers: int) -> dict[str, subprocess.Popen[bytes]]:
     commands = {
-        "web": web_command(port),
+        "web": web_command(port, workers=web_workers),
+        # Its processes: WORKER_CONCURRENCY (settings); its queues: WORKER_QUEUES.
         "worker": [
             PYTHON,
             "-m",
@@ -61,8 +73,6 @@ def _start_children(port: str) -> dict[str, subprocess.Popen[bytes]]:
             "worker",
             "--loglevel",
             "warning",
-            "--concurrency",
-            "2",
         ],
         "beat": [
             PYTHON,

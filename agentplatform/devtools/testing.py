@@ -78,10 +78,10 @@ class _Process:
 
 
 class Server(_Process):
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._start(web_command(self.port), env)
+        self._start(web_command(self.port, workers=workers), env)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30) -> None:
@@ -100,12 +100,19 @@ class Server(_Process):
 class Worker(_Process):
     """A Celery worker process (solo pool) on the same database and Redis as `Server`."""
 
-    def __init__(self, env: dict[str, str], *, concurrency: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], *, concurrency: int | None = None, logfile: Path | None = None
+    ) -> None:
         pool = ["--pool", "solo"] if concurrency is None else ["--concurrency", str(concurrency)]
+        # With a log file, at info level: a line per task received and per task finished.
+        log = (
+            ["--loglevel", "warning"]
+            if logfile is None
+            else ["--loglevel", "info", "--logfile", str(logfile)]
+        )
         self._start(
             [sys.executable, "-m", "celery", "-A", "agentplatform.project.celery", "worker",
-             *pool, "--loglevel", "warning", "--without-heartbeat", "--without-gossip",
-             "--without-mingle"],
+             *pool, *log, "--without-heartbeat", "--without-gossip", "--without-mingle"],
             {"CELERY_TASK_ALWAYS_EAGER": "0", **env},
         )  # fmt: skip
 
@@ -121,3 +128,93 @@ class Beat(_Process):
             # Eager here would run the tasks inside beat instead of sending them.
             {"CELERY_TASK_ALWAYS_EAGER": "0", **env},
         )  # fmt: skip
+
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's rabbitmq-server, run as this user
+
+
+class RabbitMQ:
+    """Debian's RabbitMQ as a child process on free loopback ports, with everything of its
+    own: data and logs in `base`, node name, Erlang cookie (HOME), configuration (no
+    plugins; the machine's /etc/rabbitmq is not read) and port mapper (epmd), so it never
+    meets a RabbitMQ that happens to run on the machine. Boots in several seconds."""
+
+    def __init__(self, base: Path) -> None:
+        self.port, self.epmd_port = free_port(), free_port()
+        self.env = self._environment(base)
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        # Our own port mapper, in the foreground, so stopping it is ours to do (one that
+        # the node started would daemonize and outlive it).
+        self.epmd = subprocess.Popen(  # noqa: S603 - our own fixed command
+            ["/usr/bin/epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            env=self.env, start_new_session=True,
+        )  # fmt: skip
+        with (base / "stdout.log").open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: S603
+                [str(RABBITMQ_BIN / "rabbitmq-server")],
+                env=self.env, cwd=base, start_new_session=True, stdout=log, stderr=log,
+            )  # fmt: skip
+
+    def _environment(self, base: Path) -> dict[str, str]:
+        (base / "enabled_plugins").write_text("[].\n")
+        (base / "rabbitmq-env.conf").write_text("")
+        (base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        )
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(base),  # the Erlang cookie lives here
+            "RABBITMQ_NODENAME": f"ap-test-{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
+            "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        }
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until an AMQP connection opens (the port alone opens before the broker is up)."""
+        import amqp  # the AMQP client kombu uses
+
+        def connects() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server exited with {self.process.returncode}")
+            try:
+                connection = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=1)
+                connection.connect()
+                connection.close()
+            except (OSError, amqp.exceptions.AMQPError):
+                return False
+            return True
+
+        wait_until(connects, what="RabbitMQ to accept AMQP connections", timeout=timeout)
+
+    def ctl(self, *args: str) -> str:
+        """rabbitmqctl against this node."""
+        return subprocess.run(  # noqa: S603
+            [str(RABBITMQ_BIN / "rabbitmqctl"), *args],
+            env=self.env, check=True, capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+
+    def vhost_url(self, name: str) -> str:
+        """A fresh virtual host: queues no other test has touched."""
+        self.ctl("add_vhost", name)
+        self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        for process in (self.process, self.epmd):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()

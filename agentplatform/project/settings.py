@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from agentplatform.project import celery_queues
 from agentplatform.project.env import (
     ConfigError,
     env_bool,
@@ -214,23 +215,33 @@ CHANNEL_LAYERS = {
     }
 }
 
-CELERY_BROKER_URL = REDIS_URL
-CELERY_RESULT_BACKEND = REDIS_URL
-CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 3600, minimum=60)
+# --- Celery (broker, queues, workers) --------------------------------------------------------
+# The broker: RabbitMQ (amqp://) when set, for deployments across machines; else Redis.
+CELERY_BROKER_URL = (
+    env_url("CELERY_BROKER_URL", None, schemes=celery_queues.BROKER_SCHEMES) or REDIS_URL
+)
+CELERY_BROKER_TRANSPORT_OPTIONS = celery_queues.broker_transport_options(
+    CELERY_BROKER_URL,
+    key_prefix=REDIS_KEY_PREFIX,
+    visibility_timeout=env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+)
+# Nothing reads a task's result (every effect lands in PostgreSQL or Redis), so none is kept.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_QUEUES = celery_queues.task_queues()
+CELERY_TASK_ROUTES = celery_queues.task_routes()
+CELERY_TASK_DEFAULT_QUEUE = celery_queues.DEFAULT_QUEUE
+# The queues a worker consumes (agentplatform/project/celery.py); empty: all of them.
+WORKER_QUEUES = celery_queues.queue_names(env_list("WORKER_QUEUES", []), name="WORKER_QUEUES")
+# Processes per worker (prefork); `make run` starts one worker.
+CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 2, minimum=1)
 CELERY_TASK_ACKS_LATE = True  # a task whose worker dies mid-run is delivered again
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One unacknowledged message per process: a worker busy with one kind leaves the other
+# queues' messages to idle workers instead of hoarding them.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:",
-    # A task whose worker died unacknowledged is delivered again after this long (acks_late).
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
-    # Look for such tasks every 10 s (one cheap sorted-set range): kombu's default scans only
-    # every 10th sweep, so a dead worker's task could wait ~100 s past its timeout.
-    "unacked_restore_interval": 10,
-    "unacked_restore_throttle": 1,
-}
 # Beat copies these into django-celery-beat's tables, where operators can edit them.
 CELERY_BEAT_SCHEDULE = {
     "memory.summarize_idle_sessions": {

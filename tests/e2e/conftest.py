@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agentplatform.devtools.testing import Server
+from agentplatform.devtools.testing import RABBITMQ_BIN, RabbitMQ, Server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"  # screenshots (not committed)
@@ -50,3 +51,23 @@ def browser() -> Iterator[object]:
         )
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """One RabbitMQ for the session (it boots in seconds), stopped at the end whatever
+    happened. tools/ensure-system-tools.sh installs it where apt may be used."""
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        pytest.skip("rabbitmq-server is not installed (make system-tools installs it)")
+    broker = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        broker.wait_ready()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq: RabbitMQ) -> str:
+    """A broker URL on a virtual host of the test's own: no queue left by another test."""
+    return rabbitmq.vhost_url(f"test-{uuid.uuid4().hex[:12]}")

@@ -36,3 +36,18 @@ def test_compose_runs_the_platform_as_a_role_row_level_security_binds() -> None:
     assert "DATABASE_OWNER_URL: postgresql://agentplatform:" in text
     init = (ROOT / "deploy" / "postgres" / "10-app-role.sh").read_text()
     assert "CREATE ROLE agentplatform_app LOGIN NOSUPERUSER NOBYPASSRLS" in init
+
+
+def test_compose_scales_web_and_worker_behind_one_published_port_on_rabbitmq() -> None:
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    # A fixed host port on a service scaled past one would collide; the proxy publishes it.
+    assert "ports" not in services["web"] and "ports" not in services["worker"]
+    assert services["proxy"]["ports"] == ["${PORT:-8000}:8000"]
+    caddyfile = (ROOT / "deploy" / "caddy" / "Caddyfile").read_text()
+    assert "dynamic a web 8000" in caddyfile
+    for name in ("web", "worker", "beat"):
+        environment = services[name]["environment"]
+        assert environment["CELERY_BROKER_URL"].startswith("amqp://"), name
+    assert services["rabbitmq"]["healthcheck"]["test"][1] == "rabbitmq-diagnostics"

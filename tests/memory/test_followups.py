@@ -12,6 +12,7 @@ from django.conf import settings
 
 from agentplatform.infra import redis_keys
 from agentplatform.project.celery import app as celery_app
+from agentplatform.project.celery_queues import QUEUE_NAMES
 from agents.engine.turn import turn_run
 from agents.llm.scripted import ScriptedBackend
 from agents.models import Message
@@ -20,7 +21,8 @@ from memory.models import Memory
 from memory.tasks import compact_session, extract_pending, extract_pending_sweep
 from tests.conftest import Persona
 
-BROKER_QUEUE = f"{settings.REDIS_KEY_PREFIX}:celery:celery"
+# The Redis lists of every queue (agentplatform/project/celery_queues.py).
+BROKER_QUEUES = [f"{settings.REDIS_KEY_PREFIX}:celery:{name}" for name in QUEUE_NAMES]
 
 
 @pytest.fixture
@@ -32,7 +34,9 @@ def queued_tasks() -> Iterator[None]:
 
 
 def _broker_tasks(redis_client: redis.Redis) -> list[tuple[str, list]]:
-    messages = [json.loads(raw) for raw in redis_client.lrange(BROKER_QUEUE, 0, -1)]
+    messages = [
+        json.loads(raw) for queue in BROKER_QUEUES for raw in redis_client.lrange(queue, 0, -1)
+    ]
     return [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in messages]
 
 
@@ -82,7 +86,7 @@ def test_a_lost_extraction_task_is_rescheduled_by_the_sweep(
 ) -> None:
     turn_run(session=alice.session, content="My name is Ada.")
     turn_run(session=bob.session, content="What time is it?")
-    redis_client.delete(BROKER_QUEUE)  # the worker died with the task
+    redis_client.delete(*BROKER_QUEUES)  # the worker died with the task
     redis_client.delete(redis_keys.extraction_scheduled(alice.tenant.pk))  # and its flag expired
     bob_flag_kept = redis_client.exists(redis_keys.extraction_scheduled(bob.tenant.pk))
 
@@ -102,7 +106,7 @@ def test_extraction_waits_while_another_run_drains_the_tenant(
     alice: Persona, llm: ScriptedBackend, redis_client: redis.Redis, queued_tasks: None
 ) -> None:
     turn_run(session=alice.session, content="My name is Ada.")
-    redis_client.delete(BROKER_QUEUE)
+    redis_client.delete(*BROKER_QUEUES)
     redis_client.set(redis_keys.extraction_running(alice.tenant.pk), "1")
 
     assert extract_pending(str(alice.tenant.pk)) == 0
