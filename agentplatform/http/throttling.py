@@ -1,30 +1,68 @@
+"""A request budget per tenant (all its keys together), kept in Redis so that every server
+process counts against the same budget.
+
+The budget is a rate ("1200/min": Tenant.api_rate, else API_THROTTLE_RATE) enforced with the
+generic cell rate algorithm: one Redis key per tenant holds the time its budget is spent up
+to, and one script call checks and spends it atomically. DRF's SimpleRateThrottle kept the
+timestamp of every request of the window in one cached list, read, unpickled, trimmed,
+pickled and written back on each request: at the default rate that is a list of up to 1200
+floats per request, and two requests on two processes could both read the old list and both
+pass (a lost update).
+"""
+
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rest_framework.request import Request
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
 
 from agentplatform.http.authentication import TenantPrincipal
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import Script
+
+# KEYS[1]: the time (ms, Redis's clock) up to which the budget is spent. ARGV: the interval
+# between two requests at the rate, and the window (a full budget may be used at once).
+# Returns 0 when the request may pass, else the milliseconds until one would.
+_SPEND = Script("""
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local spent = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local allowed_at = spent + interval - window
+if allowed_at > now then
+  return math.ceil(allowed_at - now)
+end
+redis.call('SET', KEYS[1], spent + interval, 'PX', math.ceil(spent + interval - now))
+return 0
+""")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class TenantRateThrottle(SimpleRateThrottle):
-    """A request budget per tenant (all its keys together), counted in Redis.
+def parse_rate(rate: str) -> tuple[int, int]:
+    """'1200/min' -> (1200 requests, 60 seconds)."""
+    count, _, period = rate.partition("/")
+    return int(count), _UNITS[period[0]]
 
-    The cache is django-redis, so every server instance shares the same counters.
-    """
 
+class TenantRateThrottle(BaseThrottle):
     scope = "tenant"
+    THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+
+    def __init__(self) -> None:
+        self.wait_ms = 0
 
     def allow_request(self, request: Request, view: Any) -> bool:
         principal = request.user
-        if isinstance(principal, TenantPrincipal) and principal.tenant.api_rate:
-            # The tenant's own budget (Tenant.api_rate) instead of API_THROTTLE_RATE.
-            self.rate = principal.tenant.api_rate
-            self.num_requests, self.duration = self.parse_rate(self.rate)
-        return bool(super().allow_request(request, view))
+        if not isinstance(principal, TenantPrincipal):
+            return True  # unauthenticated requests are refused before they cost anything
+        rate = str(principal.tenant.api_rate or self.THROTTLE_RATES[self.scope])
+        count, seconds = parse_rate(rate)
+        key = redis_keys.api_throttle(principal.tenant.pk)
+        self.wait_ms = int(_SPEND([key], [seconds * 1000 / count, seconds * 1000]))
+        return self.wait_ms == 0
 
-    def get_cache_key(self, request: Request, view: Any) -> str | None:
-        if not isinstance(request.user, TenantPrincipal):
-            return None
-        return f"throttle:{self.scope}:{request.user.tenant.pk}"
+    def wait(self) -> float | None:
+        return math.ceil(self.wait_ms / 1000) if self.wait_ms else None

@@ -98,6 +98,11 @@ def extraction_running(tenant_id: object) -> str:
     return _key("extract", tenant_id, "running")
 
 
+def api_throttle(tenant_id: object) -> str:
+    """Until when (ms) the tenant's API request budget is spent (TTL: that time)."""
+    return _key("throttle", tenant_id)
+
+
 def login_failures(kind: str, value: str) -> str:
     """Failed admin logins from one address or for one username (TTL: the window)."""
     return _key("loginfail", kind, value)

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.test import Client, override_settings
 from rest_framework.settings import api_settings
-from rest_framework.throttling import SimpleRateThrottle
 
+from agentplatform.http.throttling import TenantRateThrottle
 from tests.conftest import Persona
 
 pytestmark = pytest.mark.django_db
@@ -15,8 +14,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def three_per_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     rates = {**api_settings.DEFAULT_THROTTLE_RATES, "tenant": "3/min"}
-    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", rates)
-    cache.clear()
+    monkeypatch.setattr(TenantRateThrottle, "THROTTLE_RATES", rates)
 
 
 def test_a_tenant_over_its_rate_gets_429_and_others_do_not(
@@ -83,3 +81,18 @@ def test_only_the_platforms_operators_set_a_tenants_rate(alice: Persona) -> None
     admin.force_login(superuser)
     page = admin.get(f"/admin/agentplatform/tenant/{alice.tenant.pk}/change/")
     assert 'name="api_rate"' in page.content.decode()
+
+
+def test_concurrent_requests_never_overspend_a_budget() -> None:
+    """The check and the spend are one atomic step: 40 requests racing on 8 threads for a
+    budget of 10 let exactly 10 through (the old read-modify-write let races through)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agentplatform.http.throttling import _SPEND
+    from agentplatform.infra import redis_keys
+
+    key = redis_keys.api_throttle("race")
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda _: int(_SPEND([key], [6000, 60000])), range(40)))
+    assert waits.count(0) == 10
+    assert all(0 < wait <= 6000 for wait in waits if wait)
