@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -65,27 +66,32 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # Row-level security: nothing visible until a credential names the tenant. The scope
         # lives in this connection's task context, so every later handler and turn has it.
         rls.enter(rls.NO_TENANT)
-        # A close code reaches the client only after the handshake is accepted.
+        refusal = await self._subscribe()
+        # A close code reaches the client only after the handshake is accepted; and the
+        # handshake completes only once the socket listens, so a client that sees it open
+        # misses no frame published after that.
         await self.accept()
+        if refusal is not None:
+            await self.close(code=refusal)
+
+    async def _subscribe(self) -> int | None:
+        """Authenticate, find the session and join its listeners; a close code on refusal."""
         if not _origin_allowed(self.scope):
-            await self.close(code=CLOSE_BAD_ORIGIN)
-            return
+            return CLOSE_BAD_ORIGIN
         tenant_id, scoped_session = await _authenticate(self.scope)
         if tenant_id is None:
-            await self.close(code=CLOSE_BAD_CREDENTIAL)
-            return
+            return CLOSE_BAD_CREDENTIAL
         rls.enter(rls.tenant_scope_of(tenant_id))
         session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
         if scoped_session is not None and scoped_session != session_id:
-            await self.close(code=CLOSE_NOT_FOUND)  # a token for another session
-            return
+            return CLOSE_NOT_FOUND  # a token for another session
         self.session = await _load_session(tenant_id, session_id)
         if self.session is None:
-            await self.close(code=CLOSE_NOT_FOUND)
-            return
+            return CLOSE_NOT_FOUND
         self.group = live.group_name(self.session.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await _listener(self.session.pk, self.channel_name, add=True)
+        return None
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
@@ -183,9 +189,18 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # --- helpers --------------------------------------------------------------------------
 
     async def _forward(self, seq: int, text: str) -> None:
-        """Send a session frame once, in order: anything at or below last_seq was sent."""
+        """Send a session frame once, in order: anything at or below last_seq was sent. A
+        frame past a gap (its predecessors took the slower path, through the group) first
+        brings the missing ones from the session's stream."""
         if seq <= self.last_seq:
             return
+        if self.last_seq and seq > self.last_seq + 1:
+            assert self.session is not None
+            for missed, missed_text in await _frames_after(self.session.pk, self.last_seq):
+                if missed >= seq:
+                    break
+                self.last_seq = missed
+                await self.send(text_data=missed_text)
         self.last_seq = seq
         await self.send(text_data=text)
 
@@ -197,17 +212,26 @@ class SessionConsumer(AsyncWebsocketConsumer):
             frame["client_message_id"] = client_message_id
         await self.send(text_data=json.dumps(frame))
 
-    async def _drain(self, outbox: asyncio.Queue[list[Any] | None]) -> None:
+    async def _drain(self, outbox: asyncio.Queue[tuple[live.Numbered, bool] | None]) -> None:
+        """This socket's turn's frames: to this socket straight away, in the order they come;
+        to the session group too, in one group_send for whatever piled up, when another
+        socket listens (this one drops them there: already sent)."""
         while True:
             first = await outbox.get()
-            batch, done = ([first] if first else []), first is None
+            items, done = [first], first is None
             while not outbox.empty():
                 item = outbox.get_nowait()
                 done = done or item is None
+                items.append(item)
+            batch, others = [], False
+            for item in items:
                 if item is not None:
-                    batch.append(item)
-            if batch:
-                event = {"type": "session.frames", "frames": batch}
+                    batch += item[0]
+                    others = others or item[1]
+            for seq, text in batch:
+                await self._forward(seq, text)
+            if batch and others:
+                event = {"type": "session.frames", "frames": [list(f) for f in batch]}
                 await self.channel_layer.group_send(self.group, event)
             if done:
                 return
@@ -223,14 +247,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def _run_turn(self, content: str, client_message_id: str | None) -> None:
         assert self.session is not None
-        # Frames reach this socket through the session group, like every other socket's.
-        # The turn's thread hands them to this event loop, which sends whatever has piled up
-        # in one group_send: no thread waits on the loop, and a turn costs a few fan-outs.
-        loop, outbox = asyncio.get_running_loop(), asyncio.Queue[list[Any] | None]()
+        # The turn's thread hands its frames to this event loop, which sends them here and,
+        # when another socket listens, to the group: no thread waits on the loop.
+        loop, outbox = (
+            asyncio.get_running_loop(),
+            asyncio.Queue[tuple[live.Numbered, bool] | None](),
+        )
         drain = asyncio.create_task(self._drain(outbox))
-
-        def fanout(seq: int, text: str) -> None:
-            loop.call_soon_threadsafe(outbox.put_nowait, [seq, text])
+        fanout = _SocketFanout(self.channel_name, loop, outbox)
 
         try:
             refused = await database_sync_to_async(_turn_in_thread, thread_sensitive=False)(
@@ -242,6 +266,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if refused is not None:
             code, detail = refused
             await self._error(code, detail, client_message_id)
+
+
+@dataclass(frozen=True)
+class _SocketFanout:
+    """The fan-out of a turn started on a socket (agents.live.Fanout): from the turn's
+    thread to the socket's event loop."""
+
+    origin: str
+    loop: asyncio.AbstractEventLoop
+    outbox: asyncio.Queue[tuple[live.Numbered, bool] | None]
+
+    def __call__(self, frames: live.Numbered, others: bool) -> None:
+        self.loop.call_soon_threadsafe(self.outbox.put_nowait, (frames, others))
 
 
 # How refusals read on the socket: (code, detail); None keeps the error's own detail.

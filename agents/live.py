@@ -3,10 +3,12 @@
 Every frame a session emits (`accepted`, `queued`, `token`, `message`, `checkpoint`,
 `rollback`, `error`) gets the next per-session `seq` and is appended to the session's
 Redis Stream (capped, with a TTL) in one atomic step, so `resume` replays exactly what a
-client missed from any server instance. Then it goes to the channel-layer group of the
-session, skipped when no socket listens. Token deltas are batched: one frame per
-TOKEN_FLUSH_SECONDS, since each fan-out costs far more than a delta (a group_send took
-~1.5 ms of server CPU per message when measured, against ~0.2 ms for the echo itself).
+client missed from any server instance. The socket a turn came from gets its frames straight
+from the turn; the session's channel-layer group gets them only when another socket listens
+(the common case, one socket per session, costs no pub/sub round trip). Token deltas are
+batched: one frame per TOKEN_FLUSH_SECONDS, since each fan-out costs far more than a delta
+(a group_send took ~1.5 ms of server CPU per message when measured, against ~0.2 ms for the
+echo itself).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -27,20 +30,25 @@ from agents.conf import agents_settings
 LocalSink = Callable[[str, dict[str, Any]], None]
 SEQ_TTL_SECONDS = 30 * 86_400
 
-# One call numbers and stores a batch of ARGV[4] frames: ARGV[5..] are frame bodies without
-# their closing brace, each completed with its seq.
+# One call numbers and stores a batch of ARGV[5] frames: ARGV[6..] are frame bodies without
+# their closing brace, each completed with its seq. It answers how many sockets listen
+# besides ARGV[4], the channel of the socket the frames' turn came from ('' for none).
 _PUBLISH = Script("""
-local before = redis.call('INCRBY', KEYS[1], ARGV[4]) - ARGV[4]
+local before = redis.call('INCRBY', KEYS[1], ARGV[5]) - ARGV[5]
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local frames = {}
-for i = 5, #ARGV do
-  local seq = before + i - 4
+for i = 6, #ARGV do
+  local seq = before + i - 5
   local frame = ARGV[i] .. ',"seq":' .. seq .. '}'
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-1', 'f', frame)
   frames[#frames + 1] = frame
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {before + 1, redis.call('SCARD', KEYS[3]), frames}
+local others = redis.call('SCARD', KEYS[3])
+if ARGV[4] ~= '' then
+  others = others - redis.call('SISMEMBER', KEYS[3], ARGV[4])
+end
+return {before + 1, others, frames}
 """)
 
 
@@ -48,19 +56,33 @@ def group_name(session_id: uuid.UUID | str) -> str:
     return f"session.{session_id}"
 
 
-Fanout = Callable[[int, str], None]
+Numbered = list[tuple[int, str]]  # frames as (seq, JSON text)
 
 
-def group_send_now(session_id: uuid.UUID | str) -> Fanout:
-    """Fan-out from synchronous code (REST turns): one group_send per frame."""
+class Fanout(Protocol):
+    """Where a turn's stored frames go next. `origin` is the channel of the socket the turn
+    came from ("" for none): it gets every frame straight from the turn, so the session group
+    (a pub/sub round trip through Redis and back) is used only when `others` listen."""
 
-    def send(seq: int, text: str) -> None:
+    @property
+    def origin(self) -> str: ...
+
+    def __call__(self, frames: Numbered, others: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class GroupSend:
+    """Fan-out from synchronous code (REST turns, tasks): one group_send per batch, when any
+    socket listens."""
+
+    session_id: uuid.UUID | str
+    origin: str = ""
+
+    def __call__(self, frames: Numbered, others: bool) -> None:
         layer = get_channel_layer()
-        if layer is not None:
-            event = {"type": "session.frames", "frames": [[seq, text]]}
-            async_to_sync(layer.group_send)(group_name(session_id), event)
-
-    return send
+        if others and layer is not None:
+            event = {"type": "session.frames", "frames": [list(frame) for frame in frames]}
+            async_to_sync(layer.group_send)(group_name(self.session_id), event)
 
 
 def publish(
@@ -71,8 +93,8 @@ def publish(
 ) -> dict:
     """Number, store and fan out one frame; returns it (with its `seq`).
 
-    `fanout` delivers it to the session's sockets when any listens (default: a group_send
-    right away; the websocket consumer passes one that batches on its event loop)."""
+    `fanout` delivers it to the session's sockets (default: a group_send right away when
+    any listens; the websocket consumer passes one that batches on its event loop)."""
     return publish_many(session_id, [(frame_type, payload)], fanout)[0]
 
 
@@ -87,7 +109,8 @@ def publish_many(
         json.dumps({"type": frame_type, **payload}, separators=(",", ":"), default=str)[:-1]
         for frame_type, payload in frames
     ]
-    first, listening, stored = cast(
+    send: Fanout = fanout or GroupSend(session_id)
+    first, others, stored = cast(
         list[Any],
         _PUBLISH(
             [
@@ -99,16 +122,14 @@ def publish_many(
                 conf.FRAME_STREAM_MAXLEN,
                 SEQ_TTL_SECONDS,
                 conf.FRAME_RETENTION_SECONDS,
+                send.origin,
                 len(bodies),
                 *bodies,
             ],
         ),
     )
     texts = [frame.decode() if isinstance(frame, bytes) else frame for frame in stored]
-    if int(listening):
-        send = fanout or group_send_now(session_id)
-        for offset, text in enumerate(texts):
-            send(int(first) + offset, text)
+    send([(int(first) + offset, text) for offset, text in enumerate(texts)], int(others) > 0)
     return [cast(dict, json.loads(text)) for text in texts]
 
 

@@ -17,7 +17,7 @@ from agentplatform.http import idempotency
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agentplatform.models import IdempotencyRecord
-from agents import consumers
+from agents import consumers, live
 from agents.entry import client_message_key, content_validate, turn_begin
 from agents.errors import ContentInvalid, KeyUsedForAnotherMessage, SessionNotFound
 from agents.llm.scripted import ScriptedBackend, Step
@@ -58,7 +58,9 @@ def _websocket(persona: Persona) -> None:
         target=context.run,
         args=(
             lambda: outcome.append(
-                consumers._turn_in_thread(persona.session, "slow one", "door-1", lambda s, t: None)
+                consumers._turn_in_thread(
+                    persona.session, "slow one", "door-1", live.GroupSend(persona.session.pk)
+                )
             ),
         ),
     )
