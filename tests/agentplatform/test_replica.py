@@ -25,18 +25,22 @@ from agentplatform.devtools.replica import StreamingReplica
 from agentplatform.devtools.testing import wait_until
 from agentplatform.http.lag import PRIMARY_AFTER_WRITE_COOKIE
 from agentplatform.project.databases import replica_database
+from agents.engine.turn import turn_run
 from agents.models import Agent, Session
 from agents.services import session_open
+from memory.accounting import storage_usage
 from memory.models import Summary
 from tests.conftest import Persona
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", REPLICA])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def replica(django_db_setup: None, django_db_blocker: Any) -> Iterator[StreamingReplica]:
     """A hot standby of the migrated test cluster, added as the `replica` alias exactly as
-    DATABASE_REPLICA_URL would add it (same backend, pool and role); stopped at the end."""
+    DATABASE_REPLICA_URL would add it (same backend, pool and role). Module-scoped, not
+    session-scoped: once this module is done, the alias is gone and the replica stopped, so
+    no later test's lists read from a replica that cannot see its uncommitted rows."""
     primary = connections["default"].settings_dict
     standby = StreamingReplica(
         primary_host=primary["HOST"],
@@ -211,3 +215,35 @@ def test_console_pages_read_from_the_replica_until_the_operator_writes(
     fresh.force_login(alice.operator)
     assert "late-user" in fresh.get(changelist).content.decode()
     assert "summarised while lagging" in fresh.get(inspector).content.decode()
+
+
+def test_the_lists_of_a_session_just_opened_find_it_on_the_primary(
+    replica: StreamingReplica, alice: Persona
+) -> None:
+    client = alice.client()
+    with replay_paused(replica):
+        opened = client.post(
+            "/api/v1/sessions/", {"agent": str(alice.agent.pk), "user_id": "new"}, format="json"
+        )
+        assert opened.status_code == 201, opened.content
+        assert opened.json()["id"] not in {
+            r["id"] for r in client.get("/api/v1/sessions/").json()["results"]
+        }
+        for path in ("summaries", "schedules", "messages", "checkpoints", "runs"):
+            listed = client.get(f"/api/v1/sessions/{opened.json()['id']}/{path}/")
+            assert listed.status_code == 200, (path, listed.content)
+            assert listed.json()["results"] == []
+
+
+def test_storage_accounting_counts_on_the_replica(
+    replica: StreamingReplica, alice: Persona
+) -> None:
+    def messages() -> int:
+        usage = storage_usage(tenant=alice.tenant)
+        return next(u.rows for u in usage if u.store == "messages")
+
+    with replay_paused(replica):
+        before = messages()
+        turn_run(session=alice.session, content="counted later")
+        assert messages() == before
+    assert messages() == before + 2
