@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet, Subquery
 from rest_framework.exceptions import NotFound
 
+from agentplatform.core.dbrouter import reads_from_primary
 from agentplatform.core.tenancy import access_object
 from agentplatform.models import Tenant
 from agents.errors import SessionNotFound
@@ -53,7 +54,8 @@ def session_find(
     if active_tenant:
         sessions = sessions.filter(tenant__status=Tenant.Status.ACTIVE)
     try:
-        return sessions.get(pk=id)  # type: ignore[misc]  # any malformed id is not found
+        with reads_from_primary():  # like access_object: a session just opened is found
+            return sessions.get(pk=id)  # type: ignore[misc]  # any malformed id is not found
     except (Session.DoesNotExist, ValueError, ValidationError):
         raise SessionNotFound() from None
 

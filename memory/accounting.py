@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from agentplatform.core.audit import unaudited
+from agentplatform.core.dbrouter import read_alias, reads_may_lag
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agentplatform.models import Tenant
@@ -40,6 +42,13 @@ class Usage:
 
 
 def storage_usage(*, tenant: Tenant) -> list[Usage]:
+    """Counted on the replica when there is one: a daily sample tolerates any lag, and the
+    scans it makes over a tenant's rows are better kept off the primary."""
+    with reads_may_lag():
+        return [*_postgres_usage(tenant, connections[read_alias()]), _redis_usage(tenant)]
+
+
+def _postgres_usage(tenant: Tenant, connection: BaseDatabaseWrapper) -> list[Usage]:
     usage = []
     with connection.cursor() as cursor:
         for store, table in TABLES.items():
@@ -50,7 +59,6 @@ def storage_usage(*, tenant: Tenant) -> list[Usage]:
             )
             rows, size = cursor.fetchone()
             usage.append(Usage(store, int(rows), int(size)))
-    usage.append(_redis_usage(tenant))
     return usage
 
 

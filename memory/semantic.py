@@ -17,10 +17,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from agentplatform.core.audit import Actor, audit_delete, audit_record, audited
+from agentplatform.core.dbrouter import read_alias
 from agentplatform.models import Tenant
 from agents.models import Agent
 from memory.conf import memory_settings
@@ -227,7 +228,8 @@ def _hnsw_search(
         f"SELECT id, 1 - (embedding <=> %s::vector) AS score FROM memory_memory "  # noqa: S608
         f"WHERE {_FILTER} {clause} ORDER BY embedding <=> %s::vector LIMIT %s"
     )
-    with transaction.atomic(), connection.cursor() as cursor:
+    alias = read_alias()
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         # Without iterative scans a filtered HNSW search stops after ef_search candidates
         # and returns too few rows; relaxed order is re-sorted by score below.
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
@@ -236,7 +238,7 @@ def _hnsw_search(
             "SELECT set_config('hnsw.ef_search', %s, true)", [str(memory_settings().HNSW_EF_SEARCH)]
         )
         literal = vector_literal(vector)
-        hits = _run(sql, [literal, tenant.pk, user_id, *params, literal, k])
+        hits = _run(sql, [literal, tenant.pk, user_id, *params, literal, k], alias)
     return sorted(hits, key=lambda hit: -hit.score)
 
 
@@ -244,9 +246,12 @@ def vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.7g}" for x in vector.tolist()) + "]"
 
 
-def _run(sql: str, params: list[Any]) -> list[Hit]:
-    with connection.cursor() as cursor:
+def _run(sql: str, params: list[Any], alias: str | None = None) -> list[Hit]:
+    """The hits of a search, read where this context's reads go (the replica inside
+    `reads_may_lag()`), the memories' rows from the same place."""
+    alias = alias or read_alias()
+    with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    memories = Memory.objects.in_bulk([row[0] for row in rows])
+    memories = Memory.objects.using(alias).in_bulk([row[0] for row in rows])
     return [Hit(memories[row[0]], float(row[1])) for row in rows if row[0] in memories]

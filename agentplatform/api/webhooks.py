@@ -23,6 +23,7 @@ from rest_framework.serializers import BaseSerializer
 
 from agentplatform.core import webhooks
 from agentplatform.core.webhooks import SUBSCRIBABLE, EventType
+from agentplatform.http.lag import ListMayLag
 from agentplatform.http.schema import WHITESPACE
 from agentplatform.http.serializers import (
     StrictCharField,
@@ -157,6 +158,7 @@ class DeliveryFiltersSerializer(serializers.Serializer):
 
 class WebhookViewSet(
     mixins.CreateModelMixin,
+    ListMayLag,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.UpdateModelMixin,
@@ -228,7 +230,9 @@ def _delivery_body(delivery: WebhookDelivery) -> Any:
 
 
 @extend_schema_view(list=extend_schema(parameters=[DeliveryFiltersSerializer]))
-class WebhookDeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+class WebhookDeliveryViewSet(
+    ListMayLag, mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
+):
     """An endpoint's delivery log, newest first, each delivery with its attempts."""
 
     queryset = WebhookDelivery.objects.none()  # for the schema generator

@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from rest_framework.exceptions import NotFound
 
+from agentplatform.core.dbrouter import reads_from_primary
+
 if TYPE_CHECKING:
     from agentplatform.models import Tenant
 
@@ -47,9 +49,12 @@ def access_object(
     """The tenant's row with this id, or one uniform NotFound (missing or foreign alike).
 
     A malformed id is "not found" too: telling it apart would only help someone probing ids.
+    Read from the primary even in a list that may lag: a row its client has just created
+    is found at once, and a list of its children is never a 404 because of the replica.
     """
     try:
         rows = model.objects.all() if queryset is None else queryset
-        return cast(M, rows.filter(tenant=tenant).get(pk=id))
+        with reads_from_primary():
+            return cast(M, rows.filter(tenant=tenant).get(pk=id))
     except (model.DoesNotExist, ValueError, ValidationError):
         raise NotFound(f"No {model._meta.verbose_name} with this id.") from None

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
+from agentplatform.core.dbrouter import REPLICA
 from agentplatform.project import celery_queues
+from agentplatform.project.databases import REPLICA_URL_VARIABLE, replica_database
 from agentplatform.project.env import (
     ConfigError,
     env_bool,
@@ -52,7 +55,9 @@ if _database_url is None:
 # A psycopg connection pool per process: opening a connection costs a PostgreSQL backend
 # fork (milliseconds), and under ASGI every request runs in a new thread, so Django's
 # per-thread persistent connections (CONN_MAX_AGE) would leak instead of being reused.
-DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
+DATABASES: dict[str, dict[str, Any]] = {
+    "default": dict(dj_database_url.parse(_database_url, conn_max_age=0))
+}
 # Django's PostgreSQL backend plus row-level security scoping (agentplatform/core/rls.py).
 DATABASES["default"]["ENGINE"] = "agentplatform.core.dbbackend"
 # Migrations run as the schema's owner; the application connects as DATABASE_URL's role, which
@@ -83,6 +88,14 @@ DATABASES["default"]["OPTIONS"] = {
 # connections a PostgreSQL restart broke are replaced instead of failing a request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# A streaming replica for reads that tolerate lag (agentplatform/core/dbrouter.py): only code
+# inside `reads_may_lag()` reads there; unset, every read is the primary's.
+_replica_url = env_url(REPLICA_URL_VARIABLE, None, schemes=("postgres", "postgresql"))
+if _replica_url:
+    DATABASES[REPLICA] = replica_database(DATABASES["default"], _replica_url)
+DATABASE_ROUTERS = ["agentplatform.core.dbrouter.ReplicaRouter"]
+# After a write in the console, that browser's pages read from the primary for this long.
+DATABASE_REPLICA_STICKY_SECONDS = env_int("DATABASE_REPLICA_STICKY_SECONDS", 10, minimum=1)
 
 REDIS_URL: str = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix")) or ""
 if not REDIS_URL:
@@ -118,12 +131,14 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "agentplatform.http.middleware.TenantScopeMiddleware",
+    "agentplatform.http.lag.ConsoleReadsMayLagMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "agentplatform.project.urls"
-LOGIN_URL = "/admin/login/"
+CONSOLE_PREFIX = "/admin/"
+LOGIN_URL = f"{CONSOLE_PREFIX}login/"
 ASGI_APPLICATION = "agentplatform.project.asgi.application"
 WSGI_APPLICATION = None
 

@@ -12,13 +12,14 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
 from agentplatform.http.idempotency import idempotent
+from agentplatform.http.lag import ListMayLag
 from agents import schedules, selectors
 from agents.api.serializers import ScheduleSerializer
 from agents.api.views import TenantViewSet
 from agents.models import Schedule
 
 
-class SessionSchedulesViewSet(mixins.ListModelMixin, TenantViewSet):
+class SessionSchedulesViewSet(ListMayLag, mixins.ListModelMixin, TenantViewSet):
     """The session's cron schedules, each starting a background run when due."""
 
     queryset = Schedule.objects.none()  # for the schema generator

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
 from agentplatform.core.tenancy import access_object
+from agentplatform.http.lag import ListMayLag
 from agents import tenant_tools
 from agents.api.serializers import ToolCreatedSerializer, ToolSerializer, ToolUpdateSerializer
 from agents.api.views import TenantViewSet
@@ -21,6 +22,7 @@ from agents.models import TenantTool
 
 
 class ToolViewSet(
+    ListMayLag,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.UpdateModelMixin,

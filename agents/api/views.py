@@ -23,6 +23,7 @@ from agentplatform.core.audit import Actor, actor_of
 from agentplatform.core.vault import secret_delete, secret_set
 from agentplatform.http.authentication import request_tenant
 from agentplatform.http.idempotency import idempotent, replay_response, request_idempotency_key
+from agentplatform.http.lag import ListMayLag
 from agentplatform.http.pagination import CreatedCursorPagination
 from agentplatform.http.problems import BadGateway
 from agentplatform.http.serializers import query_filters
@@ -66,6 +67,7 @@ class TenantViewSet(viewsets.GenericViewSet):
 
 class AgentViewSet(
     mixins.CreateModelMixin,
+    ListMayLag,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.UpdateModelMixin,
@@ -105,6 +107,7 @@ class AgentViewSet(
 @extend_schema_view(list=extend_schema(parameters=[SessionFiltersSerializer]))
 class SessionViewSet(
     mixins.CreateModelMixin,
+    ListMayLag,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.DestroyModelMixin,
@@ -243,7 +246,11 @@ def turn_event_stream(
 
 
 class SecretViewSet(
-    mixins.ListModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin, TenantViewSet
+    ListMayLag,
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    TenantViewSet,
 ):
     """Secrets of the tenant (e.g. an LLM API key an agent names in `llm.api_key_secret`),
     encrypted at rest; values go in and are never returned."""

@@ -16,8 +16,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agentplatform.core.audit import actor_of
+from agentplatform.core.dbrouter import reads_may_lag
 from agentplatform.http.authentication import request_tenant
 from agentplatform.http.idempotency import idempotent
+from agentplatform.http.lag import ListMayLag
 from agentplatform.http.pagination import CreatedCursorPagination
 from agentplatform.http.problems import Conflict
 from agentplatform.http.serializers import query_filters
@@ -46,7 +48,11 @@ from memory.semantic import Source, memory_delete, memory_search, memory_upsert
 
 @extend_schema_view(list=extend_schema(parameters=[MemoryFiltersSerializer]))
 class MemoryViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantViewSet
+    ListMayLag,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    TenantViewSet,
 ):
     # For the schema generator only (it derives the id's type); requests use get_queryset.
     queryset = Memory.objects.none()
@@ -93,13 +99,14 @@ class MemoryViewSet(
         data.is_valid(raise_exception=True)
         agent_id = data.validated_data.get("agent")
         agent = access_agent(tenant=self.tenant, id=agent_id) if agent_id else None
-        hits = memory_search(
-            tenant=self.tenant,
-            user_id=data.validated_data["user_id"],
-            query=data.validated_data["query"],
-            k=data.validated_data["k"],
-            agent=agent,
-        )
+        with reads_may_lag():  # its `touch` of the hits is a write: on the primary
+            hits = memory_search(
+                tenant=self.tenant,
+                user_id=data.validated_data["user_id"],
+                query=data.validated_data["query"],
+                k=data.validated_data["k"],
+                agent=agent,
+            )
         return Response(MemoryHitSerializer(hits, many=True).data)
 
 
@@ -107,7 +114,7 @@ class OldestFirstPagination(CreatedCursorPagination):
     ordering = "created_at"
 
 
-class SessionSummariesViewSet(mixins.ListModelMixin, TenantViewSet):
+class SessionSummariesViewSet(ListMayLag, mixins.ListModelMixin, TenantViewSet):
     serializer_class = SummarySerializer
     pagination_class = OldestFirstPagination
 
