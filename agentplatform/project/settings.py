@@ -70,8 +70,9 @@ DATABASES["default"]["OPTIONS"] = {
     # Server-side parameters, and statements run PREPARE_THRESHOLD times on a connection are
     # prepared: the turn's statements (a CTE over several tables, each with its row-level
     # security policy) are then planned once per connection instead of on every turn, which
-    # halves their time (bench/turn_overhead.py). 0 turns it off, for poolers such as
-    # PgBouncer in transaction mode that cannot keep prepared statements.
+    # halves their time (bench/turn_overhead.py). 0 turns it off. A pooler in front must pool
+    # whole sessions: the row-level security scope is a session setting (core/rls.py), which
+    # transaction pooling would hand to another client.
     **(
         {"server_side_binding": True, "prepare_threshold": _prepare_threshold}
         if (_prepare_threshold := env_int("DB_PREPARE_THRESHOLD", 5, minimum=0))
