@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -261,6 +261,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 self.session, content, client_message_id, fanout
             )
         finally:
+            fanout.release()
             outbox.put_nowait(None)
             await drain
         if refused is not None:
@@ -268,17 +269,36 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._error(code, detail, client_message_id)
 
 
+# The text every `run` frame starts with (agents.live serializes type first, compactly).
+_RUN_FRAME = '{"type":"run"'
+
+
 @dataclass(frozen=True)
 class _SocketFanout:
     """The fan-out of a turn started on a socket (agents.live.Fanout): from the turn's
-    thread to the socket's event loop."""
+    thread to the socket's event loop.
+
+    A batch holding the turn's `run` frame waits for `release()`, called once the turn's
+    thread has returned: the turn publishes `run` before its client_message_id is recorded
+    as done, and a client that resends the id on seeing `run` must be told `duplicate`, not
+    `in_progress`."""
 
     origin: str
     loop: asyncio.AbstractEventLoop
     outbox: asyncio.Queue[tuple[live.Numbered, bool] | None]
+    held: list[tuple[live.Numbered, bool]] = field(default_factory=list)
 
     def __call__(self, frames: live.Numbered, others: bool) -> None:
+        if self.held or any(text.startswith(_RUN_FRAME) for _, text in frames):
+            self.held.append((frames, others))  # in order: nothing overtakes a held batch
+            return
         self.loop.call_soon_threadsafe(self.outbox.put_nowait, (frames, others))
+
+    def release(self) -> None:
+        """On the event loop, after the turn's thread returned."""
+        for item in self.held:
+            self.outbox.put_nowait(item)
+        self.held.clear()
 
 
 # How refusals read on the socket: (code, detail); None keeps the error's own detail.

@@ -270,6 +270,30 @@ async def test_a_resent_client_message_id_never_runs_twice(
     await ws.disconnect()
 
 
+async def test_the_run_frame_comes_once_its_client_message_id_is_recorded(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    # The turn publishes `run` before it records its key as done; a slow record must not let
+    # a client that resends on seeing `run` be told `in_progress` (the key is done by then).
+    from agents import entry
+
+    complete = entry.idempotency.idempotency_complete
+
+    def slow_complete(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)
+        return complete(*args, **kwargs)
+
+    ws = _socket(alice)
+    await _open(ws)
+    with mock.patch.object(entry.idempotency, "idempotency_complete", slow_complete):
+        await ws.send_json_to({"type": "message", "content": "once", "client_message_id": "m-2"})
+        await _frames_until(ws, "run")
+    await ws.send_json_to({"type": "message", "content": "once", "client_message_id": "m-2"})
+    duplicate = await ws.receive_json_from(timeout=5)
+    assert (duplicate["type"], duplicate["code"]) == ("error", "duplicate")
+    await ws.disconnect()
+
+
 async def test_the_end_user_decides_a_call_over_the_socket(
     alice: Persona, llm: ScriptedBackend
 ) -> None:
