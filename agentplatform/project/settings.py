@@ -141,6 +141,9 @@ ROOT_URLCONF = "agentplatform.project.urls"
 CONSOLE_PREFIX = "/admin/"
 LOGIN_URL = f"{CONSOLE_PREFIX}login/"
 ASGI_APPLICATION = "agentplatform.project.asgi.application"
+# Threads per web process for the sync part of HTTP requests (agentplatform/http/asgi.py);
+# a request beyond them waits for one. Streams (SSE) hold none while they wait for frames.
+WEB_THREADS = env_int("WEB_THREADS", 32, minimum=1)
 WSGI_APPLICATION = None
 
 TEMPLATES = [

@@ -4,12 +4,14 @@ agents.runs and agents.entry."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from django.db import transaction
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, transaction
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -22,6 +24,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from agentplatform.core import rls
 from agentplatform.http.idempotency import idempotent, replay_response, request_idempotency_key
 from agentplatform.http.problems import Conflict
 from agentplatform.http.serializers import query_filters
@@ -209,13 +212,17 @@ def _after_seq(request: Request) -> int:
 _STOPS = {*Run.FINAL, Run.Status.REQUIRES_ACTION}
 
 
-def _join(run: Run, after: int) -> Iterator[bytes]:
+async def _join(run: Run, after: int) -> AsyncIterator[bytes]:
     """The run's frames after `after`, then new ones as they come, until a `run` frame says
-    it ended or waits (or the row says so: frames are kept ~15 minutes)."""
+    it ended or waits (or the row says so: frames are kept ~15 minutes). An async iterator,
+    which Django's ASGI handler sends as it goes (a sync one it reads to its end first); the
+    reads themselves run in threads, in the run's tenant scope."""
     run_id, started = str(run.pk), time.monotonic()
     checked_at = started
     while time.monotonic() - started < JOIN_MAX_SECONDS:
-        for seq, text in frames_after(run.session_id, after):
+        check = time.monotonic() - checked_at >= JOIN_STATUS_EVERY_SECONDS
+        frames, status = await _poll(run, after, check or run.status in _STOPS)
+        for seq, text in frames:
             after = seq
             frame = json.loads(text)
             if frame.get("run") != run_id:
@@ -223,10 +230,23 @@ def _join(run: Run, after: int) -> Iterator[bytes]:
             yield format_event(frame["type"], frame)
             if frame["type"] == "run" and frame.get("status") in _STOPS:
                 return
-        if time.monotonic() - checked_at >= JOIN_STATUS_EVERY_SECONDS or run.status in _STOPS:
+        if status is not None:
             checked_at = time.monotonic()
-            run.refresh_from_db()
-            if run.status in _STOPS:
-                yield format_event("run", {"type": "run", "run": run_id, "status": run.status})
+            if status in _STOPS:
+                yield format_event("run", {"type": "run", "run": run_id, "status": status})
                 return
-        time.sleep(JOIN_POLL_SECONDS)
+        await asyncio.sleep(JOIN_POLL_SECONDS)
+
+
+@sync_to_async(thread_sensitive=False)
+def _poll(run: Run, after: int, check: bool) -> tuple[list[tuple[int, str]], str | None]:
+    """The session's frames after `after` and, when `check`, the run's status as stored."""
+    frames = frames_after(run.session_id, after)
+    if not check:
+        return frames, None
+    try:
+        with rls.tenant_scope(run.tenant_id):
+            run.refresh_from_db(fields=["status"])
+    finally:
+        close_old_connections()  # this thread is the loop's, not a request's
+    return frames, run.status

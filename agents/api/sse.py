@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
-import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from django.db import close_old_connections
@@ -51,14 +52,16 @@ def format_event(event: str, payload: dict[str, Any], seq: int | None = None) ->
 
 def stream_in_thread(
     run: Callable[[Callable[[str, dict[str, Any]], None]], None],
-) -> Iterator[bytes]:
-    """Start `run(emit)` in a thread now, and return an iterator of its events as SSE.
+) -> AsyncIterator[bytes]:
+    """Start `run(emit)` in a thread now, and return its events as SSE, as they come.
 
     The thread starts here, in the request's context (its tenant scope comes along), not
     when the response is first read; and the turn runs to the end even if the client goes
-    away, so a dropped connection loses nothing that was accepted.
+    away, so a dropped connection loses nothing that was accepted. The events are an async
+    iterator: Django's ASGI handler reads a sync one to its end before sending anything,
+    which held every token back until the turn was over.
     """
-    events: queue.Queue[Event] = queue.Queue()
+    events = EventChannel()
 
     def target() -> None:
         try:
@@ -75,9 +78,41 @@ def stream_in_thread(
     return _as_events(events)
 
 
-def _as_events(events: queue.Queue[Event]) -> Iterator[bytes]:
-    while True:
-        event, frame = events.get()
-        if (event, frame) == _END:
+class EventChannel:
+    """Events from the thread that makes them to the event loop that sends them, without a
+    thread parked on a queue per stream: `put` wakes the reader's loop, which takes whatever
+    piled up. The loop is known only once the response is read, after the first events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Event] = []
+        self._wake: Callable[[], object] | None = None
+
+    def put(self, event: Event) -> None:
+        with self._lock:
+            self._items.append(event)
+            wake = self._wake
+        if wake is not None:
+            wake()
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        loop, ready = asyncio.get_running_loop(), asyncio.Event()
+        with self._lock:
+            self._wake = partial(loop.call_soon_threadsafe, ready.set)
+        while True:
+            ready.clear()
+            with self._lock:
+                items, self._items = self._items, []
+            if items:
+                yield items
+            else:
+                await ready.wait()
+
+
+async def _as_events(events: EventChannel) -> AsyncIterator[bytes]:
+    async for batch in events.batches():
+        chunk = b"".join(format_event(*event) for event in batch if event != _END)
+        if chunk:  # frames carry the session's seq already
+            yield chunk
+        if _END in batch:
             return
-        yield format_event(event, frame)  # frames carry the session's seq already

@@ -47,7 +47,7 @@ def _sse(persona: Persona) -> None:
     response = _post(
         persona, "slow one", HTTP_IDEMPOTENCY_KEY="door-1", HTTP_ACCEPT="text/event-stream"
     )
-    assert b"event: checkpoint" in b"".join(response.streaming_content)
+    assert b"event: checkpoint" in b"".join(response)
 
 
 def _websocket(persona: Persona) -> None:

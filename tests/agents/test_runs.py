@@ -359,6 +359,7 @@ def _streamed(session: Session) -> int:
     return current_seq(session.pk)
 
 
+@pytest.mark.django_db(transaction=True)  # the join reads in its own threads
 def test_joining_a_runs_events_replays_its_frames_to_the_end(
     alice: Persona, llm: ScriptedBackend, django_capture_on_commit_callbacks: Callbacks
 ) -> None:
@@ -367,7 +368,7 @@ def test_joining_a_runs_events_replays_its_frames_to_the_end(
         run_id = _start(alice, "go", background=True).json()["id"]
     response = alice.client().get(f"/api/v1/runs/{run_id}/events/", HTTP_ACCEPT="text/event-stream")
     assert response.status_code == 200
-    raw = b"".join(response.streaming_content).decode()
+    raw = b"".join(response).decode()
     events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
     assert events[0]["type"] == "accepted"
     assert {e["run"] for e in events} == {run_id}

@@ -174,7 +174,7 @@ def test_server_sent_events_stream_the_turn(alice: Persona, llm: ScriptedBackend
     response = _post(alice, "stream please", HTTP_ACCEPT="text/event-stream")
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream"
-    raw = b"".join(response.streaming_content).decode()
+    raw = b"".join(response).decode()
     events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
     types = [event["type"] for event in events]
     assert types[0] == "accepted"
@@ -206,7 +206,7 @@ def test_a_streamed_turn_with_an_idempotency_key_is_replayed_not_rerun(
     alice: Persona, llm: ScriptedBackend
 ) -> None:
     first = _post(alice, "stream once", HTTP_ACCEPT="text/event-stream", HTTP_IDEMPOTENCY_KEY="s1")
-    b"".join(first.streaming_content)
+    b"".join(first)
     again = _post(alice, "stream once", HTTP_ACCEPT="text/event-stream", HTTP_IDEMPOTENCY_KEY="s1")
     assert again.status_code == 201
     replayed = again.content.decode()
