@@ -3,7 +3,8 @@
 Django's own Redis backend, given the platform's RedisCluster client instead of a pool per
 server (its LOCATION would otherwise be split at the commas into separate servers), with the
 two operations that send several keys at once made slot-safe: a cluster refuses MGET and
-MSET across slots, and cache keys carry no hash tag (each is its own slot).
+MSET across slots, and cache keys carry no hash tag (each is its own slot). The console's
+charts are its only user, one key at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient, RedisSerializer
 
-from agentplatform.infra.redis import client_for
+from agentplatform.infra.redis import client_for, mget_per_slot
 
 
 class ClusterCacheClient(RedisCacheClient):
@@ -27,7 +28,7 @@ class ClusterCacheClient(RedisCacheClient):
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         keys = list(keys)
-        found = self.get_client().mget_nonatomic(keys)  # one MGET per slot
+        found = mget_per_slot(self.get_client(), keys)
         return {
             key: self.serializer.loads(value)
             for key, value in zip(keys, found, strict=True)
@@ -38,10 +39,9 @@ class ClusterCacheClient(RedisCacheClient):
         if timeout == 0:  # Django's meaning: expire at once
             self.get_client(write=True).delete(*data)
             return
-        pipeline = self.get_client(write=True).pipeline()  # one round trip per node
-        for key, value in data.items():
-            pipeline.set(key, self.serializer.dumps(value), ex=timeout)
-        pipeline.execute()
+        client = self.get_client(write=True)
+        for key, value in data.items():  # each key is its own slot: no pipeline spans slots
+            client.set(key, self.serializer.dumps(value), ex=timeout)
 
 
 class ClusterRedisCache(RedisCache):

@@ -49,12 +49,22 @@ def on_cluster() -> bool:
 
 
 def values(keys: list[str]) -> list[Any]:
-    """GET of several keys in one round trip: one MGET on a single Redis; on a cluster,
-    which refuses MGET across slots, one per slot."""
+    """GET of several keys: one MGET on a single Redis; on a cluster, which refuses MGET
+    across slots, one per slot."""
     client = get_redis()
-    if on_cluster():
-        return cast(list[Any], cast(RedisCluster, client).mget_nonatomic(keys))
-    return cast(list[Any], client.mget(keys))
+    return mget_per_slot(client, keys) if on_cluster() else cast(list[Any], client.mget(keys))
+
+
+def mget_per_slot(client: Any, keys: list[Any]) -> list[Any]:
+    """MGET on a cluster, one command per slot of `keys` (redis-py's own `mget_nonatomic`
+    would send them as one pipeline spanning slots)."""
+    by_slot: dict[int, list[Any]] = {}
+    for key in keys:
+        by_slot.setdefault(key_slot(key.encode() if isinstance(key, str) else key), []).append(key)
+    found: dict[Any, Any] = {}
+    for group in by_slot.values():
+        found.update(zip(group, client.mget(group), strict=True))
+    return [found[key] for key in keys]
 
 
 def command_slot(command: str, args: tuple[Any, ...]) -> int:
@@ -93,7 +103,10 @@ class _Batch:
         group = self.groups.get(slot)
         if group is None:
             group = self.groups[slot] = _Group(get_redis().pipeline(transaction=False))
-        getattr(group.pipeline, command)(*args, **kwargs)
+        if command in ("eval", "evalsha"):  # redis-py's cluster pipeline hides these two
+            group.pipeline.execute_command(command.upper(), *args, **kwargs)
+        else:
+            getattr(group.pipeline, command)(*args, **kwargs)
         if then is not None:
             group.callbacks.append((len(group.pipeline) - 1, then))
         self.made += 1
