@@ -107,10 +107,9 @@ def pending_tenants_unscheduled() -> list[str]:
     quiet right after its flag expired); claims each one's flag for the caller to enqueue."""
     client = get_redis()
     claimed = []
-    prefix = redis_keys.pending_extraction("")
     for name in client.scan_iter(match=redis_keys.pending_extraction("*"), count=500):
-        tenant_id = name.decode()[len(prefix) :]
-        if ":" in tenant_id or not client.llen(name):
+        tenant_id = redis_keys.pending_extraction_tenant(name.decode())
+        if tenant_id is None or not client.llen(name):
             continue
         if client.set(
             redis_keys.extraction_scheduled(tenant_id), "1", nx=True, ex=SCHEDULED_TTL_SECONDS

@@ -24,7 +24,8 @@ def _with_db(url: str, db: int) -> str:
     return urlunparse(parsed._replace(path=f"/{db}"))
 
 
-os.environ["REDIS_URL"] = _with_db(os.environ["REDIS_URL"], TEST_REDIS_DB)
+if not os.environ["REDIS_URL"].startswith("redis+cluster://"):  # a cluster has only db 0
+    os.environ["REDIS_URL"] = _with_db(os.environ["REDIS_URL"], TEST_REDIS_DB)
 os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")
 # No idle pooled connections, so the test database can be dropped at the end.
 os.environ.setdefault("DB_POOL_MIN_SIZE", "0")

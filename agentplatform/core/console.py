@@ -29,7 +29,7 @@ from agentplatform.core import rls
 from agentplatform.core.audit import Actor
 from agentplatform.core.services import admin_object_delete, admin_object_save
 from agentplatform.infra import redis_keys
-from agentplatform.infra.redis import get_redis
+from agentplatform.infra.redis import deferred, values, write_batch
 from agentplatform.models import Membership, Tenant
 
 
@@ -160,17 +160,18 @@ def _login_failure_keys(request: HttpRequest, username: str) -> list[str]:
 
 
 def login_failure_record(request: HttpRequest, username: str) -> None:
-    pipe = get_redis().pipeline(transaction=False)
-    for key in _login_failure_keys(request, username):
-        # The window starts at the first failure (EXPIRE NX needs Redis 7; the embedded is 6.2).
-        pipe.set(key, 0, ex=LOGIN_WINDOW_SECONDS, nx=True)
-        pipe.incr(key)
-    pipe.execute()
+    # One round trip (one per key on a Redis Cluster, where the two keys' slots differ).
+    with write_batch():
+        for key in _login_failure_keys(request, username):
+            # The window starts at the first failure (EXPIRE NX needs Redis 7; the embedded
+            # is 6.2).
+            deferred("set", key, 0, ex=LOGIN_WINDOW_SECONDS, nx=True)
+            deferred("incr", key)
 
 
 def login_blocked(request: HttpRequest, username: str) -> bool:
-    counts = get_redis().mget(_login_failure_keys(request, username))
-    return any(int(count or 0) >= LOGIN_FAILURES_ALLOWED for count in counts)  # type: ignore[union-attr]
+    counts = values(_login_failure_keys(request, username))
+    return any(int(count or 0) >= LOGIN_FAILURES_ALLOWED for count in counts)
 
 
 def rate_limited_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from agentplatform.infra.redis import get_redis, on_cluster
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
@@ -23,6 +25,9 @@ def _check_postgres() -> str | None:
 
 def _check_redis() -> str | None:
     try:
+        if on_cluster():
+            get_redis().ping()  # every node the client knows answers
+            return None
         client = redis.Redis.from_url(
             settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
         )

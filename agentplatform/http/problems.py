@@ -136,13 +136,18 @@ STORE_DOWN: tuple[type[Exception], ...] = (
     db.InterfaceError,
     redis_exceptions.ConnectionError,
     redis_exceptions.TimeoutError,
+    # A Redis Cluster in the middle of a failover: slots without a primary for a moment.
+    redis_exceptions.ClusterDownError,
+    redis_exceptions.TryAgainError,
+    redis_exceptions.SlotNotCoveredError,
 )
 RETRY_AFTER_SECONDS = 5
 
 
 def store_unavailable(exc: Exception) -> JsonResponse:
     """503 with Retry-After for a request that found PostgreSQL or Redis down."""
-    store = "redis" if isinstance(exc, redis_exceptions.RedisError) else "postgres"
+    redis_error = (redis_exceptions.RedisError, redis_exceptions.RedisClusterException)
+    store = "redis" if isinstance(exc, redis_error) else "postgres"
     logger.warning("%s unavailable: %s", store, exc)
     response = problem_response(
         503,

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from kombu import Queue
 
+from agentplatform.infra.redis_cluster import is_cluster_url
 from agentplatform.project.env import ConfigError
 
 DEFAULT_QUEUE = "celery"
@@ -44,6 +45,26 @@ QUEUE_NAMES: tuple[str, ...] = (DEFAULT_QUEUE, *sorted(set(ROUTES.values())))
 # Broker URL schemes: RabbitMQ's, and those of kombu's Redis transport.
 AMQP = ("amqp", "amqps", "pyamqp")
 BROKER_SCHEMES = (*AMQP, "redis", "rediss", "redis+socket")
+
+# Kombu's in-memory transport: for eager mode on a Redis Cluster, where nothing is sent.
+NO_BROKER = "memory://"
+
+
+def broker_url(configured: str | None, *, redis_url: str, eager: bool) -> str:
+    """CELERY_BROKER_URL when set; else Redis (REDIS_URL). A Redis Cluster cannot be the
+    broker (kombu's Redis transport talks to one server, and its queues span keys a
+    cluster would scatter over slots), so with a cluster REDIS_URL the broker must be named,
+    unless tasks run eagerly (tests, one-off commands) and nothing is ever sent."""
+    if configured:
+        return configured
+    if not is_cluster_url(redis_url):
+        return redis_url
+    if eager:
+        return NO_BROKER
+    raise ConfigError(
+        "REDIS_URL names a Redis Cluster, which cannot be Celery's broker: set "
+        "CELERY_BROKER_URL (amqp://... for RabbitMQ, or redis://... for a single Redis)."
+    )
 
 
 def queue_names(names: list[str], *, name: str) -> list[str]:
@@ -79,6 +100,8 @@ def broker_transport_options(
     killed), and publisher confirms make a send return only once the broker has it."""
     if is_amqp(broker_url):
         return {"confirm_publish": True}
+    if broker_url == NO_BROKER:
+        return {}
     return {
         "global_keyprefix": f"{key_prefix}:celery:",
         # A task whose worker died unacknowledged is delivered again after this long.

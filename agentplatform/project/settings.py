@@ -13,6 +13,14 @@ from typing import Any
 import dj_database_url
 
 from agentplatform.core.dbrouter import REPLICA
+from agentplatform.infra.redis_cluster import (
+    CLUSTER_SCHEME,
+    ClusterURLError,
+    cache_config,
+    channel_layer_config,
+    is_cluster_url,
+    parse_cluster_url,
+)
 from agentplatform.project import celery_queues
 from agentplatform.project.databases import REPLICA_URL_VARIABLE, replica_database
 from agentplatform.project.env import (
@@ -98,9 +106,19 @@ DATABASE_ROUTERS = ["agentplatform.core.dbrouter.ReplicaRouter"]
 # After a write in the console, that browser's pages read from the primary for this long.
 DATABASE_REPLICA_STICKY_SECONDS = env_int("DATABASE_REPLICA_STICKY_SECONDS", 10, minimum=1)
 
-REDIS_URL: str = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix")) or ""
+# A single Redis, or a Redis Cluster as redis+cluster://host:port,host:port,... (any of its
+# nodes; agentplatform/infra/redis_cluster.py).
+REDIS_URL: str = (
+    env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix", CLUSTER_SCHEME)) or ""
+)
 if not REDIS_URL:
     raise ConfigError("REDIS_URL is not set. Run through make/manage.py or set REDIS_URL.")
+REDIS_CLUSTER = is_cluster_url(REDIS_URL)
+if REDIS_CLUSTER:
+    try:
+        parse_cluster_url(REDIS_URL)
+    except ClusterURLError as error:
+        raise ConfigError(f"REDIS_URL={REDIS_URL!r}: {error}.") from None
 # Every key the platform writes starts with this prefix (see agentplatform.infra.redis_keys).
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "ap")
 
@@ -214,30 +232,22 @@ API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_048_576, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 
 # --- Redis: cache, channel layer, Celery ---------------------------------------------------
-CACHES = {
-    "default": {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_URL,
-        "KEY_PREFIX": f"{REDIS_KEY_PREFIX}:cache",
-        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
-    }
-}
+CACHES = {"default": cache_config(REDIS_URL, f"{REDIS_KEY_PREFIX}:cache")}
 # Pub/sub fan-out: ~2.6x cheaper per group_send than the list-based layer and without its
 # per-process inbox, which silently drops messages past its `capacity` (default 100, one
 # inbox per process: 4-5% of messages lost at 200 sockets when measured). A
 # frame published while a socket is away is not lost: the socket `resume`s from the
-# session's Redis Stream (agents/live.py).
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:channels"},
-    }
-}
+# session's Redis Stream (agents/live.py). On a cluster, the same layer on a connection to
+# any live node (see channel_layer_config for why).
+CHANNEL_LAYERS = {"default": channel_layer_config(REDIS_URL, f"{REDIS_KEY_PREFIX}:channels")}
 
 # --- Celery (broker, queues, workers) --------------------------------------------------------
 # The broker: RabbitMQ (amqp://) when set, for deployments across machines; else Redis.
-CELERY_BROKER_URL = (
-    env_url("CELERY_BROKER_URL", None, schemes=celery_queues.BROKER_SCHEMES) or REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BROKER_URL = celery_queues.broker_url(
+    env_url("CELERY_BROKER_URL", None, schemes=celery_queues.BROKER_SCHEMES),
+    redis_url=REDIS_URL,
+    eager=CELERY_TASK_ALWAYS_EAGER,
 )
 CELERY_BROKER_TRANSPORT_OPTIONS = celery_queues.broker_transport_options(
     CELERY_BROKER_URL,
@@ -259,7 +269,6 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One unacknowledged message per process: a worker busy with one kind leaves the other
 # queues' messages to idle workers instead of hoarding them.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Beat copies these into django-celery-beat's tables, where operators can edit them.
 CELERY_BEAT_SCHEDULE = {

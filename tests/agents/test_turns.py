@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from agentplatform.infra import redis_keys
 from agents.engine.turn import turn_run
 from agents.llm.base import ToolCall
 from agents.llm.scripted import ScriptedBackend, Step
@@ -50,7 +51,7 @@ def test_working_memory_is_saved_in_redis_with_the_agents_ttl(alice: Persona, re
     memory = wm_read(alice.session)
     assert memory is not None
     assert [m.seq for m in memory.messages] == [1, 2]
-    ttl = redis_client.ttl(f"test:wm:{alice.session.pk}")
+    ttl = redis_client.ttl(redis_keys.working_memory(alice.session.pk))
     assert 0 < ttl <= alice.agent.working_memory_ttl_seconds
 
 
@@ -133,7 +134,7 @@ def test_a_broken_llm_is_502_keeps_the_user_message_and_releases_the_lease(
     assert response.json()["type"].endswith("llm_failed")
     kept = Message.objects.get(session=alice.session)
     assert (kept.content, kept.status) == ("are you there?", "failed")
-    assert redis_client.get(f"test:lease:{alice.session.pk}") is None
+    assert redis_client.get(redis_keys.lease(alice.session.pk)) is None
     # The session carries on.
     assert _post(alice, "again").status_code == 201
     assert list(Message.objects.filter(session=alice.session).values_list("seq", flat=True)) == [
