@@ -82,12 +82,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _redis_by_family(redis: Any) -> dict[str, float]:
-    """Redis memory (MB) per key family: `<prefix>:<family>:...`, or the whole name for the
-    Celery broker's lists, which carry no prefix."""
+    """Redis memory (MB) per key family: `<prefix>:{<hash tag>}:<family>:...`, or the whole
+    name for the Celery broker's lists, which carry no prefix."""
     families: dict[str, int] = {}
     for name in redis.scan_iter(count=1000):
         parts = name.decode().split(":")
-        family = parts[1] if len(parts) > 2 else parts[0]
+        tagged = len(parts) > 3 and parts[1].startswith("{")
+        family = parts[3] if tagged else parts[1] if len(parts) > 2 else parts[0]
         families[family] = families.get(family, 0) + (redis.memory_usage(name) or 0)
     return {family: round(size / 1e6, 2) for family, size in sorted(families.items())}
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -112,7 +113,10 @@ class Worker(_Process):
         )
         self._start(
             [sys.executable, "-m", "celery", "-A", "agentplatform.project.celery", "worker",
-             *pool, *log, "--without-heartbeat", "--without-gossip", "--without-mingle"],
+             *pool, *log, "--without-heartbeat", "--without-gossip", "--without-mingle",
+             # A node name of its own: two workers named alike (celery@<host>) fight over
+             # their remote-control queue on RabbitMQ (RESOURCE_LOCKED).
+             "--hostname", f"worker-{uuid.uuid4().hex[:8]}@%h"],
             {"CELERY_TASK_ALWAYS_EAGER": "0", **env},
         )  # fmt: skip
 
@@ -141,6 +145,7 @@ class RabbitMQ:
 
     def __init__(self, base: Path) -> None:
         self.port, self.epmd_port = free_port(), free_port()
+        base.mkdir(parents=True, exist_ok=True)
         self.env = self._environment(base)
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
         # Our own port mapper, in the foreground, so stopping it is ours to do (one that

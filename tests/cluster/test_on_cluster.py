@@ -1,7 +1,8 @@
 """The platform's own tests of Redis-backed behaviour, run again against the Redis Cluster
 (tests/cluster/conftest.py points each test of this package at it): turns over REST and
 websockets (streaming, several sockets, resume), leases and the four double-text policies,
-throttling, idempotency and erasure. The assertions are the originals', unchanged."""
+throttling, idempotency and erasure, and `make run` with WEB_CONCURRENCY=2 serving the chat
+page from each process. The assertions are the originals', unchanged."""
 
 from __future__ import annotations
 
@@ -32,10 +33,16 @@ from tests.agents.test_concurrency import (
 )
 from tests.agents.test_consumer import (
     test_a_message_streams_tokens_then_the_stored_messages,
+    test_a_resent_client_message_id_never_runs_twice,
     test_resume_replays_exactly_the_missed_frames,
     test_two_sockets_and_a_rest_call_see_the_same_conversation,
 )
 from tests.conftest import Persona
+from tests.e2e.conftest import amqp_url, rabbitmq
+from tests.e2e.test_make_run_processes import (
+    devrun,
+    test_make_run_with_two_web_processes_serves_the_chat_page_from_each,
+)
 from tests.memory.test_erasure import (
     test_erase_removes_the_user_from_every_store_and_nothing_else,
 )
@@ -59,10 +66,15 @@ def test_the_cache_works_on_the_cluster() -> None:
 
 
 __all__ = [
+    "amqp_url",
+    "devrun",
+    "rabbitmq",
+    "test_make_run_with_two_web_processes_serves_the_chat_page_from_each",
     "test_a_key_whose_holder_died_is_taken_over",
     "test_a_lease_whose_holder_died_is_recovered_after_expiry",
     "test_a_message_streams_tokens_then_the_stored_messages",
     "test_a_repeated_post_returns_the_first_result_and_does_no_work",
+    "test_a_resent_client_message_id_never_runs_twice",
     "test_a_stale_lease_holder_cannot_write",
     "test_a_tenant_over_its_rate_gets_429_and_others_do_not",
     "test_an_in_progress_key_answers_409",
