@@ -106,10 +106,15 @@ class AuditEventAdmin(TenantScopedAdmin):
     """Read-only: the trail is append-only in the database too."""
 
     list_display = ["created_at", "tenant", "actor_kind", "actor_id", "action", "target_type",
-                    "target_id"]  # fmt: skip
+                    "target_id", "chain"]  # fmt: skip
     list_filter = ["action", "actor_kind", "tenant"]
     search_fields = ["target_id", "actor_id", "action"]
     show_full_result_count = False
+
+    @admin.display(description="chain", ordering="chain_seq")
+    def chain(self, event: AuditEvent) -> str:
+        """Its place in the tenant's chain, or pending until the chainer links it (seconds)."""
+        return "pending" if event.pending else f"#{event.chain_seq}"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -113,9 +113,12 @@ class IdempotencyRecord(TenantOwned):
 class AuditEvent(models.Model):
     """An append-only, hash-chained record of a change (see agentplatform/core/audit.py).
 
-    Each tenant's events form a chain: `hash` covers the event's fields and the previous
-    event's hash, so editing or deleting any event breaks every later link. A database
-    trigger refuses UPDATE and DELETE; `manage.py verify_audit` checks the chains. Events
+    A service inserts its event with the chain fields empty (no lock, nothing read); the
+    chainer then links each tenant's pending events into the tenant's chain, once: it sets
+    `chain_seq` (1, 2, 3, ... per tenant) and `hash`, which covers the event's fields and the
+    previous event's hash, so editing or deleting any chained event breaks every later link.
+    A database trigger refuses DELETE, and every UPDATE but that one linking of a pending
+    event; `manage.py verify_audit` chains what is pending, then checks the chains. Events
     outlive their tenant (no foreign-key cascade), as a compliance record should.
     """
 
@@ -131,15 +134,41 @@ class AuditEvent(models.Model):
     payload = models.JSONField(default=dict)
     payload_digest = models.CharField(max_length=64)
     created_at = models.DateTimeField()
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    # The chain: NULL while the event is pending, set once by the chainer. NULL rather than
+    # "" for the hashes: `hash` is unique, and many events may be pending at once.
+    chain_seq = models.BigIntegerField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
+    hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["tenant", "id"], name="audit_tenant_chain")]
+        indexes = [
+            models.Index(fields=["tenant", "id"], name="audit_tenant_chain"),
+            # The chainer's work list: small, as events wait seconds at most.
+            models.Index(
+                fields=["tenant", "id"],
+                name="audit_pending",
+                condition=models.Q(chain_seq__isnull=True),
+            ),
+        ]
+        constraints = [
+            # One event per place in a chain; the platform's own events (no tenant) form
+            # one chain too, hence NULLS NOT DISTINCT.
+            models.UniqueConstraint(
+                fields=["tenant", "chain_seq"],
+                name="audit_chain_seq",
+                condition=models.Q(chain_seq__isnull=False),
+                nulls_distinct=False,
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_kind}:{self.actor_id}"
+
+    @property
+    def pending(self) -> bool:
+        """Not yet linked into its tenant's chain by the chainer."""
+        return self.chain_seq is None
 
 
 class TenantSecret(TenantOwned):

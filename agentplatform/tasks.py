@@ -6,6 +6,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from agentplatform.core import rls
+from agentplatform.core.audit import audit_chain as audit_chain_pending
 from agentplatform.core.webhook_delivery import (
     deliveries_due,
     delivery_attempt,
@@ -48,3 +49,12 @@ def webhook_sweep() -> int:
 def webhook_purge() -> int:
     with rls.cross_tenant(rls.CrossTenantReason.MAINTENANCE, "expired webhook events"):
         return webhook_events_purge()
+
+
+@shared_task(name="agentplatform.audit_chain", ignore_result=True)
+def audit_chain() -> int:
+    """Beat: link the audit events written since the last run into their tenants' chains
+    (writers only insert; agentplatform/core/audit.py). Safe to overlap: chainers take turns
+    per tenant."""
+    with rls.cross_tenant(rls.CrossTenantReason.AUDIT_CHAINING):
+        return audit_chain_pending()

@@ -5,10 +5,20 @@ action inside its own transaction, and is registered with `@audited(action)` (or
 not with `@unaudited(reason)`); transports (views, admin, commands, tasks) only call services.
 tests/agentplatform/test_audit_services.py holds every service to that.
 
-`audit_record` appends an event under a per-tenant advisory lock (so a chain never forks),
-hashing the event's fields with the previous event's hash. Nothing updates or deletes an
-event: a trigger refuses it. `audit_verify` recomputes every chain and reports the first
-break, which any edit or deletion made around the trigger produces.
+`audit_record` only inserts: no lock, nothing read, no chain field computed, so a tenant's
+writes on every process never wait for each other. The chainer, `audit_chain` (beat's
+`agentplatform.audit_chain`, every few seconds, and `verify_audit` before it verifies), then
+links each tenant's pending events into the tenant's chain, in `id` order: `chain_seq`
+1, 2, 3, ... and a hash over the event's fields and the previous event's hash. Only the
+chainer takes a lock (one chainer per tenant at a time), and only for its own short
+transaction. An event whose transaction commits late, after events with higher ids were
+chained, simply joins the chain later: the order is the chain's, not the ids'.
+
+Nothing else updates or deletes an event: a trigger refuses it (and lets the chainer link a
+pending event once, changing nothing else). `audit_verify` recomputes every chain and reports
+the first break, which any edit or deletion of a chained event made around the trigger
+produces. An event is tamper-evident once chained (seconds after its write); before that, its
+payload is covered by the digest written with it.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.db import connection, transaction
-from django.db.models import Model
+from django.db.models import Model, Q
 from django.utils import timezone
 from rest_framework.request import Request
 
@@ -92,7 +102,13 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(_canonical(payload).encode()).hexdigest()
+
+
 def _event_hash(event: AuditEvent) -> str:
+    """Covers the event's fields and the previous hash, not `chain_seq`: the links already fix
+    the order (and events chained before `chain_seq` existed keep their hashes)."""
     body = _canonical(
         [
             str(event.tenant_id) if event.tenant_id else None,
@@ -117,31 +133,20 @@ def audit_record(
     target: Model | None = None,
     payload: Any = None,
 ) -> AuditEvent:
-    """Append one event to the tenant's chain (inside the caller's transaction if any)."""
+    """Append one event, pending, for the chainer to link (inside the caller's transaction if
+    any). One INSERT: no lock, so a tenant's concurrent writes do not queue behind each other."""
     payload = json.loads(_canonical(payload or {}))
-    with transaction.atomic():
-        _lock_chain(tenant)
-        chain = (
-            AuditEvent.objects.filter(tenant_id=tenant.pk)
-            if tenant is not None
-            else AuditEvent.objects.filter(tenant_id__isnull=True)
-        )
-        previous = chain.order_by("-id").values_list("hash", flat=True).first()
-        event = AuditEvent(
-            tenant_id=tenant.pk if tenant else None,
-            actor_kind=actor.kind,
-            actor_id=actor.id,
-            action=action,
-            target_type=target._meta.label if target is not None else "",
-            target_id=str(target.pk) if target is not None else "",
-            payload=payload,
-            payload_digest=hashlib.sha256(_canonical(payload).encode()).hexdigest(),
-            created_at=timezone.now(),
-            prev_hash=previous or GENESIS,
-        )
-        event.hash = _event_hash(event)
-        event.save()
-    return event
+    return AuditEvent.objects.create(
+        tenant_id=tenant.pk if tenant else None,
+        actor_kind=actor.kind,
+        actor_id=actor.id,
+        action=action,
+        target_type=target._meta.label if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        payload=payload,
+        payload_digest=_digest(payload),
+        created_at=timezone.now(),
+    )
 
 
 def audit_row(row: Model, *, actor: Actor, action: str, payload: Any = None) -> AuditEvent:
@@ -159,8 +164,80 @@ def audit_delete(row: Model, *, actor: Actor, action: str, payload: Any = None) 
         row.delete()
 
 
-def _lock_chain(tenant: Tenant | None) -> None:
-    key = zlib.crc32(str(tenant.pk if tenant else "platform").encode()) - 2**31
+# --- the chainer ---------------------------------------------------------------------------
+
+CHAIN_BATCH = 2000
+_LINK = """
+UPDATE agentplatform_auditevent AS e
+SET chain_seq = v.seq, prev_hash = v.prev_hash, hash = v.hash
+FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[]) AS v(id, seq, prev_hash, hash)
+WHERE e.id = v.id AND e.chain_seq IS NULL
+"""
+
+
+def audit_chain() -> int:
+    """Link every pending event into its tenant's chain; returns how many were linked.
+
+    Runs across tenants (`rls.cross_tenant` with the reason AUDIT_CHAINING, entered by its
+    callers: the beat task and `verify_audit`). Each tenant is chained in its own short
+    transactions under the tenant's advisory lock, so two chainers never fork a chain (the
+    second waits, then finds less or nothing to do) and writers never wait at all."""
+    pending = (
+        AuditEvent.objects.filter(chain_seq__isnull=True)
+        .order_by()
+        .values_list("tenant_id", flat=True)
+        .distinct()
+    )
+    return sum(audit_chain_tenant(tenant_id) for tenant_id in list(pending))
+
+
+def audit_chain_tenant(tenant_id: object) -> int:
+    """Link one tenant's pending events (None: the platform's own), in batches."""
+    linked = 0
+    while True:
+        with transaction.atomic():
+            _lock_chain(tenant_id)
+            count = _link_batch(tenant_id)
+        linked += count
+        if count < CHAIN_BATCH:
+            return linked
+
+
+def _chain_of(tenant_id: object) -> Q:
+    return Q(tenant_id=tenant_id) if tenant_id is not None else Q(tenant_id__isnull=True)
+
+
+def _link_batch(tenant_id: object) -> int:
+    """Under the tenant's chain lock: the next CHAIN_BATCH pending events, in id order,
+    linked after the chain's head."""
+    chain = AuditEvent.objects.filter(_chain_of(tenant_id))
+    head = (
+        chain.filter(chain_seq__isnull=False)
+        .order_by("-chain_seq")
+        .values_list("chain_seq", "hash")
+        .first()
+    )
+    seq, previous = (head[0] or 0, head[1] or GENESIS) if head is not None else (0, GENESIS)
+    batch = list(chain.filter(chain_seq__isnull=True).order_by("id")[:CHAIN_BATCH])
+    ids, seqs, prevs, hashes = [], [], [], []
+    for event in batch:
+        seq += 1
+        event.prev_hash = previous
+        previous = event.hash = _event_hash(event)
+        ids.append(event.pk)
+        seqs.append(seq)
+        prevs.append(event.prev_hash)
+        hashes.append(event.hash)
+    if batch:
+        with connection.cursor() as cursor:
+            cursor.execute(_LINK, [ids, seqs, prevs, hashes])
+    return len(batch)
+
+
+def _lock_chain(tenant_id: object) -> None:
+    # Namespace 7002, as when writers took this lock: an old process still appending under it
+    # during a deploy waits for the chainer rather than interleaving with it.
+    key = zlib.crc32(str(tenant_id if tenant_id else "platform").encode()) - 2**31
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [7002, key])
 
@@ -173,23 +250,32 @@ class Break:
 
 
 def audit_verify() -> Iterator[tuple[int, Break | None]]:
-    """Walk every chain; yields (events checked so far, the first break of a chain or None)."""
-    tenants = AuditEvent.objects.values_list("tenant_id", flat=True).distinct()
+    """Walk every chain in `chain_seq` order; yields (events checked so far, the first break of
+    a chain or None). Pending events are not a break: the caller chains first
+    (`audit_chain`), so only events written meanwhile are pending, and their payload digests
+    are checked."""
+    tenants = AuditEvent.objects.order_by().values_list("tenant_id", flat=True).distinct()
     checked = 0
-    for tenant_id in tenants:
-        previous = GENESIS
-        for event in AuditEvent.objects.filter(tenant_id=tenant_id).order_by("id").iterator():
+    for tenant_id in list(tenants):
+        chain = AuditEvent.objects.filter(_chain_of(tenant_id))
+        found: Break | None = None
+        previous, expected_seq = GENESIS, 1
+        for event in chain.filter(chain_seq__isnull=False).order_by("chain_seq").iterator():
             checked += 1
-            digest = hashlib.sha256(_canonical(event.payload).encode()).hexdigest()
-            if event.prev_hash != previous:
-                yield checked, Break(_id(tenant_id), event.pk, "an event before it is missing")
+            if event.prev_hash != previous or event.chain_seq != expected_seq:
+                found = Break(_id(tenant_id), event.pk, "an event before it is missing")
                 break
-            if digest != event.payload_digest or _event_hash(event) != event.hash:
-                yield checked, Break(_id(tenant_id), event.pk, "the event was altered")
+            if _digest(event.payload) != event.payload_digest or _event_hash(event) != event.hash:
+                found = Break(_id(tenant_id), event.pk, "the event was altered")
                 break
-            previous = event.hash
-        else:
-            yield checked, None
+            previous, expected_seq = event.hash or "", expected_seq + 1
+        if found is None:
+            for event in chain.filter(chain_seq__isnull=True).order_by("id").iterator():
+                checked += 1
+                if _digest(event.payload) != event.payload_digest:
+                    found = Break(_id(tenant_id), event.pk, "the event was altered")
+                    break
+        yield checked, found
 
 
 def _id(tenant_id: object) -> str | None:

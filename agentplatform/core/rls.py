@@ -64,6 +64,7 @@ class CrossTenantReason(enum.StrEnum):
     CREDENTIAL_LOOKUP = "credential lookup"  # an API key or operator's memberships
     SUPERUSER_CONSOLE = "superuser console"
     MAINTENANCE = "maintenance task"  # beat sweeps: recovery, retention, accounting
+    AUDIT_CHAINING = "audit chaining"  # linking every tenant's pending audit events
     TASK_DISPATCH = "task dispatch"  # a task finding the tenant of the row it was given
     COMMAND = "management command"
     TEST_FIXTURES = "test fixtures"

@@ -40,6 +40,7 @@ ROUTES: dict[str, str] = {
     "agentplatform.purge_idempotency_records": "maintenance",
     "agentplatform.webhook_sweep": "maintenance",
     "agentplatform.webhook_purge": "maintenance",
+    "agentplatform.audit_chain": "maintenance",
 }
 QUEUE_NAMES: tuple[str, ...] = (DEFAULT_QUEUE, *sorted(set(ROUTES.values())))
 # Broker URL schemes: RabbitMQ's, and those of kombu's Redis transport.

@@ -309,6 +309,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "agentplatform.webhook_purge",
         "schedule": 86_400.0,
     },
+    # Links the audit events written since the last run into their tenants' chains.
+    "agentplatform.audit_chain": {
+        "task": "agentplatform.audit_chain",
+        "schedule": 10.0,
+    },
 }
 
 # --- REST ----------------------------------------------------------------------------------

@@ -180,12 +180,60 @@ def test_the_audit_chain_verifies_and_detects_tampering(alice: Persona, bob: Per
 def test_a_deleted_event_breaks_the_chain(alice: Persona) -> None:
     for index in range(3):
         agent_create(tenant=alice.tenant, name=f"chained {index}", actor=SYSTEM)
+    # Chained, as beat does within seconds (a pending event is covered by its payload
+    # digest only: deleted before it is chained, it leaves no gap).
+    call_command("verify_audit", stdout=StringIO(), stderr=StringIO())
     events = list(AuditEvent.objects.filter(tenant=alice.tenant).order_by("id"))
     _around_the_trigger("DELETE FROM agentplatform_auditevent WHERE id = %s", events[-2].pk)
     out = StringIO()
     with pytest.raises(CommandError):
         call_command("verify_audit", stdout=out, stderr=StringIO())
     assert f"at event {events[-1].pk}: an event before it is missing" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_edited_field_or_a_reordered_chain_is_found(alice: Persona) -> None:
+    for index in range(4):
+        agent_create(tenant=alice.tenant, name=f"chained {index}", actor=SYSTEM)
+    call_command("verify_audit", stdout=StringIO(), stderr=StringIO())
+    events = list(AuditEvent.objects.filter(tenant=alice.tenant).order_by("chain_seq"))
+    _around_the_trigger(
+        "UPDATE agentplatform_auditevent SET action = 'agent.forged' WHERE id = %s", events[1].pk
+    )
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("verify_audit", stdout=out, stderr=StringIO())
+    assert f"at event {events[1].pk}: the event was altered" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_events_swapped_in_the_chain_are_found(alice: Persona) -> None:
+    for index in range(3):
+        agent_create(tenant=alice.tenant, name=f"chained {index}", actor=SYSTEM)
+    call_command("verify_audit", stdout=StringIO(), stderr=StringIO())
+    *_, first, second = AuditEvent.objects.filter(tenant=alice.tenant).order_by("chain_seq")
+    place = "UPDATE agentplatform_auditevent SET chain_seq = %s WHERE id = %s"
+    for seq, event in [(-1, first), (first.chain_seq, second), (second.chain_seq, first)]:
+        _around_the_trigger(place.replace("%s", str(seq), 1), event.pk)
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("verify_audit", stdout=out, stderr=StringIO())
+    assert f"at event {second.pk}: an event before it is missing" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pending_event_with_an_edited_payload_is_found(alice: Persona) -> None:
+    call_command("verify_audit", stdout=StringIO(), stderr=StringIO())
+    agent_create(tenant=alice.tenant, name="pending", actor=SYSTEM)
+    victim = AuditEvent.objects.filter(tenant=alice.tenant).order_by("id").last()
+    assert victim is not None and victim.pending
+    _around_the_trigger(
+        "UPDATE agentplatform_auditevent SET payload = '{\"i\": 99}' WHERE id = %s", victim.pk
+    )
+    out = StringIO()
+    with pytest.raises(CommandError):  # chained with its stored digest, which no longer fits
+        call_command("verify_audit", stdout=out, stderr=StringIO())
+    assert f"at event {victim.pk}: the event was altered" in out.getvalue()
 
 
 def test_api_writes_are_audited_once_with_the_key(alice: Persona) -> None:

@@ -4,16 +4,24 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from agentplatform.core.audit import audit_verify
+from agentplatform.core import rls
+from agentplatform.core.audit import audit_chain, audit_verify
 from agentplatform.management.base import PlatformCommand
 from agentplatform.management.progress import ProgressBar
 from agentplatform.models import AuditEvent
 
 
 class Command(PlatformCommand):
-    help = "Check every tenant's audit chain; report the first break of each (exit 1 if any)."
+    help = (
+        "Chain the pending audit events, then check every tenant's audit chain; report the "
+        "first break of each (exit 1 if any)."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with rls.cross_tenant(rls.CrossTenantReason.AUDIT_CHAINING, "verify_audit"):
+            linked = audit_chain()
+        if linked:
+            self.stderr.write(f"Chained {linked} pending event(s).")
         progress = ProgressBar(AuditEvent.objects.count(), "verifying audit chains", self.stderr)
         breaks, last = [], 0
         for checked, found in audit_verify():
