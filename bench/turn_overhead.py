@@ -64,12 +64,25 @@ def _tenant_and_agent() -> tuple[Any, Any, str]:
 
 
 def _run_threads(target: Callable[[], None], count: int) -> float:
-    threads = [threading.Thread(target=target) for _ in range(count)]
+    """Run `target` in `count` threads at once; the elapsed time. A thread's failure fails
+    the bench (a figure from fewer clients than it says would be wrong)."""
+    failures: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            target()
+        except BaseException as error:
+            failures.append(error)
+            raise
+
+    threads = [threading.Thread(target=guarded) for _ in range(count)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {count} client threads failed") from failures[0]
     return time.perf_counter() - started
 
 
@@ -519,7 +532,8 @@ def _plot(ours: list[float], theirs: list[float], path: Path) -> None:
 
 
 def main() -> None:
-    setup_django()
+    # One database connection per client thread, and a few for the main thread's own work.
+    setup_django(DB_POOL_MAX_SIZE=str(CONVERSATIONS + 4))
     import os
 
     tenant, agent, key = _tenant_and_agent()
