@@ -6,6 +6,7 @@ import pytest
 from django.apps import apps
 from django.test import override_settings
 
+from agentplatform.infra import redis_keys
 from agents.llm.base import ToolCall
 from agents.llm.scripted import ScriptedBackend, Step
 from tests.conftest import Persona
@@ -59,8 +60,8 @@ def test_invoke_keeps_nothing_about_the_caller(alice: Persona, redis_client) -> 
     assert status == 200
     assert _row_counts() == before_rows
     new_keys = {key.decode() for key in set(redis_client.keys("*")) - before_keys}
-    # Only the tenant's request counter (throttling) may appear; nothing about the caller.
-    assert all(":throttle:" in key for key in new_keys), new_keys
+    # Only the tenant's request budget (throttling) may appear; nothing about the caller.
+    assert new_keys <= {redis_keys.api_throttle(alice.tenant.pk)}, new_keys
     for key in redis_client.keys("*"):
         assert b"secret-xyz" not in (redis_client.dump(key) or b"")
 
