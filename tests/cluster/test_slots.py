@@ -5,12 +5,10 @@ extraction sweep, admin login failures, erasure), with the slot of every key com
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.test import Client, override_settings
 
 from agentplatform.infra import redis_keys
@@ -19,6 +17,7 @@ from agents.llm.scripted import ScriptedBackend
 from agents.models import Agent
 from memory.accounting import storage_sample
 from memory.followups import pending_tenants_unscheduled
+from tests.agents.test_concurrency import _race
 from tests.cluster.recording import Recorded, recording, slots
 from tests.conftest import Persona
 
@@ -27,23 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _turns(persona: Persona, policy: str, count: int) -> list[int]:
     Agent.objects.filter(pk=persona.agent.pk).update(double_text_policy=policy)
-    statuses: list[int] = []
-
-    def post(index: int) -> None:
-        response = persona.client().post(
-            f"/api/v1/sessions/{persona.session.pk}/messages/",
-            {"content": f"{policy} {index}"},
-            format="json",
-        )
-        statuses.append(response.status_code)
-        connection.close()
-
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return statuses
+    return [status for status, _ in _race(persona, count)]
 
 
 def _operate(persona: Persona, llm: ScriptedBackend) -> None:
