@@ -24,7 +24,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from agentplatform.infra import redis_keys
-from agentplatform.infra.redis import Script, get_redis
+from agentplatform.infra.redis import Script, deferred, get_redis
 from agents.conf import agents_settings
 
 LocalSink = Callable[[str, dict[str, Any]], None]
@@ -104,30 +104,58 @@ def publish_many(
     fanout: Fanout | None = None,
 ) -> list[dict]:
     """Number, store and fan out several frames in one Redis round trip, in order."""
+    send: Fanout = fanout or GroupSend(session_id)
+    keys, args = _publish_call(session_id, frames, send)
+    return _delivered(cast(list[Any], _PUBLISH(keys, args)), send)
+
+
+def publish_batched(
+    session_id: uuid.UUID | str,
+    frames: list[tuple[str, dict[str, Any]]],
+    fanout: Fanout | None = None,
+    then: Callable[[list[dict]], None] | None = None,
+) -> None:
+    """`publish_many` within the open `write_batch()`: the frames are numbered, stored and
+    fanned out when the batch is sent (right away outside one); `then` gets them."""
+    send: Fanout = fanout or GroupSend(session_id)
+    keys, args = _publish_call(session_id, frames, send)
+
+    def delivered(result: Any) -> None:
+        published = _delivered(cast(list[Any], result), send)
+        if then is not None:
+            then(published)
+
+    # EVAL, not EVALSHA: a pipeline cannot fall back when Redis lost its script cache.
+    deferred("eval", _PUBLISH.source, len(keys), *keys, *args, then=delivered)
+
+
+def _publish_call(
+    session_id: uuid.UUID | str, frames: list[tuple[str, dict[str, Any]]], send: Fanout
+) -> tuple[list[str], list[Any]]:
     conf = agents_settings()
     bodies = [
         json.dumps({"type": frame_type, **payload}, separators=(",", ":"), default=str)[:-1]
         for frame_type, payload in frames
     ]
-    send: Fanout = fanout or GroupSend(session_id)
-    first, others, stored = cast(
-        list[Any],
-        _PUBLISH(
-            [
-                redis_keys.frame_seq(session_id),
-                redis_keys.frame_stream(session_id),
-                redis_keys.listeners(session_id),
-            ],
-            [
-                conf.FRAME_STREAM_MAXLEN,
-                SEQ_TTL_SECONDS,
-                conf.FRAME_RETENTION_SECONDS,
-                send.origin,
-                len(bodies),
-                *bodies,
-            ],
-        ),
-    )
+    keys = [
+        redis_keys.frame_seq(session_id),
+        redis_keys.frame_stream(session_id),
+        redis_keys.listeners(session_id),
+    ]
+    args = [
+        conf.FRAME_STREAM_MAXLEN,
+        SEQ_TTL_SECONDS,
+        conf.FRAME_RETENTION_SECONDS,
+        send.origin,
+        len(bodies),
+        *bodies,
+    ]
+    return keys, args
+
+
+def _delivered(result: list[Any], send: Fanout) -> list[dict]:
+    """Hand the stored frames (the script's answer) to the fan-out; the frames as dicts."""
+    first, others, stored = result
     texts = [frame.decode() if isinstance(frame, bytes) else frame for frame in stored]
     send([(int(first) + offset, text) for offset, text in enumerate(texts)], int(others) > 0)
     return [cast(dict, json.loads(text)) for text in texts]
@@ -174,9 +202,11 @@ class FramePublisher:
             return
         self.many([(frame_type, payload)])
 
-    def many(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
-        """Publish these frames, after any pending tokens, in one round trip."""
-        self._send([*self._take_tokens(), *frames])
+    def many(self, frames: list[tuple[str, dict[str, Any]]], *, batched: bool = False) -> None:
+        """Publish these frames, after any pending tokens, in one round trip: now, or
+        `batched` with the rest of the open `write_batch()` (a turn's first and last
+        frames ride with its lease's claim and release)."""
+        self._send([*self._take_tokens(), *frames], batched=batched)
 
     def flush(self) -> None:
         self._send(self._take_tokens())
@@ -188,11 +218,17 @@ class FramePublisher:
         delta, self._pending = "".join(self._pending), []
         return [("token", {"delta": delta})]
 
-    def _send(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
+    def _send(self, frames: list[tuple[str, dict[str, Any]]], *, batched: bool = False) -> None:
         if not frames:
             return
         stamped = [(frame_type, {**payload, **self.extra}) for frame_type, payload in frames]
-        published = publish_many(self.session_id, stamped, self.fanout)
-        if self.local is not None:
-            for (frame_type, _), frame in zip(frames, published, strict=True):
-                self.local(frame_type, frame)
+
+        def to_local(published: list[dict]) -> None:
+            if self.local is not None:
+                for (frame_type, _), frame in zip(frames, published, strict=True):
+                    self.local(frame_type, frame)
+
+        if batched:
+            publish_batched(self.session_id, stamped, self.fanout, then=to_local)
+        else:
+            to_local(publish_many(self.session_id, stamped, self.fanout))

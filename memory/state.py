@@ -11,7 +11,13 @@ from django.db.models import Exists, OuterRef
 from psycopg.types.json import Jsonb
 
 from agents.engine.context import working_memory_budget
-from agents.engine.ports import CheckpointRequest, ContextExtras, TurnProgress, WorkingMemory
+from agents.engine.ports import (
+    CheckpointRequest,
+    ContextExtras,
+    TurnProgress,
+    WorkingMemory,
+    WorkingMemoryRead,
+)
 from agents.models import Agent, Message, Session
 from agents.services import (
     NOW,
@@ -26,7 +32,7 @@ from memory.context import compile_extras
 from memory.followups import compaction_request, extraction_request
 from memory.models import Checkpoint
 from memory.summaries import compaction_range
-from memory.working import wm_fit, wm_read, wm_rebuild, wm_write
+from memory.working import wm_fit, wm_read, wm_read_batched, wm_rebuild, wm_write
 
 
 class PlatformState:
@@ -56,13 +62,18 @@ class PlatformState:
             session_id = session.pk
             transaction.on_commit(lambda: compaction_request(session_id, *due))
 
-    def load_working_memory(self, *, session: Session, agent: Agent) -> WorkingMemory:
-        memory = wm_read(session)
+    def load_working_memory(
+        self, *, session: Session, agent: Agent, read: WorkingMemoryRead | None = None
+    ) -> WorkingMemory:
+        memory = read.memory if read is not None and read.done else wm_read(session)
         if memory is not None:
             return memory
         memory = rebuild_working_memory(session, agent)
         wm_write(session, memory, agent.working_memory_ttl_seconds)
         return memory
+
+    def read_working_memory(self, *, session: Session) -> WorkingMemoryRead:
+        return wm_read_batched(session)
 
     def save_working_memory(self, *, session: Session, agent: Agent, memory: WorkingMemory) -> None:
         wm_write(session, memory, agent.working_memory_ttl_seconds)

@@ -13,7 +13,7 @@ from typing import cast
 
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import deferred, get_redis
-from agents.engine.ports import WorkingMemory, WorkingMessage
+from agents.engine.ports import WorkingMemory, WorkingMemoryRead, WorkingMessage
 from agents.models import Message, Session
 
 CONTEXT_STATUSES = (Message.Status.ACTIVE, Message.Status.INTERRUPTED)
@@ -24,6 +24,18 @@ REBUILD_BATCH = 200
 def wm_read(session: Session) -> WorkingMemory | None:
     raw = cast(bytes | None, get_redis().get(redis_keys.working_memory(session.pk)))
     return None if raw is None else WorkingMemory.from_dict(json.loads(raw))
+
+
+def wm_read_batched(session: Session) -> WorkingMemoryRead:
+    """`wm_read` within the open `write_batch()`: the result arrives when it is sent."""
+    read = WorkingMemoryRead()
+
+    def answered(raw: bytes | None) -> None:
+        read.memory = None if raw is None else WorkingMemory.from_dict(json.loads(raw))
+        read.done = True
+
+    deferred("get", redis_keys.working_memory(session.pk), then=answered)
+    return read
 
 
 def wm_write(session: Session, memory: WorkingMemory, ttl_seconds: int) -> None:

@@ -83,9 +83,16 @@ class _Group:
     last: int = 0  # when its latest command was made, to send the groups in order
 
     def send(self) -> None:
-        results = self.pipeline.execute()
+        """Every command's callback gets its result, even when another command of the
+        pipeline failed (a lease it took must be known, to be given back); then the first
+        error is raised."""
+        results = self.pipeline.execute(raise_on_error=False)
         for index, callback in self.callbacks:
-            callback(results[index])
+            if not isinstance(results[index], Exception):
+                callback(results[index])
+        failed = next((result for result in results if isinstance(result, Exception)), None)
+        if failed is not None:
+            raise failed
 
 
 @dataclass
@@ -134,8 +141,10 @@ def write_batch() -> Iterator[None]:
     ends (one per slot on a cluster), in the order they were made, whether the block
     succeeds or raises; then each command's `then` callback gets its result.
 
-    For what nobody reads back within the block: a turn's follow-up requests, its last
-    working-memory save and its lease's release (which still comes last)."""
+    For what nobody reads back within the block: a turn's follow-up requests, its final
+    frames, its last working-memory save and its lease's release (which still comes last);
+    and, at a turn's start, its `accepted` frame, the lease's offer and the working memory
+    read, whose results are used once the block ended."""
     if _batch.get() is not None:  # already batching: the outer block sends
         yield
         return

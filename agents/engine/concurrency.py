@@ -157,13 +157,53 @@ class ClaimRow(Protocol):
     def insert(self) -> None: ...
 
 
+@dataclass
+class LeaseOffer:
+    """The lease asked for within an open `write_batch()` (with the turn's first frame and
+    its working memory read: one round trip); `taken` is known once the batch was sent."""
+
+    session_id: uuid.UUID
+    holder: uuid.UUID
+    ttl_ms: int
+    taken: bool = False
+
+    def give_back(self) -> None:
+        """The lease was taken but the turn will not go on (the batch failed)."""
+        if self.taken:
+            deferred("eval", _RELEASE, 1, redis_keys.lease(self.session_id), self.holder.hex)
+            self.taken = False
+
+
+def lease_offer(session: Session) -> LeaseOffer:
+    """Ask for the session's lease in the open `write_batch()`; pass the offer to `admit`."""
+    offer = LeaseOffer(session.pk, uuid.uuid4(), int(agents_settings().LEASE_SECONDS * 1000))
+
+    def answered(result: Any) -> None:
+        offer.taken = bool(result)
+
+    key = redis_keys.lease(session.pk)
+    deferred("set", key, offer.holder.hex, nx=True, px=offer.ttl_ms, then=answered)
+    return offer
+
+
 def lease_try_acquire(
-    session: Session, *, stop_key: str | None = None, with_row: ClaimRow | None = None
+    session: Session,
+    *,
+    stop_key: str | None = None,
+    with_row: ClaimRow | None = None,
+    offer: LeaseOffer | None = None,
 ) -> Lease | None:
-    ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
-    holder = uuid.uuid4()
-    if not get_redis().set(redis_keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
-        return None
+    """The session's lease, claimed in PostgreSQL too (the fencing token), or None when
+    another turn holds it. With an `offer` already answered, Redis is not asked again."""
+    if offer is not None:
+        if not offer.taken:
+            return None
+        holder, ttl_ms = offer.holder, offer.ttl_ms
+    else:
+        ttl_ms = int(agents_settings().LEASE_SECONDS * 1000)
+        holder = uuid.uuid4()
+        if not get_redis().set(redis_keys.lease(session.pk), holder.hex, nx=True, px=ttl_ms):
+            return None
     lease = Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms, stop_key=stop_key)
     params: dict[str, Any] = {"holder": holder, "session": session.pk}
     row_sql = ""
@@ -198,12 +238,14 @@ def admit(
     on_queued: Callable[[int], None] | None = None,
     stop_key: str | None = None,
     with_row: ClaimRow | None = None,
+    offer: LeaseOffer | None = None,
 ) -> Lease:
     """Wait for the session per the agent's double-text policy; return the held lease.
     `stop_key` is the run's cancel key: set while the turn waits, it gives up. `with_row`
-    is written with the claim, or before the turn waits."""
+    is written with the claim, or before the turn waits. `offer` is the first try, made
+    in a batch before."""
     policy = agent.double_text_policy
-    lease = lease_try_acquire(session, stop_key=stop_key, with_row=with_row)
+    lease = lease_try_acquire(session, stop_key=stop_key, with_row=with_row, offer=offer)
     if lease is not None:
         return lease
     if policy == Agent.DoubleTextPolicy.REJECT:

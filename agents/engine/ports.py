@@ -110,6 +110,15 @@ class WorkingMemory:
 
 
 @dataclass
+class WorkingMemoryRead:
+    """A working-memory read made within an open Redis batch (with the turn's lease):
+    `memory` once the batch was sent (`done`), None for a miss."""
+
+    memory: WorkingMemory | None = None
+    done: bool = False
+
+
+@dataclass
 class ContextExtras:
     """What the memory tiers add to a turn's context, and the record of it."""
 
@@ -141,8 +150,15 @@ class CheckpointRecord:
 
 
 class StateBackend(Protocol):
-    def load_working_memory(self, *, session: Session, agent: Agent) -> WorkingMemory:
-        """From Redis; rebuilt from PostgreSQL (and re-cached) on a miss."""
+    def load_working_memory(
+        self, *, session: Session, agent: Agent, read: WorkingMemoryRead | None = None
+    ) -> WorkingMemory:
+        """From Redis (or `read`, when done); rebuilt from PostgreSQL (and re-cached) on a
+        miss."""
+        ...
+
+    def read_working_memory(self, *, session: Session) -> WorkingMemoryRead:
+        """Ask Redis for the working memory in the open batch (agentplatform.infra.redis)."""
         ...
 
     def save_working_memory(

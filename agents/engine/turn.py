@@ -32,10 +32,12 @@ from agents.engine.concurrency import (
     ActionRequired,
     Lease,
     LeaseLost,
+    LeaseOffer,
     QueueTimeout,
     RunCancelled,
     SessionBusy,
     admit,
+    lease_offer,
     lease_try_acquire,
 )
 from agents.engine.context import extras_budget, llm_messages, working_memory_budget
@@ -47,6 +49,7 @@ from agents.engine.ports import (
     ContextExtras,
     TurnProgress,
     WorkingMemory,
+    WorkingMemoryRead,
     WorkingMessage,
     state_backend,
 )
@@ -220,15 +223,20 @@ def turn_run(
         publisher.extra["client_message_id"] = client_message_id
         metadata["client_message_id"] = client_message_id
     try:
-        if run.user_message_id is None:  # a resumed run's message was accepted before
-            publisher("accepted", {"content": content})
+        # A resumed run's message was accepted before.
+        accepted = content if run.user_message_id is None else None
+        offer, first_read = _first_round_trip(session, publisher, accepted)
         lease = admit(
             session=session,
             agent=agent,
             on_queued=lambda n: publisher("queued", {"position": n}),
             stop_key=redis_keys.run_stop(session.pk, run.pk),
             with_row=new_run,
+            offer=offer,
         )
+        # Read before this turn held the lease (the turn before may change it), or before
+        # settling a waiting run (which saves working memory): read again.
+        read = first_read if offer.taken and not lease.awaiting else None
         if lease.awaiting and lease.awaiting != turn_key:
             # Before the batch below: what settling writes to Redis, this turn reads.
             try:
@@ -236,10 +244,10 @@ def turn_run(
             except BaseException:
                 lease.release()
                 raise
-        # The final working-memory save and the release share one Redis round trip.
+        # The final frames, working-memory save and the release share one Redis round trip.
         with write_batch():
             try:
-                turn = _Turn(session, agent, lease, publisher, turn_key, run)
+                turn = _Turn(session, agent, lease, publisher, turn_key, run, read=read)
                 result = turn.run(content, metadata, resumable=resumable)
             finally:
                 lease.release()
@@ -255,6 +263,26 @@ def turn_run(
     result.platform_seconds = time.perf_counter() - started - result.llm_seconds
     result.run = run
     return result
+
+
+def _first_round_trip(
+    session: Session, publisher: FramePublisher, accepted: str | None
+) -> tuple[LeaseOffer, WorkingMemoryRead]:
+    """The turn's `accepted` frame (for `accepted`, the message's content), the lease's
+    offer and the working memory read: one Redis round trip. A lease taken by a batch that
+    failed is given back."""
+    offer: LeaseOffer | None = None
+    try:
+        with write_batch():
+            if accepted is not None:
+                publisher.many([("accepted", {"content": accepted})], batched=True)
+            offer = lease_offer(session)
+            read = state_backend().read_working_memory(session=session)
+    except BaseException:
+        if offer is not None:
+            offer.give_back()
+        raise
+    return offer, read
 
 
 def turn_settle(*, session: Session, run: Run, settle: Settle) -> TurnResult | None:
@@ -376,6 +404,7 @@ class _Turn:
         run: Run,
         *,
         settle: Settle | None = None,
+        read: WorkingMemoryRead | None = None,
     ) -> None:
         self.session = session
         self.agent = agent
@@ -396,6 +425,7 @@ class _Turn:
         self.calls = 0
         self.llm_seconds = 0.0
         self.checkpoint_asked = False
+        self.read = read  # the working memory, read with the lease's offer
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -434,7 +464,9 @@ class _Turn:
     ) -> _Prepared:
         """Working memory with the user's message, fitted to the budget, and the extras
         (summaries, memories) around it."""
-        memory = self.state.load_working_memory(session=self.session, agent=self.agent)
+        memory = self.state.load_working_memory(
+            session=self.session, agent=self.agent, read=self.read
+        )
         user_tokens = self.backend.count_tokens(content)
         if progress is not None:
             memory = self._resume(progress, memory)
@@ -794,7 +826,8 @@ class _Turn:
         run_end_written(self.run_row, run_end, write.appended)
         every = [*self.written.rows]
         frames = [*_frames_of(write), _run_frame(self.run_row)]
-        transaction.on_commit(lambda: self.emit.many(frames))
+        # Published with the working memory's save and the lease's release (turn_run's batch).
+        transaction.on_commit(lambda: self.emit.many(frames, batched=True))
         self.state.after_turn(
             session=self.session,
             agent=self.agent,

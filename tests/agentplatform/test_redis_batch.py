@@ -54,3 +54,17 @@ def test_a_script_runs_by_sha_and_reloads_after_redis_forgets_it(
     assert incr(["n"], [2]) == 2
     redis_client.script_flush()  # as after a Redis restart
     assert incr(["n"], [3]) == 5
+
+
+def test_a_failed_command_still_hands_the_others_results_back_then_raises(
+    redis_client: redis.Redis,
+) -> None:
+    # A turn's first batch takes the lease with other commands: when one of them fails, the
+    # lease's answer must still be known, so that the turn can give the lease back.
+    redis_client.set("not-a-list", "text")
+    seen: list[Any] = []
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"), write_batch():
+        deferred("lpush", "not-a-list", "x", then=seen.append)
+        deferred("set", "lease", "mine", nx=True, then=seen.append)
+    assert seen == [True]
+    assert redis_client.get("lease") == b"mine"

@@ -157,3 +157,67 @@ def test_a_lease_whose_holder_died_is_recovered_after_expiry(alice: Persona) -> 
 def _wait_for_lease_expiry(persona: Persona) -> None:
     key = redis_keys.lease(persona.session.pk)
     wait_until(lambda: not get_redis().exists(key), what="the lease to expire")
+
+
+def _count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count what the turn sends to Redis: one packed send is one round trip (a pipeline
+    packs all its commands into one). Celery's eager tasks (the follow-ups, which a worker
+    runs in production) are left out."""
+    import sys
+
+    import redis.connection
+
+    sent: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def in_a_task() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if "/celery/" in frame.f_code.co_filename:
+                return True
+            frame = frame.f_back  # type: ignore[assignment]
+        return False
+
+    def counting(self: object, command: object, check_health: bool = True) -> None:
+        if not in_a_task():
+            sent.append(1)
+        original(self, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return sent
+
+
+def test_a_turn_makes_two_redis_round_trips(
+    alice: Persona, llm: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.engine.turn import turn_run
+
+    turn_run(session=alice.session, content="warm up")  # working memory cached
+    sent = _count_round_trips(monkeypatch)
+    frames: list[tuple[str, dict]] = []
+    turn_run(session=alice.session, content="count me", emit=lambda t, f: frames.append((t, f)))
+    # The first: the accepted frame, the lease, working memory. The last: the reply's
+    # frames, working memory's save, the follow-ups, the lease's release.
+    assert len(sent) == 2
+    kinds = [frame_type for frame_type, _ in frames]
+    assert kinds == ["accepted", "token", "message", "message", "checkpoint", "run"]
+    seqs = [f["seq"] for _, f in frames]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert get_redis().get(redis_keys.lease(alice.session.pk)) is None
+
+
+def test_a_turn_whose_first_round_trip_fails_gives_the_lease_back(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    import redis
+
+    from agents.engine.turn import turn_run
+
+    stream = redis_keys.frame_stream(alice.session.pk)
+    get_redis().set(stream, "not a stream")  # the accepted frame's XADD fails
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        turn_run(session=alice.session, content="lost?")
+    assert get_redis().get(redis_keys.lease(alice.session.pk)) is None
+    get_redis().delete(stream)
+    result = turn_run(session=alice.session, content="again")  # no wait for the lease's expiry
+    assert result.assistant_message is not None
