@@ -5,10 +5,13 @@ Override any of them with `AGENTS = {...}` in settings; the environment feeds th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,15 @@ class AgentsSettings:
     RECOVERY_WINDOW_SECONDS: int = 3600
 
 
+@functools.cache
 def agents_settings() -> AgentsSettings:
+    """Built once and kept (a turn reads them a dozen times); a test's override_settings
+    of AGENTS clears it (below)."""
     overrides: dict[str, Any] = getattr(settings, "AGENTS", {})
     return AgentsSettings(**overrides)
+
+
+@receiver(setting_changed)
+def _forget_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == "AGENTS":
+        agents_settings.cache_clear()

@@ -13,7 +13,6 @@ echo itself).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any, Protocol, cast
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from agentplatform.infra import redis_keys
+from agentplatform.infra import jsontext, redis_keys
 from agentplatform.infra.redis import Script, deferred, get_redis
 from agents.conf import agents_settings
 
@@ -31,24 +30,23 @@ LocalSink = Callable[[str, dict[str, Any]], None]
 SEQ_TTL_SECONDS = 30 * 86_400
 
 # One call numbers and stores a batch of ARGV[5] frames: ARGV[6..] are frame bodies without
-# their closing brace, each completed with its seq. It answers how many sockets listen
-# besides ARGV[4], the channel of the socket the frames' turn came from ('' for none).
+# their closing brace, each completed with its seq. It answers the first frame's seq and how
+# many sockets listen besides ARGV[4], the channel of the socket the frames' turn came from
+# ('' for none); the caller completes the frames the same way.
 _PUBLISH = Script("""
 local before = redis.call('INCRBY', KEYS[1], ARGV[5]) - ARGV[5]
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local frames = {}
 for i = 6, #ARGV do
   local seq = before + i - 5
   local frame = ARGV[i] .. ',"seq":' .. seq .. '}'
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-1', 'f', frame)
-  frames[#frames + 1] = frame
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local others = redis.call('SCARD', KEYS[3])
 if ARGV[4] ~= '' then
   others = others - redis.call('SISMEMBER', KEYS[3], ARGV[4])
 end
-return {before + 1, others, frames}
+return {before + 1, others}
 """)
 
 
@@ -104,26 +102,35 @@ def publish_many(
     fanout: Fanout | None = None,
 ) -> list[dict]:
     """Number, store and fan out several frames in one Redis round trip, in order."""
+    return [cast(dict, jsontext.loads(text)) for text in _publish(session_id, frames, fanout)]
+
+
+def _publish(
+    session_id: uuid.UUID | str,
+    frames: list[tuple[str, dict[str, Any]]],
+    fanout: Fanout | None,
+) -> list[str]:
+    """`publish_many`, the frames as JSON text."""
     send: Fanout = fanout or GroupSend(session_id)
-    keys, args = _publish_call(session_id, frames, send)
-    return _delivered(cast(list[Any], _PUBLISH(keys, args)), send)
+    keys, args, bodies = _publish_call(session_id, frames, send)
+    return _delivered(cast(list[Any], _PUBLISH(keys, args)), bodies, send)
 
 
 def publish_batched(
     session_id: uuid.UUID | str,
     frames: list[tuple[str, dict[str, Any]]],
     fanout: Fanout | None = None,
-    then: Callable[[list[dict]], None] | None = None,
+    then: Callable[[list[str]], None] | None = None,
 ) -> None:
     """`publish_many` within the open `write_batch()`: the frames are numbered, stored and
-    fanned out when the batch is sent (right away outside one); `then` gets them."""
+    fanned out when the batch is sent (right away outside one); `then` gets their text."""
     send: Fanout = fanout or GroupSend(session_id)
-    keys, args = _publish_call(session_id, frames, send)
+    keys, args, bodies = _publish_call(session_id, frames, send)
 
     def delivered(result: Any) -> None:
-        published = _delivered(cast(list[Any], result), send)
+        texts = _delivered(cast(list[Any], result), bodies, send)
         if then is not None:
-            then(published)
+            then(texts)
 
     # EVAL, not EVALSHA: a pipeline cannot fall back when Redis lost its script cache.
     deferred("eval", _PUBLISH.source, len(keys), *keys, *args, then=delivered)
@@ -131,11 +138,11 @@ def publish_batched(
 
 def _publish_call(
     session_id: uuid.UUID | str, frames: list[tuple[str, dict[str, Any]]], send: Fanout
-) -> tuple[list[str], list[Any]]:
+) -> tuple[list[str], list[Any], list[str]]:
+    """The script's keys and arguments, and the frames' bodies without their closing brace."""
     conf = agents_settings()
     bodies = [
-        json.dumps({"type": frame_type, **payload}, separators=(",", ":"), default=str)[:-1]
-        for frame_type, payload in frames
+        jsontext.dumps({"type": frame_type, **payload})[:-1] for frame_type, payload in frames
     ]
     keys = [
         redis_keys.frame_seq(session_id),
@@ -150,15 +157,18 @@ def _publish_call(
         len(bodies),
         *bodies,
     ]
-    return keys, args
+    return keys, args, bodies
 
 
-def _delivered(result: list[Any], send: Fanout) -> list[dict]:
-    """Hand the stored frames (the script's answer) to the fan-out; the frames as dicts."""
-    first, others, stored = result
-    texts = [frame.decode() if isinstance(frame, bytes) else frame for frame in stored]
-    send([(int(first) + offset, text) for offset, text in enumerate(texts)], int(others) > 0)
-    return [cast(dict, json.loads(text)) for text in texts]
+def _delivered(result: list[Any], bodies: list[str], send: Fanout) -> list[str]:
+    """The frames completed with their seqs as the script stored them, handed to the
+    fan-out; their text."""
+    first, others = int(result[0]), int(result[1])
+    numbered = [
+        (first + offset, f'{body},"seq":{first + offset}}}') for offset, body in enumerate(bodies)
+    ]
+    send(numbered, others > 0)
+    return [text for _, text in numbered]
 
 
 def frames_after(session_id: uuid.UUID | str, after_seq: int) -> list[tuple[int, str]]:
@@ -223,12 +233,12 @@ class FramePublisher:
             return
         stamped = [(frame_type, {**payload, **self.extra}) for frame_type, payload in frames]
 
-        def to_local(published: list[dict]) -> None:
+        def to_local(texts: list[str]) -> None:
             if self.local is not None:
-                for (frame_type, _), frame in zip(frames, published, strict=True):
-                    self.local(frame_type, frame)
+                for (frame_type, _), text in zip(frames, texts, strict=True):
+                    self.local(frame_type, cast(dict, jsontext.loads(text)))
 
         if batched:
             publish_batched(self.session_id, stamped, self.fanout, then=to_local)
         else:
-            to_local(publish_many(self.session_id, stamped, self.fanout))
+            to_local(_publish(self.session_id, stamped, self.fanout))

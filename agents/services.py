@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from agentplatform.core.audit import Actor, audit_delete, audit_record, audited, unaudited
+from agentplatform.infra import jsontext
 from agentplatform.models import Tenant
 from agents.models import Agent, Message, Session
 
@@ -223,7 +223,7 @@ def _update_sql(update: CompanionUpdate, params: dict[str, Any]) -> str:
         elif value is NOW:
             sql = "clock_timestamp()"
         elif isinstance(value, dict | list):
-            params[f"u{index}"] = json.dumps(value)
+            params[f"u{index}"] = jsontext.dumps(value)
             sql = f"%(u{index})s::jsonb"
         else:
             params[f"u{index}"] = value
@@ -282,7 +282,7 @@ def messages_append_with(
         "contents": [m.content for m in messages],
         "tokens": [m.token_count for m in messages],
         "statuses": [m.status for m in messages],
-        "metadata": [json.dumps(m.metadata or {}) for m in messages],
+        "metadata": [jsontext.dumps(m.metadata or {}) for m in messages],
     }
     sql = _APPEND.format(
         fence="AND lease_holder = %(fence)s" if fence else "",

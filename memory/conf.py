@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,14 @@ class MemorySettings:
     IDLE_SUMMARY_SECONDS: int = 1800
 
 
+@functools.cache
 def memory_settings() -> MemorySettings:
+    """Built once and kept; a test's override_settings of MEMORY clears it (below)."""
     overrides: dict[str, Any] = getattr(settings, "MEMORY", {})
     return MemorySettings(**overrides)
+
+
+@receiver(setting_changed)
+def _forget_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == "MEMORY":
+        memory_settings.cache_clear()

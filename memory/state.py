@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from psycopg.types.json import Jsonb
 
+from agentplatform.infra import jsontext
 from agents.engine.context import working_memory_budget
 from agents.engine.ports import (
     CheckpointRequest,
@@ -184,9 +185,9 @@ def _checkpoint_row(
             "high_water_seq": SeqRef(new_messages - 1),
             "memory_first_seq": first,
             "memory_tokens": memory.tokens,
-            "task_state": Jsonb(memory.task_state),
-            "metadata": Jsonb(request.metadata),
-            "side_effects": Jsonb(request.side_effects),
+            "task_state": Jsonb(memory.task_state, dumps=jsontext.dumps_bytes),
+            "metadata": Jsonb(request.metadata, dumps=jsontext.dumps_bytes),
+            "side_effects": Jsonb(request.side_effects, dumps=jsontext.dumps_bytes),
             "turn_key": request.turn_key,
             "turn_open": request.turn_open,
             "turn_first_seq": request.turn_first_seq,

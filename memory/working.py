@@ -7,11 +7,10 @@ working memory equals the one that was lost.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import cast
 
-from agentplatform.infra import redis_keys
+from agentplatform.infra import jsontext, redis_keys
 from agentplatform.infra.redis import deferred, get_redis
 from agents.engine.ports import WorkingMemory, WorkingMemoryRead, WorkingMessage
 from agents.models import Message, Session
@@ -23,7 +22,7 @@ REBUILD_BATCH = 200
 
 def wm_read(session: Session) -> WorkingMemory | None:
     raw = cast(bytes | None, get_redis().get(redis_keys.working_memory(session.pk)))
-    return None if raw is None else WorkingMemory.from_dict(json.loads(raw))
+    return None if raw is None else WorkingMemory.from_dict(jsontext.loads(raw))
 
 
 def wm_read_batched(session: Session) -> WorkingMemoryRead:
@@ -31,7 +30,7 @@ def wm_read_batched(session: Session) -> WorkingMemoryRead:
     read = WorkingMemoryRead()
 
     def answered(raw: bytes | None) -> None:
-        read.memory = None if raw is None else WorkingMemory.from_dict(json.loads(raw))
+        read.memory = None if raw is None else WorkingMemory.from_dict(jsontext.loads(raw))
         read.done = True
 
     deferred("get", redis_keys.working_memory(session.pk), then=answered)
@@ -39,7 +38,7 @@ def wm_read_batched(session: Session) -> WorkingMemoryRead:
 
 
 def wm_write(session: Session, memory: WorkingMemory, ttl_seconds: int) -> None:
-    payload = json.dumps(memory.as_dict(), separators=(",", ":"))
+    payload = jsontext.dumps_bytes(memory.as_dict())
     deferred("set", redis_keys.working_memory(session.pk), payload, ex=ttl_seconds)
 
 
