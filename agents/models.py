@@ -199,7 +199,11 @@ class Message(TenantOwned):
         INTERRUPTED = "interrupted"  # a partial reply cut off by a newer message
         FAILED = "failed"  # a user message whose turn failed (e.g. the LLM endpoint broke)
 
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="messages")
+    # No index of its own: message_unique_seq (session, seq) serves every lookup by session,
+    # and each index is one more insert per message.
+    session = models.ForeignKey(
+        Session, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
     seq = models.PositiveBigIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField()
@@ -236,7 +240,10 @@ class Run(TenantOwned):
     FINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="runs")
+    # run_session_created (session, -created_at) serves lookups by session.
+    session = models.ForeignKey(
+        Session, on_delete=models.CASCADE, related_name="runs", db_index=False
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     background = models.BooleanField(default=False)
     content = models.TextField()

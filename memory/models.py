@@ -28,8 +28,9 @@ class Checkpoint(TenantOwned):
         MANUAL = CheckpointKind.MANUAL
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # checkpoint_session_created (session, -created_at) serves lookups by session.
     session = models.ForeignKey(
-        "agents.Session", on_delete=models.CASCADE, related_name="checkpoints"
+        "agents.Session", on_delete=models.CASCADE, related_name="checkpoints", db_index=False
     )
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     kind = models.CharField(max_length=16, choices=Kind.choices)
