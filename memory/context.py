@@ -52,12 +52,23 @@ class Parts:
 
 
 def compile_extras(
-    *, session: Session, agent: Agent, query: str, budget: int, first_in_memory: int | None
+    *,
+    session: Session,
+    agent: Agent,
+    query: str,
+    budget: int,
+    first_in_memory: int | None,
+    read: LookupRead | None = None,
 ) -> ContextExtras:
+    """The extras of a context whose oldest message in working memory is `first_in_memory`;
+    `read` is the lookup read with the lease's claim, used when it was for this context."""
     parts = Parts()
     conf = memory_settings()
     tenant = Tenant(pk=session.tenant_id)
-    lookup = turn_lookup(session, first_in_memory)
+    if read is not None and read.lookup is not None and read.first_in_memory == first_in_memory:
+        lookup = read.lookup
+    else:
+        lookup = turn_lookup(session, first_in_memory)
     if query.strip() and lookup.memories:
         hits = memory_search(
             tenant=tenant,
@@ -127,9 +138,9 @@ def _when(summary: SummaryRow, session: Session) -> str:
 # stops one past the exact-scan limit: the search plan only needs to know which side it is
 # on), how far this session is compacted, and the newest summaries for the context: this
 # session's compactions of messages no longer in working memory and the end user's other
-# sessions' summaries, through the (tenant, user_id, -created_at) index.
-_LOOKUP = """
-SELECT
+# sessions' summaries, through the (tenant, user_id, -created_at) index. Three scalar
+# expressions, so that the lease's claim can read them too (LookupRead).
+_LOOKUP_COLUMNS = """
   (SELECT count(*) FROM (
      SELECT 1 FROM memory_memory
      WHERE tenant_id = %(tenant)s AND user_id = %(user)s AND status = 'active' LIMIT %(cap)s
@@ -147,9 +158,9 @@ SELECT
 """
 
 
-def turn_lookup(session: Session, first_in_memory: int | None) -> Lookup:
+def _lookup_params(session: Session, first_in_memory: int | None) -> dict[str, Any]:
     conf = memory_settings()
-    params: dict[str, Any] = {
+    return {
         "tenant": session.tenant_id,
         "user": session.user_id,
         "session": session.pk,
@@ -157,9 +168,38 @@ def turn_lookup(session: Session, first_in_memory: int | None) -> Lookup:
         "first": first_in_memory,
         "limit": conf.CONTEXT_SUMMARIES,
     }
+
+
+def turn_lookup(session: Session, first_in_memory: int | None) -> Lookup:
     with connection.cursor() as cursor:
-        cursor.execute(_LOOKUP, params)
-        memories, compacted_through, summaries = cursor.fetchone()
+        cursor.execute(f"SELECT {_LOOKUP_COLUMNS}", _lookup_params(session, first_in_memory))
+        return _lookup_from(cursor.fetchone())
+
+
+@dataclass
+class LookupRead:
+    """`turn_lookup` for a context starting at `first_in_memory`, read by another statement
+    (the lease's claim: agents.engine.concurrency.ClaimRead), so a turn makes one round trip
+    fewer. `lookup` once that statement ran."""
+
+    session: Session
+    first_in_memory: int | None
+    lookup: Lookup | None = None
+
+    @property
+    def columns(self) -> str:
+        return _LOOKUP_COLUMNS
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _lookup_params(self.session, self.first_in_memory)
+
+    def take(self, values: tuple[Any, ...]) -> None:
+        self.lookup = _lookup_from(values)
+
+
+def _lookup_from(values: tuple[Any, ...]) -> Lookup:
+    memories, compacted_through, summaries = values
     rows = json.loads(summaries) if isinstance(summaries, str) else summaries
     return Lookup(
         memories=int(memories),

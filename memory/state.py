@@ -14,6 +14,7 @@ from agentplatform.infra import jsontext
 from agents.engine.context import working_memory_budget
 from agents.engine.ports import (
     CheckpointRequest,
+    ClaimRead,
     ContextExtras,
     TurnProgress,
     WorkingMemory,
@@ -29,7 +30,7 @@ from agents.services import (
     SeqRef,
     messages_append_with,
 )
-from memory.context import compile_extras
+from memory.context import LookupRead, compile_extras
 from memory.followups import compaction_request, extraction_request
 from memory.models import Checkpoint
 from memory.summaries import compaction_range
@@ -38,12 +39,26 @@ from memory.working import wm_fit, wm_read, wm_read_batched, wm_rebuild, wm_writ
 
 class PlatformState:
     def context_extras(
-        self, *, session: Session, agent: Agent, query: str, budget: int, memory: WorkingMemory
+        self,
+        *,
+        session: Session,
+        agent: Agent,
+        query: str,
+        budget: int,
+        memory: WorkingMemory,
+        read: ClaimRead | None = None,
     ) -> ContextExtras:
-        first = next(iter(memory.written_seqs()), None)
         return compile_extras(
-            session=session, agent=agent, query=query, budget=budget, first_in_memory=first
+            session=session,
+            agent=agent,
+            query=query,
+            budget=budget,
+            first_in_memory=next(iter(memory.written_seqs()), None),
+            read=read if isinstance(read, LookupRead) else None,
         )
+
+    def context_read(self, *, session: Session, memory: WorkingMemory) -> ClaimRead:
+        return LookupRead(session, next(iter(memory.written_seqs()), None))
 
     def after_turn(
         self,

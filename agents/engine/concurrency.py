@@ -27,6 +27,7 @@ from agentplatform.http import idempotency
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import deferred, get_redis
 from agents.conf import agents_settings
+from agents.engine.ports import ClaimRead
 from agents.models import Agent, Session
 from agents.services import StaleLease
 
@@ -132,15 +133,16 @@ class Lease:
         return mode if holder == self.holder else None
 
 
-# The claim also reads whether a run waits for an action on the session, and may write the
-# turn's run row (ClaimRow): no extra round trip for either.
+# The claim also reads whether a run waits for an action on the session, may write the
+# turn's run row (ClaimRow) and read what the turn reads next (ClaimRead): no extra round
+# trip for any of them.
 _CLAIM_ROW = """
 WITH async AS (SELECT set_config('synchronous_commit', 'off', true)),
 claim AS (
     UPDATE agents_session SET lease_holder = %(holder)s FROM async WHERE id = %(session)s
     RETURNING awaiting_turn
 ){row}
-SELECT awaiting_turn FROM claim
+SELECT awaiting_turn{read} FROM claim
 """
 
 
@@ -192,6 +194,7 @@ def lease_try_acquire(
     stop_key: str | None = None,
     with_row: ClaimRow | None = None,
     offer: LeaseOffer | None = None,
+    with_read: ClaimRead | None = None,
 ) -> Lease | None:
     """The session's lease, claimed in PostgreSQL too (the fencing token), or None when
     another turn holds it. With an `offer` already answered, Redis is not asked again."""
@@ -206,17 +209,21 @@ def lease_try_acquire(
             return None
     lease = Lease(session_id=session.pk, holder=holder.hex, ttl_ms=ttl_ms, stop_key=stop_key)
     params: dict[str, Any] = {"holder": holder, "session": session.pk}
-    row_sql = ""
+    row_sql, read_sql = "", ""
     if with_row is not None:
         row_sql, params = f", row AS ({with_row.sql} FROM claim)", params | with_row.params
+    if with_read is not None:
+        read_sql, params = f", {with_read.columns}", params | with_read.params
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_ROW.format(row=row_sql), params)
+            cursor.execute(_CLAIM_ROW.format(row=row_sql, read=read_sql), params)
             row = cursor.fetchone()
     except BaseException:
         lease.release()  # PostgreSQL is down, say: the next turn need not wait for expiry
         raise
     lease.awaiting = row[0] if row else ""
+    if row and with_read is not None:
+        with_read.take(tuple(row[1:]))
     return lease
 
 
@@ -239,13 +246,17 @@ def admit(
     stop_key: str | None = None,
     with_row: ClaimRow | None = None,
     offer: LeaseOffer | None = None,
+    with_read: ClaimRead | None = None,
 ) -> Lease:
     """Wait for the session per the agent's double-text policy; return the held lease.
     `stop_key` is the run's cancel key: set while the turn waits, it gives up. `with_row`
     is written with the claim, or before the turn waits. `offer` is the first try, made
-    in a batch before."""
+    in a batch before; `with_read` is read with its claim (only that first try's: a turn
+    that waited reads afresh)."""
     policy = agent.double_text_policy
-    lease = lease_try_acquire(session, stop_key=stop_key, with_row=with_row, offer=offer)
+    lease = lease_try_acquire(
+        session, stop_key=stop_key, with_row=with_row, offer=offer, with_read=with_read
+    )
     if lease is not None:
         return lease
     if policy == Agent.DoubleTextPolicy.REJECT:

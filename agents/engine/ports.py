@@ -149,6 +149,19 @@ class CheckpointRecord:
     high_water_seq: int
 
 
+class ClaimRead(Protocol):
+    """What the lease's claim statement also reads (agents.engine.concurrency): `columns`,
+    scalar SQL expressions over `params`, whose values it hands to `take`."""
+
+    @property
+    def columns(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    def take(self, values: tuple[Any, ...]) -> None: ...
+
+
 class StateBackend(Protocol):
     def load_working_memory(
         self, *, session: Session, agent: Agent, read: WorkingMemoryRead | None = None
@@ -170,9 +183,22 @@ class StateBackend(Protocol):
         ...
 
     def context_extras(
-        self, *, session: Session, agent: Agent, query: str, budget: int, memory: WorkingMemory
+        self,
+        *,
+        session: Session,
+        agent: Agent,
+        query: str,
+        budget: int,
+        memory: WorkingMemory,
+        read: ClaimRead | None = None,
     ) -> ContextExtras:
-        """Summaries and semantic memories for this turn, within `budget` tokens."""
+        """Summaries and semantic memories for this turn, within `budget` tokens; `read` is
+        what `context_read` asked the claim to read (used when it was for this context)."""
+        ...
+
+    def context_read(self, *, session: Session, memory: WorkingMemory) -> ClaimRead:
+        """What `context_extras` will read from PostgreSQL for a context like `memory`, to
+        be read by the lease's claim instead: one round trip fewer."""
         ...
 
     def after_turn(

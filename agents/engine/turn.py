@@ -46,6 +46,7 @@ from agents.engine.ports import (
     CheckpointKind,
     CheckpointRecord,
     CheckpointRequest,
+    ClaimRead,
     ContextExtras,
     TurnProgress,
     WorkingMemory,
@@ -226,6 +227,7 @@ def turn_run(
         # A resumed run's message was accepted before.
         accepted = content if run.user_message_id is None else None
         offer, first_read = _first_round_trip(session, publisher, accepted)
+        claim_read = _context_read(session, agent, content, first_read) if offer.taken else None
         lease = admit(
             session=session,
             agent=agent,
@@ -233,6 +235,7 @@ def turn_run(
             stop_key=redis_keys.run_stop(session.pk, run.pk),
             with_row=new_run,
             offer=offer,
+            with_read=claim_read,
         )
         # Read before this turn held the lease (the turn before may change it), or before
         # settling a waiting run (which saves working memory): read again.
@@ -247,7 +250,16 @@ def turn_run(
         # The final frames, working-memory save and the release share one Redis round trip.
         with write_batch():
             try:
-                turn = _Turn(session, agent, lease, publisher, turn_key, run, read=read)
+                turn = _Turn(
+                    session,
+                    agent,
+                    lease,
+                    publisher,
+                    turn_key,
+                    run,
+                    read=read,
+                    claim_read=claim_read,
+                )
                 result = turn.run(content, metadata, resumable=resumable)
             finally:
                 lease.release()
@@ -283,6 +295,25 @@ def _first_round_trip(
             offer.give_back()
         raise
     return offer, read
+
+
+def _context_read(
+    session: Session, agent: Agent, content: str, read: WorkingMemoryRead
+) -> ClaimRead | None:
+    """What the context of this turn will read from PostgreSQL (its memory tiers), to read
+    with the lease's claim: the context as `_prepare` will fit it, from the working memory
+    read with the lease's offer. When the turn's context turns out otherwise (a resumed
+    turn, a settled waiting run), the state backend reads afresh."""
+    if not read.done or read.memory is None:
+        return None
+    state = state_backend()
+    tokens = backend_for(agent).count_tokens(content)
+    user = WorkingMessage(SeqRef(0), Message.Role.USER, content, tokens)
+    context = state.fit_working_memory(
+        memory=replace(read.memory, messages=[*read.memory.messages, user]),
+        budget=working_memory_budget(agent),
+    )
+    return state.context_read(session=session, memory=context)
 
 
 def turn_settle(*, session: Session, run: Run, settle: Settle) -> TurnResult | None:
@@ -405,6 +436,7 @@ class _Turn:
         *,
         settle: Settle | None = None,
         read: WorkingMemoryRead | None = None,
+        claim_read: ClaimRead | None = None,
     ) -> None:
         self.session = session
         self.agent = agent
@@ -426,6 +458,7 @@ class _Turn:
         self.llm_seconds = 0.0
         self.checkpoint_asked = False
         self.read = read  # the working memory, read with the lease's offer
+        self.claim_read = claim_read  # the memory tiers' lookup, read with its claim
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -489,6 +522,7 @@ class _Turn:
             query=content,
             budget=extras_budget(self.agent),
             memory=context,
+            read=self.claim_read,
         )
         return _Prepared(
             memory, user, context, extras, compiled_record(self.agent, context, extras)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -159,27 +160,27 @@ def _wait_for_lease_expiry(persona: Persona) -> None:
     wait_until(lambda: not get_redis().exists(key), what="the lease to expire")
 
 
+def _in_a_task() -> bool:
+    """Whether a Celery task (run eagerly by the tests) is on the call stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if "/celery/" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def _count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count what the turn sends to Redis: one packed send is one round trip (a pipeline
     packs all its commands into one). Celery's eager tasks (the follow-ups, which a worker
     runs in production) are left out."""
-    import sys
-
     import redis.connection
 
     sent: list[int] = []
     original = redis.connection.AbstractConnection.send_packed_command
 
-    def in_a_task() -> bool:
-        frame = sys._getframe(2)
-        while frame is not None:
-            if "/celery/" in frame.f_code.co_filename:
-                return True
-            frame = frame.f_back  # type: ignore[assignment]
-        return False
-
     def counting(self: object, command: object, check_health: bool = True) -> None:
-        if not in_a_task():
+        if not _in_a_task():
             sent.append(1)
         original(self, command, check_health)  # type: ignore[arg-type]
 
@@ -221,3 +222,24 @@ def test_a_turn_whose_first_round_trip_fails_gives_the_lease_back(
     get_redis().delete(stream)
     result = turn_run(session=alice.session, content="again")  # no wait for the lease's expiry
     assert result.assistant_message is not None
+
+
+def test_a_turn_makes_two_statements_the_claim_reading_its_memory_tiers(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    from agents.engine.turn import turn_run
+
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if not _in_a_task():  # Celery's eager follow-ups run in a worker in production
+            statements.append(sql)
+        return execute(sql, params, many, context)
+
+    turn_run(session=alice.session, content="warm up")
+    with connection.execute_wrapper(record):
+        turn_run(session=alice.session, content="count me")
+    # The claim (with the run's row and the memory tiers' lookup), then the write.
+    assert len(statements) == 2
+    assert "lease_holder" in statements[0] and "memory_summary" in statements[0]
+    assert "INSERT INTO agents_message" in statements[1]
