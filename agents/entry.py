@@ -23,12 +23,15 @@ from typing import Any
 from agentplatform.http import idempotency
 from agentplatform.http.idempotency import IdempotencyKey, KeyReused
 from agents.conf import agents_settings
+from agents.engine.concurrency import QueueTimeout, RunCancelled, SessionBusy
 from agents.engine.turn import Emit, TurnResult, turn_run
 from agents.errors import ContentInvalid, KeyInProgress, KeyUsedForAnotherMessage
 from agents.live import Fanout
 from agents.models import Run, Session
 
 MAX_CLIENT_MESSAGE_ID = 100
+# The turn failures that come before a turn writes anything: its key can be used afresh.
+REFUSED_BEFORE_RUNNING = (SessionBusy, QueueTimeout, RunCancelled)
 
 
 def content_validate(content: object) -> str:
@@ -82,6 +85,7 @@ class PendingTurn:
     record_id: int | None = None
     turn_key: str | None = None
     run_row: Run | None = None  # a background run's row; else the turn opens its own run
+    new_key: bool = False  # its key was never used: no earlier attempt to resume
     replay: tuple[int, Any] | None = None
     recorded: Any = None  # what `record` made of the result: the body a retry gets
 
@@ -101,18 +105,21 @@ class PendingTurn:
                     fanout=sink.fanout,
                     turn_key=self.turn_key,
                     run=self.run_row,
+                    new_key=self.new_key,
                 )
-            except BaseException:
-                self.abandon()
+            except BaseException as error:
+                # Refused before it ran, the turn wrote nothing: its key is forgotten. Else it
+                # may have written part of itself, which a retry under the key resumes.
+                self.abandon(forget=isinstance(error, REFUSED_BEFORE_RUNNING))
                 raise
         self.recorded = record(result) if record is not None else {"outcome": result.outcome}
         if self.record_id is not None:
             idempotency.idempotency_complete(self.record_id, 201, self.recorded)
         return result
 
-    def abandon(self) -> None:
+    def abandon(self, *, forget: bool = True) -> None:
         if self.record_id is not None:
-            idempotency.idempotency_release(self.record_id)
+            idempotency.idempotency_release(self.record_id, forget=forget)
 
 
 def turn_begin(
@@ -148,4 +155,5 @@ def turn_begin(
         raise KeyInProgress(str(error)) from None
     pending.record_id, pending.replay = claim.record_id, claim.replay
     pending.turn_key = idempotency.key_digest(session.tenant_id, key.key)
+    pending.new_key = claim.created
     return pending

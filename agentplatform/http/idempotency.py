@@ -73,6 +73,8 @@ class InProgress(Exception):
 class Claim:
     record_id: int
     replay: tuple[int, Any] | None  # (status, body) of the first request, when it finished
+    # The key was new: no request ran under it before (nothing to resume or find).
+    created: bool = False
 
 
 def idempotency_claim(
@@ -95,7 +97,7 @@ def idempotency_claim(
                 locked_until=now + _lock(),
                 expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS),
             )
-        return Claim(record.pk, None)
+        return Claim(record.pk, None, created=True)
     except IntegrityError:
         pass
     with transaction.atomic():
@@ -205,8 +207,15 @@ def idempotency_complete(record_id: int, status_code: int, data: Any) -> None:
     )
 
 
-def idempotency_release(record_id: int) -> None:
-    IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True).delete()
+def idempotency_release(record_id: int, *, forget: bool = True) -> None:
+    """Let a retry run the request again: the key is forgotten (the request did nothing),
+    or kept with its lock lifted (it did part of its work: a retry takes the key over, and
+    a turn resumes what its first attempt left)."""
+    pending = IdempotencyRecord.objects.filter(pk=record_id, status_code__isnull=True)
+    if forget:
+        pending.delete()
+    else:
+        pending.update(locked_until=None)
 
 
 def heartbeat() -> None:

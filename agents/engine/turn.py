@@ -193,18 +193,22 @@ def turn_run(
     fanout: Fanout | None = None,
     turn_key: str | None = None,
     run: Run | None = None,
+    new_key: bool = False,
 ) -> TurnResult:
     """Run one turn of `session` for the user's `content`; see the module docstring.
 
     Every frame of the turn is published to the session (stream + open sockets); `emit`
     also receives them, numbered (the SSE response of this request). A turn begun before
-    under the same `turn_key` is resumed (or, when it finished, its result returned). The
-    turn is `run` (a background run, taken by a worker) or a new run its caller waits on.
+    under the same `turn_key` is resumed (or, when it finished, its result returned), unless
+    `new_key` says the key was created for this turn. The turn is `run` (a background run,
+    taken by a worker) or a new run its caller waits on.
     """
     started = time.perf_counter()
     agent: Agent = session.agent
     publisher = FramePublisher(session.pk, local=emit, fanout=fanout)
-    resumable = turn_key is not None  # only a caller's key can have been used before
+    # Only a caller's key can have been used before, unless it was just created (then no
+    # earlier attempt left a run or messages to find: two lookups fewer).
+    resumable = turn_key is not None and not new_key
     turn_key = turn_key or uuid.uuid4().hex
     metadata = {**(metadata or {}), "turn": turn_key}
     new_run = None

@@ -122,7 +122,22 @@ def test_a_turn_cut_off_by_an_unexpected_error_releases_its_key(
         )
         with pytest.raises(RuntimeError):
             pending.run()
-    assert not IdempotencyRecord.objects.filter(tenant=alice.tenant).exists()
+    # The key is kept with its lock lifted (the turn may have written part of itself, which
+    # a retry resumes): a retry takes it over at once.
+    record = IdempotencyRecord.objects.get(tenant=alice.tenant)
+    assert record.locked_until is None and record.status_code is None
+    monkeypatch.undo()
+    if transport is _rest:
+        response = alice.client().post(
+            f"/api/v1/sessions/{alice.session.pk}/messages/",
+            {"content": "x"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="door-2",
+        )
+        assert response.status_code == 201
+    else:
+        key = client_message_key(alice.session, "door-2", "x")
+        assert turn_begin(session=alice.session, content="x", key=key).run().outcome == "completed"
 
 
 def test_a_stray_value_error_inside_a_turn_is_a_server_error_not_bad_content(
@@ -218,3 +233,37 @@ def test_a_queued_turn_keeps_its_key_alive_while_it_waits(
 
     assert second.record_id is not None and beats.count(second.record_id) >= 1
     assert IdempotencyRecord.objects.get(pk=second.record_id).status_code == 201
+
+
+def test_a_new_key_looks_for_no_earlier_attempt_and_a_retried_one_does(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    from django.db import connection
+
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    def earlier_attempt_lookups() -> list[str]:
+        return [
+            sql
+            for sql in statements
+            if sql.lstrip().startswith("SELECT") and '"turn_key" = ' in sql
+        ]
+
+    key = client_message_key(alice.session, "m1", "hello")
+    with connection.execute_wrapper(record):
+        turn_begin(session=alice.session, content="hello", key=key).run()
+    assert earlier_attempt_lookups() == []  # the key was created for this turn
+
+    # A key whose first attempt died (its lock lapsed) is taken over: the retry must look for
+    # what that attempt left, to resume it.
+    key = client_message_key(alice.session, "m2", "again")
+    first = turn_begin(session=alice.session, content="again", key=key)
+    IdempotencyRecord.objects.filter(pk=first.record_id).update(locked_until=None)
+    statements.clear()
+    with connection.execute_wrapper(record):
+        turn_begin(session=alice.session, content="again", key=key).run()
+    assert len(earlier_attempt_lookups()) == 2
