@@ -86,8 +86,11 @@ def idempotency_claim(
     still runs (and its lock is fresh). A lock that lapsed (its holder died) is taken over.
     """
     now = timezone.now()
+    # Alone, the INSERT is its own transaction (one round trip, where BEGIN and COMMIT made
+    # three); inside a caller's transaction a savepoint keeps a duplicate from breaking it.
+    alone = not transaction.get_connection().in_atomic_block
     try:
-        with transaction.atomic():
+        with contextlib.nullcontext() if alone else transaction.atomic():
             record = IdempotencyRecord.objects.create(
                 tenant=tenant,
                 key=key,
