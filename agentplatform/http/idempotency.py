@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
@@ -77,6 +77,22 @@ class Claim:
     created: bool = False
 
 
+# A new key in one statement (a duplicate is no error, so no transaction or savepoint is
+# needed around it). Its commit skips the WAL flush: whatever the request then writes commits
+# durably after it, which flushes this row too; if a crash loses the row, the request had
+# written nothing durable, and a retry runs it afresh.
+_CLAIM_NEW = f"""
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO {IdempotencyRecord._meta.db_table}
+    (tenant_id, key, method, path, fingerprint, locked_until, expires_at, created_at)
+SELECT %(tenant)s, %(key)s, %(method)s, %(path)s, %(fingerprint)s, %(locked_until)s,
+    %(expires_at)s, now()
+FROM async
+ON CONFLICT ON CONSTRAINT idempotency_unique_key DO NOTHING
+RETURNING id
+"""  # noqa: S608 - the table name comes from the model
+
+
 def idempotency_claim(
     *, tenant: Tenant, key: str, method: str, path: str, fingerprint: str
 ) -> Claim:
@@ -86,23 +102,20 @@ def idempotency_claim(
     still runs (and its lock is fresh). A lock that lapsed (its holder died) is taken over.
     """
     now = timezone.now()
-    # Alone, the INSERT is its own transaction (one round trip, where BEGIN and COMMIT made
-    # three); inside a caller's transaction a savepoint keeps a duplicate from breaking it.
-    alone = not transaction.get_connection().in_atomic_block
-    try:
-        with contextlib.nullcontext() if alone else transaction.atomic():
-            record = IdempotencyRecord.objects.create(
-                tenant=tenant,
-                key=key,
-                method=method,
-                path=path[:500],
-                fingerprint=fingerprint,
-                locked_until=now + _lock(),
-                expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS),
-            )
-        return Claim(record.pk, None, created=True)
-    except IntegrityError:
-        pass
+    params: dict[str, Any] = {
+        "tenant": tenant.pk,
+        "key": key,
+        "method": method,
+        "path": path[:500],
+        "fingerprint": fingerprint,
+        "locked_until": now + _lock(),
+        "expires_at": now + timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_NEW, params)
+        created = cursor.fetchone()
+    if created is not None:
+        return Claim(created[0], None, created=True)
     with transaction.atomic():
         record = IdempotencyRecord.objects.select_for_update().get(tenant=tenant, key=key)
         live = record.expires_at > now
@@ -203,11 +216,23 @@ def idempotency_complete(record_id: int, status_code: int, data: Any) -> None:
     if status_code in RETRYABLE or status_code >= 500 or data is None:
         idempotency_release(record_id)
         return
-    IdempotencyRecord.objects.filter(pk=record_id).update(
-        status_code=status_code,
-        response_body=json.loads(json.dumps(data, default=str)),
-        locked_until=None,
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _COMPLETE,
+            {"id": record_id, "status": status_code, "body": json.dumps(data, default=str)},
+        )
+
+
+# The first response, kept for repeats. Its commit skips the WAL flush: the request's own
+# writes committed durably before it; if a crash loses this row, the key stays locked until
+# its lock lapses and a retry then takes it over, and a turn retried so finds its finished
+# run (agents.engine.turn) instead of running twice.
+_COMPLETE = f"""
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE {IdempotencyRecord._meta.db_table}
+SET status_code = %(status)s, response_body = %(body)s::jsonb, locked_until = NULL
+FROM async WHERE id = %(id)s
+"""  # noqa: S608 - the table name comes from the model
 
 
 def idempotency_release(record_id: int, *, forget: bool = True) -> None:

@@ -222,6 +222,10 @@ def turn_run(
         )
         new_run = opened if isinstance(opened, NewRun) else None
         run = opened.run if isinstance(opened, NewRun) else opened
+        if new_run is None and run.status == Run.Status.COMPLETED and run.user_message_id:
+            # It finished under this key, but its caller never learnt it (the process died
+            # before the key recorded the result): its result, never a second run.
+            return _finished(run)
     # Every frame of this turn names it, so a page can pair replies with their message.
     publisher.extra = {"turn": turn_key, "run": str(run.pk)}
     if client_message_id:
@@ -279,6 +283,15 @@ def turn_run(
     result.platform_seconds = time.perf_counter() - started - result.llm_seconds
     result.run = run
     return result
+
+
+def _finished(run: Run) -> TurnResult:
+    """The result of a run that completed before."""
+    ids = [run.user_message_id, run.assistant_message_id]
+    rows = list(Message.objects.filter(session_id=run.session_id, pk__in=ids).order_by("seq"))
+    user = next(row for row in rows if row.pk == run.user_message_id)
+    reply = next((row for row in rows if row.pk == run.assistant_message_id), None)
+    return TurnResult(Outcome.COMPLETED, user, reply, None, None, 0, run=run)
 
 
 def _first_round_trip(

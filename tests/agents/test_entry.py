@@ -267,3 +267,28 @@ def test_a_new_key_looks_for_no_earlier_attempt_and_a_retried_one_does(
     with connection.execute_wrapper(record):
         turn_begin(session=alice.session, content="again", key=key).run()
     assert len(earlier_attempt_lookups()) == 2
+
+
+def test_a_finished_turn_whose_key_lost_its_result_is_not_run_twice(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    # The key records a turn's result after the turn's own write; a process that died in
+    # between (or a crash that lost that record's unflushed commit) leaves the key without
+    # it. The retry takes the key over and must find the finished run, not run it again,
+    # even when no checkpoint tells the turn is done (the `transitions` policy writes none).
+    type(alice.agent).objects.filter(pk=alice.agent.pk).update(checkpoint_policy="transitions")
+    alice.session.refresh_from_db()
+    key = client_message_key(alice.session, "m1", "hello")
+    first = turn_begin(session=alice.session, content="hello", key=key).run()
+    IdempotencyRecord.objects.filter(tenant=alice.tenant).update(
+        status_code=None, response_body=None, locked_until=None
+    )
+    again = turn_begin(session=alice.session, content="hello", key=key)
+    assert again.replay is None
+    result = again.run()
+    assert result.user_message.pk == first.user_message.pk
+    assert result.assistant_message is not None and first.assistant_message is not None
+    assert result.assistant_message.pk == first.assistant_message.pk
+    assert Message.objects.filter(session=alice.session).count() == 2
+    record = IdempotencyRecord.objects.get(tenant=alice.tenant)
+    assert record.status_code == 201
