@@ -112,7 +112,12 @@ def test_on_a_single_redis_the_turns_write_batch_stays_one_round_trip(
         recording(get_redis(), monkeypatch) as recorded,
     ):
         _turns(alice, "reject", 1)
-    assert len(recorded.pipelines) == 1
-    keys = [k for _, keys in recorded.pipelines[0] for k in keys]
+    # The turn's first batch (its accepted frame, the lease, working memory) and its last
+    # (session keys and the tenant's extraction list), one pipeline each.
+    assert len(recorded.pipelines) == 2
+    first = [k for _, keys in recorded.pipelines[0] for k in keys]
+    assert redis_keys.lease(alice.session.pk).encode() in first
+    assert redis_keys.working_memory(alice.session.pk).encode() in first
+    keys = [k for _, keys in recorded.pipelines[1] for k in keys]
     assert redis_keys.pending_extraction(alice.tenant.pk).encode() in keys
     assert redis_keys.lease(alice.session.pk).encode() in keys
