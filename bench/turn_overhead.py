@@ -15,10 +15,14 @@ ratios that differed by 2x. Prints and saves bench/results/turn_overhead.json (+
 - row-level security: turns with the policies in force vs as the owner, alternating;
 - the breakdown: every SQL statement and Redis round trip of a turn, and the Python between;
 - the goals of issue 16, each with its measured value and whether it is met.
+
+`--only PART` runs one part and prints it (nothing is saved): `--only transports` while
+working on a transport.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
@@ -225,6 +229,8 @@ def _transports(tenant: Any, agent: Any, key: str) -> dict[str, Any]:
     results = {name: _median_of_rounds(each) for name, each in rounds.items()}
     for name, result in results.items():
         print(f"{name:<13} {result}")
+    ratio = results["websocket_c10"]["turns_per_s"] / results["service_c10"]["turns_per_s"]
+    print(f"websocket messages/s / service turns/s at 10 sessions: {ratio:.2f}")
     return results
 
 
@@ -531,7 +537,34 @@ def _plot(ours: list[float], theirs: list[float], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+PARTS = ("transports", "vs_langgraph", "row_level_security", "breakdown")
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        help="run this part alone and print it (the saved results and the goals need them all)",
+    )
+    return parser.parse_args()
+
+
+def _part(name: str, tenant: Any, agent: Any, key: str, owner_url: str) -> Any:
+    if name == "transports":
+        return _transports(tenant, agent, key)
+    if name == "vs_langgraph":
+        return {
+            "one_conversation": _one_conversation(tenant, agent, owner_url),
+            "concurrent": _concurrent_conversations(tenant, agent, owner_url),
+        }
+    if name == "row_level_security":
+        return _rls_cost(tenant, agent)
+    return _breakdown(tenant, agent)
+
+
 def main() -> None:
+    arguments = _arguments()
     # One database connection per client thread, and a few for the main thread's own work.
     setup_django(DB_POOL_MAX_SIZE=str(CONVERSATIONS + 4))
     import os
@@ -539,18 +572,19 @@ def main() -> None:
     tenant, agent, key = _tenant_and_agent()
     # LangGraph creates its own tables, so it runs as the owner (without row-level security).
     owner_url = os.environ["DATABASE_OWNER_URL"]
-    results: dict[str, Any] = {
-        "transports": _transports(tenant, agent, key),
-        "vs_langgraph": {
-            "one_conversation": _one_conversation(tenant, agent, owner_url),
-            "concurrent": _concurrent_conversations(tenant, agent, owner_url),
-        },
-        "row_level_security": _rls_cost(tenant, agent),
-        "breakdown": _breakdown(tenant, agent),
-    }
-    results["goals"] = _goals(results)
-    save("turn_overhead", results)
-    tenant.delete()
+    try:
+        if arguments.only:
+            # One part alone (while working on it): printed, not saved, so the results file
+            # always holds a whole run.
+            _part(arguments.only, tenant, agent, key, owner_url)
+            return
+        results: dict[str, Any] = {
+            name: _part(name, tenant, agent, key, owner_url) for name in PARTS
+        }
+        results["goals"] = _goals(results)
+        save("turn_overhead", results)
+    finally:
+        tenant.delete()
 
 
 if __name__ == "__main__":

@@ -294,6 +294,24 @@ async def test_the_run_frame_comes_once_its_client_message_id_is_recorded(
     await ws.disconnect()
 
 
+async def test_a_frame_reaches_its_handler_without_a_thread_hop_first(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    # Channels closes stale database connections before every handler, in a thread; the
+    # consumer's handlers use no connection on the loop, so a frame must not pay that hop.
+    llm.script(Step(reply="Quick"))
+    ws = _socket(alice)
+    await _open(ws)
+    with mock.patch("channels.consumer.aclose_old_connections") as hop:
+        await ws.send_json_to({"type": "ping"})
+        assert (await ws.receive_json_from(timeout=5))["type"] == "pong"
+        await ws.send_json_to({"type": "message", "content": "hi", "client_message_id": "h-1"})
+        frames = await _frames_until(ws, "run")
+    assert hop.call_count == 0
+    assert frames[-1]["status"] == "completed"
+    await ws.disconnect()
+
+
 async def test_the_end_user_decides_a_call_over_the_socket(
     alice: Persona, llm: ScriptedBackend
 ) -> None:
