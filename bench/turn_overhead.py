@@ -19,6 +19,7 @@ ratios that differed by 2x. Prints and saves bench/results/turn_overhead.json (+
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
@@ -532,11 +533,22 @@ def _plot(ours: list[float], theirs: list[float], path: Path) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        choices=["transports"],
+        help="run this part alone, print it and save nothing (a quick A/B while working on it)",
+    )
+    only = parser.parse_args().only
     # One database connection per client thread, and a few for the main thread's own work.
     setup_django(DB_POOL_MAX_SIZE=str(CONVERSATIONS + 4))
     import os
 
     tenant, agent, key = _tenant_and_agent()
+    if only == "transports":
+        _transports(tenant, agent, key)
+        tenant.delete()
+        return
     # LangGraph creates its own tables, so it runs as the owner (without row-level security).
     owner_url = os.environ["DATABASE_OWNER_URL"]
     results: dict[str, Any] = {
