@@ -7,14 +7,17 @@ import hmac
 import secrets
 import uuid
 from datetime import timedelta
+from functools import cache
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Model
 from django.utils import timezone
 
 from agentplatform.core import rls
 from agentplatform.core.audit import Actor, audit_delete, audit_record, audited
+from agentplatform.core.dbbackend.base import DatabaseWrapper as ScopedDatabaseWrapper
+from agentplatform.infra import rows
 from agentplatform.models import ApiKey, Membership, Tenant
 
 KEY_PREFIX_BYTES = 6  # 12 hex characters: unique lookup without a table scan
@@ -89,20 +92,56 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
     """The active key matching `raw` (with its tenant loaded), or None.
 
     The hash comparison is constant-time so response timing tells nothing about a near miss.
+    When the key is found, the database connection is left in its tenant's scope (a request
+    goes on there; code in another scope has its own set again before its next statement).
     """
     scheme, _, rest = raw.partition("_")
     prefix, _, secret = rest.partition("_")
     if scheme != "ap" or not prefix or not secret:
         return None
-    # The key names its tenant, so it is found across tenants (agentplatform/core/rls.py).
-    with rls.cross_tenant(rls.CrossTenantReason.CREDENTIAL_LOOKUP, "api key"):
-        key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
-        if key is None or not hmac.compare_digest(key.hashed_secret, _hash_secret(secret)):
-            return None
-        if key.revoked_at is not None or key.tenant.status != Tenant.Status.ACTIVE:
-            return None
+    key = _key_with_tenant(prefix)
+    if key is None or not hmac.compare_digest(key.hashed_secret, _hash_secret(secret)):
+        return None
+    if key.revoked_at is not None or key.tenant.status != Tenant.Status.ACTIVE:
+        return None
+    with rls.tenant_scope(key.tenant_id):  # the connection's scope already: no round trip
         _touch(key)
     return key
+
+
+def _key_with_tenant(prefix: str) -> ApiKey | None:
+    """The key with this prefix and its tenant, found across tenants (the key names its
+    tenant) by the SQL function of migration 0007, in the one statement that also moves the
+    connection into that tenant's scope. From the ORM this took three round trips per
+    request: into the cross-tenant scope, the lookup, into the tenant's scope."""
+    rls.log_crossing(rls.CrossTenantReason.CREDENTIAL_LOOKUP, "api key")
+    connection = connections[DEFAULT_DB_ALIAS]  # credentials never come from a replica
+    assert isinstance(connection, ScopedDatabaseWrapper)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_credential_sql(), [prefix])
+            row = cursor.fetchone()
+    except BaseException:
+        connection.scope_set_by_statement(None)
+        raise
+    if row is None:
+        return None  # no row: the set_config calls did not run either
+    keys = rows.width(ApiKey)
+    key = rows.from_row(ApiKey, row[2 : 2 + keys], DEFAULT_DB_ALIAS)
+    key.tenant = rows.from_row(Tenant, row[2 + keys :], DEFAULT_DB_ALIAS)
+    connection.scope_set_by_statement(rls.tenant_scope_of(key.tenant_id))
+    return key
+
+
+@cache
+def _credential_sql() -> str:
+    # Names from the models and rls; the prefix is a bound parameter.
+    return (
+        f"SELECT set_config('{rls.GUC_TENANTS}', (c.tenant).id::text, false), "  # noqa: S608
+        f"set_config('{rls.GUC_ALL}', 'off', false), "
+        f"{rows.select_list(ApiKey, '(c.api_key)')}, {rows.select_list(Tenant, '(c.tenant)')} "
+        "FROM agentplatform_api_key_credential(%s) c"
+    )
 
 
 def _touch(key: ApiKey) -> None:

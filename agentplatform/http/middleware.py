@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
 
 from agentplatform.core import rls
@@ -79,3 +83,33 @@ class TenantScopeMiddleware:
         from agentplatform.core.console import operator_roles  # the admin loads after middleware
 
         rls.enter(rls.tenant_scope_of(*operator_roles(request)))
+
+
+# The API (under API_PREFIX) authenticates by API key alone: no endpoint reads a browser
+# session, login or message, so the browser pages' middleware below passes API requests
+# straight through (they cost ~0.1 ms of each request's CPU: bench/turn_overhead.py).
+# Subclasses, so Django's checks still find them in MIDDLEWARE. CsrfViewMiddleware stays as it
+# is: `check --deploy` looks for it by name, and it costs API requests (CSRF-exempt) little.
+
+
+class _PassingApiRequests:
+    """Put before a MiddlewareMixin middleware: API requests skip it."""
+
+    get_response: Callable[[HttpRequest], Any]
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if request.path_info.startswith(settings.API_PREFIX):
+            return self.get_response(request)
+        return super().__call__(request)  # type: ignore[misc]
+
+
+class PagesSessionMiddleware(_PassingApiRequests, SessionMiddleware):
+    pass
+
+
+class PagesAuthenticationMiddleware(_PassingApiRequests, AuthenticationMiddleware):
+    pass
+
+
+class PagesMessageMiddleware(_PassingApiRequests, MessageMiddleware):
+    pass

@@ -145,18 +145,20 @@ MIDDLEWARE = [
     "agentplatform.http.middleware.StoreUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Pages*: Django's session, login and messages middleware, passing API requests through.
+    "agentplatform.http.middleware.PagesSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "agentplatform.http.middleware.PagesAuthenticationMiddleware",
     "agentplatform.http.middleware.TenantScopeMiddleware",
     "agentplatform.http.lag.ConsoleReadsMayLagMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "agentplatform.http.middleware.PagesMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "agentplatform.project.urls"
 CONSOLE_PREFIX = "/admin/"
+API_PREFIX = "/api/"  # the REST API: API keys only, no browser session (http/middleware.py)
 LOGIN_URL = f"{CONSOLE_PREFIX}login/"
 ASGI_APPLICATION = "agentplatform.project.asgi.application"
 # Threads per web process for the sync part of HTTP requests (agentplatform/http/asgi.py);

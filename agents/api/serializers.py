@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone as django_timezone
@@ -37,6 +37,10 @@ from agents.models import (
     validate_llm,
 )
 from agents.tenant_tools import tool_names_unknown
+
+if TYPE_CHECKING:
+    from agents.engine.turn import TurnResult
+    from agents.llm.base import Usage
 
 MAX_AGENT_TOOLS = 64
 MAX_TOOL_HEADERS = 20
@@ -156,16 +160,63 @@ class TurnResultSerializer(serializers.Serializer):
         {"type": "object", "nullable": True, "description": "The run's pending tool calls."}
     )
     def get_required_action(self, result: Any) -> dict[str, Any] | None:
-        if result.required_action is None:
-            return None
-        return {"tool_calls": result.required_action}
+        return _required_action(result)
 
     def get_timings(self, result: Any) -> dict[str, float]:
-        """Where the turn's time went: waiting for the LLM, and everything else."""
-        return {
-            "llm_ms": round(result.llm_seconds * 1000, 3),
-            "platform_ms": round(result.platform_seconds * 1000, 3),
-        }
+        return _timings(result)
+
+
+def _required_action(result: TurnResult) -> dict[str, Any] | None:
+    return None if result.required_action is None else {"tool_calls": result.required_action}
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+
+
+def _timings(result: TurnResult) -> dict[str, float]:
+    """Where the turn's time went: waiting for the LLM, and everything else."""
+    return {
+        "llm_ms": round(result.llm_seconds * 1000, 3),
+        "platform_ms": round(result.platform_seconds * 1000, 3),
+    }
+
+
+# Built by hand on the turn path: DRF's serializers deep-copy their declared fields on every
+# instance, and a turn's body holds three (the result, two messages): ~0.35 ms per REST turn
+# (bench/turn_overhead.py). The serializers above stay the schema's description of the same
+# body; tests/agents/test_messages_api.py keeps the two equal.
+_DATETIME = serializers.DateTimeField()  # DRF's format (ISO 8601, "Z" for UTC) exactly
+
+
+def message_body(message: Message) -> dict[str, Any]:
+    """`MessageSerializer(message).data`, built directly."""
+    return {
+        "id": message.id,
+        "seq": message.seq,
+        "role": str(message.role),
+        "content": message.content,
+        "token_count": message.token_count,
+        "status": str(message.status),
+        "metadata": message.metadata,
+        "created_at": _DATETIME.to_representation(message.created_at),
+    }
+
+
+def turn_result_body(result: TurnResult) -> dict[str, Any]:
+    """`TurnResultSerializer(result).data`, built directly."""
+    assistant, usage = result.assistant_message, result.usage
+    return {
+        "outcome": result.outcome,
+        "run": None if result.run is None else str(result.run.pk),
+        "required_action": _required_action(result),
+        "user_message": message_body(result.user_message),
+        "assistant_message": None if assistant is None else message_body(assistant),
+        "checkpoint": None if result.checkpoint is None else str(result.checkpoint.id),
+        "usage": None if usage is None else _usage(usage),
+        "context_tokens": result.context_tokens,
+        "timings": _timings(result),
+    }
 
 
 class InvokeMessageSerializer(StrictSerializer):

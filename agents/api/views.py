@@ -41,6 +41,7 @@ from agents.api.serializers import (
     SessionFiltersSerializer,
     SessionSerializer,
     TurnResultSerializer,
+    turn_result_body,
 )
 from agents.api.sse import EventStreamRenderer, stream_in_thread
 from agents.client_tokens import client_token_mint
@@ -193,7 +194,7 @@ class SessionMessagesViewSet(mixins.ListModelMixin, TenantViewSet):
         if isinstance(request.accepted_renderer, EventStreamRenderer):
             return turn_event_stream(pending)
         try:
-            pending.run(record=_turn_body)
+            pending.run(record=turn_result_body)  # the body a retry gets too
         except TURN_FAILURES as error:
             raise failure_problem(error) from error
         return Response(pending.recorded, status=201)
@@ -220,11 +221,6 @@ class InvokeView(APIView):
         return Response(InvokeResultSerializer(result).data)
 
 
-def _turn_body(result: TurnResult) -> dict[str, Any]:
-    """A turn's 201 body, which an idempotent retry gets again."""
-    return dict(TurnResultSerializer(result).data)
-
-
 def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
     metadata = dict(data.get("metadata") or {})
     if data.get("client_message_id"):
@@ -233,7 +229,7 @@ def _message_metadata(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def turn_event_stream(
-    pending: PendingTurn, record: Callable[[TurnResult], Any] = _turn_body
+    pending: PendingTurn, record: Callable[[TurnResult], Any] = turn_result_body
 ) -> StreamingHttpResponse:
     def run(emit: Callable[[str, dict[str, Any]], None]) -> None:
         with contextlib.suppress(*TURN_FAILURES):  # the turn published its `error` frame

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
+from agentplatform.core import rls
 from agentplatform.core.audit import SYSTEM
-from agentplatform.core.services import api_key_create, api_key_revoke
+from agentplatform.core.services import api_key_authenticate, api_key_create, api_key_revoke
 from agentplatform.models import ApiKey, Tenant
+from agents.models import Session
 from tests.conftest import Persona
 
 pytestmark = pytest.mark.django_db
@@ -62,3 +65,50 @@ def test_using_a_key_records_last_used(alice: Persona) -> None:
     assert ApiKey.objects.get(tenant=alice.tenant).last_used_at is None
     _get(f"Bearer {alice.api_key}")
     assert ApiKey.objects.get(tenant=alice.tenant).last_used_at is not None
+
+
+def _field_values(obj: ApiKey | Tenant) -> dict[str, object]:
+    return {field.attname: getattr(obj, field.attname) for field in obj._meta.concrete_fields}
+
+
+def test_the_key_lookup_loads_the_key_and_its_tenant_as_the_orm_would(alice: Persona) -> None:
+    with rls.request_scope():
+        key = api_key_authenticate(alice.api_key)
+    assert key is not None
+    with rls.cross_tenant(rls.CrossTenantReason.TEST_FIXTURES):
+        stored = ApiKey.objects.select_related("tenant").get(pk=key.pk)
+    assert _field_values(key) == _field_values(stored)
+    assert _field_values(key.tenant) == _field_values(stored.tenant)
+    assert not key._state.adding and not key.tenant._state.adding
+
+
+@pytest.mark.parametrize("secret", ["right", "wrong"])
+def test_the_key_lookup_leaves_no_wider_scope_to_the_code_after_it(
+    alice: Persona, bob: Persona, secret: str
+) -> None:
+    """The lookup moves the connection into the key's tenant in its own statement; code
+    running in another scope afterwards still sees only its own scope's rows."""
+    raw = alice.api_key if secret == "right" else alice.api_key[:-4] + "nope"
+    with rls.request_scope():
+        found = api_key_authenticate(raw)
+        unscoped = Session.objects.count()
+        with rls.tenant_scope(bob.tenant.pk):
+            bobs_view = set(Session.objects.values_list("tenant_id", flat=True))
+    assert (found is not None) == (secret == "right")
+    assert unscoped == 0
+    assert bobs_view == {bob.tenant.pk}
+
+
+def test_a_pooled_connection_comes_in_the_scope_of_the_code_taking_it(alice: Persona) -> None:
+    """The pool's check on checkout is the set_config of the taker's scope (one round trip
+    for both)."""
+    pool = connection.pool  # type: ignore[attr-defined]
+    with rls.tenant_scope(alice.tenant.pk):
+        raw = pool.getconn()
+    try:
+        settings = raw.execute(
+            "SELECT current_setting(%s), current_setting(%s)", [rls.GUC_TENANTS, rls.GUC_ALL]
+        ).fetchone()
+    finally:
+        pool.putconn(raw)
+    assert settings == (str(alice.tenant.pk), "off")

@@ -60,6 +60,24 @@ def test_security_headers_on_api_and_admin(alice: Persona) -> None:
 
 
 @pytest.mark.django_db
+def test_api_requests_skip_the_browser_middleware_and_pages_keep_it(alice: Persona) -> None:
+    """The API authenticates by key alone: no session, login or messages for its requests
+    (agentplatform/http/middleware.py). The console keeps all of it, CSRF included."""
+    api = alice.client()
+    api.cookies["sessionid"] = "whatever"
+    response = api.get("/api/v1/agents/")
+    assert response.status_code == 200
+    assert not hasattr(response.wsgi_request, "session")
+    assert not hasattr(response.wsgi_request, "_messages")
+    assert "Cookie" not in response.get("Vary", "")
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get("/admin/login/")
+    assert hasattr(page.wsgi_request, "session") and hasattr(page.wsgi_request, "user")
+    forged = browser.post("/admin/login/", {"username": "alice-op", "password": "pw-alice"})
+    assert forged.status_code == 403  # no CSRF token
+
+
+@pytest.mark.django_db
 def test_admin_login_is_rate_limited_per_address_and_per_username(alice: Persona) -> None:
     client = Client(REMOTE_ADDR="203.0.113.7")
     for _ in range(10):

@@ -16,12 +16,12 @@ from agentplatform.devtools.testing import wait_until
 from agentplatform.http import idempotency
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
-from agentplatform.models import IdempotencyRecord
+from agentplatform.models import IdempotencyRecord, Tenant
 from agents import consumers, live
 from agents.entry import client_message_key, content_validate, turn_begin
 from agents.errors import ContentInvalid, KeyUsedForAnotherMessage, SessionNotFound
 from agents.llm.scripted import ScriptedBackend, Step
-from agents.models import Message
+from agents.models import Message, Session
 from agents.selectors import session_find
 from tests.conftest import Persona
 
@@ -202,6 +202,33 @@ def test_one_session_lookup_refuses_another_tenants_session_everywhere(
             str(alice.session.pk),
             stdout=StringIO(),
         )
+
+
+def _field_values(obj: Any) -> dict[str, Any]:
+    return {field.attname: getattr(obj, field.attname) for field in obj._meta.concrete_fields}
+
+
+def test_the_session_lookup_loads_the_session_and_its_agent_as_the_orm_would(
+    alice: Persona, bob: Persona, django_assert_num_queries: Any
+) -> None:
+    """session_find's hand-written statement (agents/selectors.py) builds what
+    `select_related("agent")` built, JSON fields included, and honours every filter."""
+    Session.objects.filter(pk=alice.session.pk).update(metadata={"plan": ["a", 1, None]})
+    stored = Session.objects.select_related("agent").get(pk=alice.session.pk)
+    with django_assert_num_queries(1):
+        found = session_find(id=str(alice.session.pk), tenant_ids=[alice.tenant.pk])
+        assert _field_values(found.agent) == _field_values(stored.agent)
+    assert _field_values(found) == _field_values(stored)
+    assert found.metadata == {"plan": ["a", 1, None]} and not found._state.adding
+    both = [str(bob.tenant.pk), alice.tenant.pk]
+    assert session_find(id=alice.session.pk, tenant_ids=both, active_tenant=True) is not None
+    for tenant_ids in ([], [bob.tenant.pk], ["not-a-uuid"]):
+        with pytest.raises(SessionNotFound):
+            session_find(id=alice.session.pk, tenant_ids=tenant_ids)
+    Tenant.objects.filter(pk=alice.tenant.pk).update(status=Tenant.Status.SUSPENDED)
+    assert session_find(id=alice.session.pk, tenant_ids=None).pk == alice.session.pk
+    with pytest.raises(SessionNotFound):
+        session_find(id=alice.session.pk, tenant_ids=None, active_tenant=True)
 
 
 def test_a_queued_turn_keeps_its_key_alive_while_it_waits(

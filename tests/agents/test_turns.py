@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from agentplatform.infra import redis_keys
+from agents.api.serializers import TurnResultSerializer, turn_result_body
 from agents.engine.turn import turn_run
 from agents.llm.base import ToolCall
 from agents.llm.scripted import ScriptedBackend, Step
@@ -214,3 +216,25 @@ def test_a_streamed_turn_with_an_idempotency_key_is_replayed_not_rerun(
     assert replayed.count("event: message") == 2
     assert len(llm.calls) == 1
     assert Message.objects.filter(session=alice.session).count() == 2
+
+
+def test_the_turn_body_built_by_hand_is_what_its_serializer_describes(
+    alice: Persona, llm: ScriptedBackend
+) -> None:
+    """The REST turn's body is built without DRF's serializers (agents/api/serializers.py);
+    TurnResultSerializer, which the schema documents, must render every variant the same."""
+    llm.script(Step(reply="Hello."))
+    result = turn_run(session=alice.session, content="Hi", metadata={"source": "test"})
+    assert result.run is not None and result.checkpoint is not None and result.usage is not None
+    waiting = dataclasses.replace(
+        result,
+        outcome="requires_action",
+        assistant_message=None,
+        checkpoint=None,
+        usage=None,
+        run=None,
+        required_action=[{"id": "call-1", "name": "lookup", "arguments": {"q": 1}}],
+    )
+    for variant in (result, waiting):
+        by_hand = json.dumps(turn_result_body(variant), sort_keys=True)
+        assert by_hand == json.dumps(TurnResultSerializer(variant).data, sort_keys=True)
