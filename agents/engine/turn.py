@@ -48,6 +48,7 @@ from agents.engine.ports import (
     CheckpointRequest,
     ClaimRead,
     ContextExtras,
+    StateBackend,
     TurnProgress,
     WorkingMemory,
     WorkingMemoryRead,
@@ -326,11 +327,18 @@ def _context_read(
     state = state_backend()
     tokens = backend_for(agent).count_tokens(content)
     user = WorkingMessage(SeqRef(0), Message.Role.USER, content, tokens)
-    context = state.fit_working_memory(
-        memory=replace(read.memory, messages=[*read.memory.messages, user]),
+    context = _fitted_with(state, agent, read.memory, user)
+    return state.context_read(session=session, memory=context)
+
+
+def _fitted_with(
+    state: StateBackend, agent: Agent, memory: WorkingMemory, user: WorkingMessage
+) -> WorkingMemory:
+    """Working memory with the user's message, fitted to the agent's budget."""
+    return state.fit_working_memory(
+        memory=replace(memory, messages=[*memory.messages, user]),
         budget=working_memory_budget(agent),
     )
-    return state.context_read(session=session, memory=context)
 
 
 def turn_settle(*, session: Session, run: Run, settle: Settle) -> TurnResult | None:
@@ -527,10 +535,7 @@ class _Turn:
             self.pending.append(
                 NewMessage(Message.Role.USER, content, user_tokens, metadata=metadata)
             )
-        context = self.state.fit_working_memory(
-            memory=replace(memory, messages=[*memory.messages, user]),
-            budget=working_memory_budget(self.agent),
-        )
+        context = _fitted_with(self.state, self.agent, memory, user)
         if not context.messages:  # a message larger than the budget still goes to the LLM
             context = replace(context, messages=[user])
         extras = self.state.context_extras(

@@ -128,13 +128,7 @@ def test_a_turn_cut_off_by_an_unexpected_error_releases_its_key(
     assert record.locked_until is None and record.status_code is None
     monkeypatch.undo()
     if transport is _rest:
-        response = alice.client().post(
-            f"/api/v1/sessions/{alice.session.pk}/messages/",
-            {"content": "x"},
-            format="json",
-            HTTP_IDEMPOTENCY_KEY="door-2",
-        )
-        assert response.status_code == 201
+        assert _post(alice, "x", HTTP_IDEMPOTENCY_KEY="door-2").status_code == 201
     else:
         key = client_message_key(alice.session, "door-2", "x")
         assert turn_begin(session=alice.session, content="x", key=key).run().outcome == "completed"
