@@ -184,12 +184,10 @@ WITH reserved AS (
 ), appended AS (
     INSERT INTO agents_message
         (tenant_id, session_id, seq, role, content, token_count, status, metadata, created_at)
-    SELECT %(tenant)s, %(session)s, reserved.first_seq + m.ord - 1, m.role, m.content,
-           m.tokens, m.status, m.metadata::jsonb, now()
-    FROM reserved, unnest(
-        %(roles)s::text[], %(contents)s::text[], %(tokens)s::int[], %(statuses)s::text[],
-        %(metadata)s::text[]
-    ) WITH ORDINALITY AS m(role, content, tokens, status, metadata, ord)
+    SELECT %(tenant)s, %(session)s, reserved.first_seq + m.ord, m.role, m.content,
+           m.tokens, m.status, m.metadata, now()
+    FROM reserved, jsonb_to_recordset(%(messages)s::jsonb)
+        AS m(ord int, role text, content text, tokens int, status text, metadata jsonb)
     ORDER BY m.ord
     RETURNING id, seq, created_at
 ){companion}{update}
@@ -278,11 +276,21 @@ def messages_append_with(
         "session": session.pk,
         "tenant": session.tenant_id,
         "fence": fence,
-        "roles": [m.role for m in messages],
-        "contents": [m.content for m in messages],
-        "tokens": [m.token_count for m in messages],
-        "statuses": [m.status for m in messages],
-        "metadata": [jsontext.dumps(m.metadata or {}) for m in messages],
+        # One JSON parameter: psycopg adapts five lists element by element in Python,
+        # orjson writes this in one call.
+        "messages": jsontext.dumps(
+            [
+                {
+                    "ord": ord,
+                    "role": m.role,
+                    "content": m.content,
+                    "tokens": m.token_count,
+                    "status": m.status,
+                    "metadata": m.metadata or {},
+                }
+                for ord, m in enumerate(messages)
+            ]
+        ),
     }
     sql = _APPEND.format(
         fence="AND lease_holder = %(fence)s" if fence else "",

@@ -26,7 +26,12 @@ def client_for(url: str) -> redis.Redis:
     offers the same commands, and routes each by its keys' slot (the platform keeps each
     command's keys in one slot: agentplatform.infra.redis_keys)."""
     if not is_cluster_url(url):
-        return redis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+        pool = client.connection_pool
+        pool.connection_class = type(
+            pool.connection_class.__name__, (_OneWrite, pool.connection_class), {}
+        )
+        return client
     cluster = parse_cluster_url(url)
     return cast(
         redis.Redis,
@@ -38,6 +43,27 @@ def client_for(url: str) -> redis.Redis:
             health_check_interval=30,
         ),
     )
+
+
+# Up to this size a batch goes in one socket write (see _OneWrite); beyond, redis-py's way.
+ONE_WRITE_LIMIT = 512 * 1024
+
+
+class _OneWrite:
+    """A connection that sends a packed batch in one socket write. redis-py writes each
+    value over 6,000 bytes on its own, to spare copying it: a turn's working memory is such a
+    value, so its closing batch took three writes, and Redis read and answered it in two
+    parts. A copy of a few KB costs far less than a write (on a VM, each write that wakes
+    the other side is expensive: bench/turn_overhead.py's breakdown)."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if (
+            isinstance(command, list)
+            and len(command) > 1
+            and sum(len(part) for part in command) <= ONE_WRITE_LIMIT
+        ):
+            command = [b"".join(command)]
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
 
 
 def get_redis() -> redis.Redis:

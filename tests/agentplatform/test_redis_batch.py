@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import redis
 
-from agentplatform.infra.redis import Script, deferred, write_batch
+from agentplatform.infra.redis import ONE_WRITE_LIMIT, Script, deferred, get_redis, write_batch
 
 
 def test_outside_a_batch_a_command_runs_at_once(redis_client: redis.Redis) -> None:
@@ -68,3 +68,41 @@ def test_a_failed_command_still_hands_the_others_results_back_then_raises(
         deferred("set", "lease", "mine", nx=True, then=seen.append)
     assert seen == [True]
     assert redis_client.get("lease") == b"mine"
+
+
+class _CountingSocket:
+    """A connection's socket that counts its writes."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.writes = sock, 0
+
+    def sendall(self, data: Any) -> None:
+        self.writes += 1
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize(("size", "writes"), [(20_000, 1), (ONE_WRITE_LIMIT + 1, 3)])
+def test_a_batch_with_a_large_value_goes_in_one_write_up_to_the_limit(
+    redis_client: redis.Redis, size: int, writes: int
+) -> None:
+    # redis-py would write a value over 6,000 bytes on its own (three writes for this
+    # batch); the platform's connections join a batch up to ONE_WRITE_LIMIT.
+    pool = get_redis().connection_pool
+    connection = pool.get_connection()
+    connection.connect()
+    counting = _CountingSocket(connection._sock)
+    connection._sock = counting
+    pool.release(connection)
+    try:
+        with write_batch():
+            deferred("set", "small", "1")
+            deferred("set", "large", "x" * size)
+            deferred("set", "after", "2")
+        assert counting.writes == writes
+        assert redis_client.mget("small", "after") == [b"1", b"2"]
+        assert redis_client.strlen("large") == size
+    finally:
+        connection._sock = counting.sock
