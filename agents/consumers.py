@@ -336,7 +336,13 @@ def _turn_in_thread(
 ) -> tuple[str, str] | None:
     """Run the turn through the one door, once per client_message_id (the websocket's
     idempotency key): a resend after a reconnect never runs a turn twice. Returns
-    (code, detail) when it did not run; a turn that ran and failed published its own frame."""
+    (code, detail) when it did not run; a turn that ran and failed published its own frame.
+
+    After a turn that completed, the thread keeps its database connection for the next
+    message it runs (the loop's executor has a few long-lived threads): handing it back to
+    the pool and taking one again costs the pool's check on checkout, a round trip per
+    message. After anything else it is handed back, as Django would."""
+    completed = False
     try:
         key = client_message_key(session, client_message_id, content) if client_message_id else None
         pending = turn_begin(
@@ -345,13 +351,15 @@ def _turn_in_thread(
         if pending.replay is not None:
             return "duplicate", "This client_message_id already ran; see its frames."
         pending.run(Sink(fanout=fanout), record=_ws_record)
+        completed = True
     except TurnRefused as error:
         code, detail = WS_REFUSALS.get(type(error), (error.code, None))
         return code, detail or str(error)
     except TURN_FAILURES:
         pass
     finally:
-        close_old_connections()
+        if not completed:
+            close_old_connections()
     return None
 
 

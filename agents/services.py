@@ -230,8 +230,10 @@ def _update_sql(update: CompanionUpdate, params: dict[str, Any]) -> str:
     params["u_pk"] = update.pk
     condition = ""
     if update.unless is not None:
-        params["u_unless"] = list(update.unless[1])
-        condition = f" AND NOT ({update.table}.{update.unless[0]} = ANY(%(u_unless)s))"
+        # A JSON array and `?`, not a text[]: psycopg adapts a list in Python, element by
+        # element, at a cost that showed in the turn's profile.
+        params["u_unless"] = jsontext.dumps(list(update.unless[1]))
+        condition = f" AND NOT (%(u_unless)s::jsonb ? {update.table}.{update.unless[0]})"
     params.update(update.probe_params)
     # Table and column names come from code, values travel as parameters.
     return (

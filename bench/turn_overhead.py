@@ -8,7 +8,8 @@ ratios that differed by 2x. Prints and saves bench/results/turn_overhead.json (+
 
 - transports: turns/s and platform time per turn (wall time minus the scripted LLM's own
   time) through the turn service, REST on one uvicorn process and websockets on the same
-  process, at 1 and 10 concurrent sessions;
+  process, at 1 and 10 concurrent sessions, timed from when every client has its session
+  (and its socket) to the last reply: the rate of turns, not of opening sessions;
 - one 500-turn conversation against LangGraph's PostgresSaver, advanced in alternating
   blocks, and 20 concurrent conversations (at turn ~200) against AsyncPostgresSaver with
   its `sync` and `exit` durability;
@@ -67,27 +68,31 @@ def _tenant_and_agent() -> tuple[Any, Any, str]:
     return tenant, agent, key
 
 
-def _run_threads(target: Callable[[], None], count: int) -> float:
-    """Run `target` in `count` threads at once; the elapsed time. A thread's failure fails
-    the bench (a figure from fewer clients than it says would be wrong)."""
+def _run_threads(target: Callable[[Callable[[], None]], None], count: int) -> float:
+    """Run `target` in `count` threads at once; the time from when all of them called the
+    `ready` they are given (done setting up: a session opened, a client made) to when the
+    last one ended, so that the figure is of turns alone. A thread's failure fails the
+    bench (a figure from fewer clients than it says would be wrong)."""
     failures: list[BaseException] = []
+    started: list[float] = []
+    barrier = threading.Barrier(count, action=lambda: started.append(time.perf_counter()))
 
     def guarded() -> None:
         try:
-            target()
+            target(barrier.wait)
         except BaseException as error:
             failures.append(error)
+            barrier.abort()  # the others stop waiting for this one
             raise
 
     threads = [threading.Thread(target=guarded) for _ in range(count)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if failures:
         raise RuntimeError(f"{len(failures)} of {count} client threads failed") from failures[0]
-    return time.perf_counter() - started
+    return time.perf_counter() - started[0]
 
 
 def _median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,11 +120,12 @@ def _service(tenant: Any, agent: Any, concurrency: int, turns: int) -> dict[str,
     platform: list[float] = []
     lock = threading.Lock()
 
-    def worker() -> None:
+    def worker(ready: Callable[[], None]) -> None:
         with rls.tenant_scope(tenant.pk):
             session = session_open(
                 actor=SYSTEM, tenant=tenant, agent=agent, user_id=f"u-{uuid.uuid4().hex[:6]}"
             )
+            ready()
             times = [
                 turn_run(session=session, content=USER_TEXT.format(i=i)).platform_seconds
                 for i in range(turns)
@@ -139,13 +145,14 @@ def _rest(url: str, agent: Any, key: str, concurrency: int, turns: int) -> dict[
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {key}"}
 
-    def worker() -> None:
+    def worker(ready: Callable[[], None]) -> None:
         http = requests.Session()
         session_id = http.post(
             f"{url}/api/v1/sessions/",
             json={"agent": str(agent.pk), "user_id": "rest"},
             headers=headers,
         ).json()["id"]
+        ready()
         times: list[float] = []
         for i in range(turns):
             started = time.perf_counter()
@@ -166,33 +173,40 @@ def _rest(url: str, agent: Any, key: str, concurrency: int, turns: int) -> dict[
 
 def _websocket(url: str, sessions: list[Any], key: str, turns: int) -> dict[str, Any]:
     """One socket per session, each sending `turns` messages one after another (the next
-    when the assistant's reply arrived). Wall time per message, reply included."""
-    from websockets.asyncio.client import connect
+    when the assistant's reply arrived), once every socket is open. Wall time per message,
+    reply included."""
+    from websockets.asyncio.client import ClientConnection, connect
 
     walls: list[float] = []
 
-    async def client(session: Any) -> None:
-        headers = {"Authorization": f"Bearer {key}"}
-        async with connect(f"{url}/ws/sessions/{session.pk}/", additional_headers=headers) as ws:
-            for i in range(turns):
-                client_id = uuid.uuid4().hex
-                started = time.perf_counter()
-                frame = {"type": "message", "content": USER_TEXT.format(i=i)}
-                await ws.send(json.dumps({**frame, "client_message_id": client_id}))
-                while True:
-                    reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=120))
-                    if reply.get("client_message_id") != client_id:
-                        continue
-                    if reply["type"] == "error":
-                        raise RuntimeError(f"websocket turn failed: {reply}")
-                    if reply["type"] == "message" and reply["message"]["role"] == "assistant":
-                        break
-                walls.append(time.perf_counter() - started)
+    async def talk(ws: ClientConnection) -> None:
+        for i in range(turns):
+            client_id = uuid.uuid4().hex
+            started = time.perf_counter()
+            frame = {"type": "message", "content": USER_TEXT.format(i=i)}
+            await ws.send(json.dumps({**frame, "client_message_id": client_id}))
+            while True:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=120))
+                if reply.get("client_message_id") != client_id:
+                    continue
+                if reply["type"] == "error":
+                    raise RuntimeError(f"websocket turn failed: {reply}")
+                if reply["type"] == "message" and reply["message"]["role"] == "assistant":
+                    break
+            walls.append(time.perf_counter() - started)
 
     async def run_all() -> float:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(session) for session in sessions))
-        return time.perf_counter() - started
+        headers = {"Authorization": f"Bearer {key}"}
+        sockets = [
+            await connect(f"{url}/ws/sessions/{session.pk}/", additional_headers=headers)
+            for session in sessions
+        ]
+        try:
+            started = time.perf_counter()
+            await asyncio.gather(*(talk(ws) for ws in sockets))
+            return time.perf_counter() - started
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
 
     elapsed = asyncio.run(run_all())
     return {**summary_ms(walls), "turns_per_s": round(len(walls) / elapsed, 1)}
@@ -208,7 +222,7 @@ def _transports(tenant: Any, agent: Any, key: str) -> dict[str, Any]:
     unlimited = {"API_THROTTLE_RATE": "1000000/min", "AGENTS_WS_RATE_MESSAGES": "1000000"}
     server = Server({"SCRIPTED_LLM_DELAY": "0", **unlimited})
     ws_url = server.url.replace("http://", "ws://")
-    plan = {1: 40, 10: 8}  # concurrency: turns per session and round
+    plan = {1: 40, 10: 20}  # concurrency: turns per session and round
     rounds: dict[str, list[dict[str, Any]]] = {}
     try:
         for _ in range(ROUNDS):
@@ -310,9 +324,10 @@ def _ours_concurrent(tenant: Any, sessions: list[Any], turns: int, offset: int) 
     pending = list(sessions)
     lock = threading.Lock()
 
-    def worker() -> None:
+    def worker(ready: Callable[[], None]) -> None:
         with lock:
             session = pending.pop()
+        ready()
         with rls.tenant_scope(tenant.pk):
             for i in range(offset, offset + turns):
                 turn_run(session=session, content=USER_TEXT.format(i=i))
