@@ -31,6 +31,9 @@ from agentplatform.http.problems import Conflict
 from agentplatform.models import IdempotencyRecord, Tenant
 
 HEADER = "Idempotency-Key"
+# Read from META: `request.headers` builds an object of every header to find one (its
+# lookup is this same name, case-insensitive, as the server received it).
+_META_NAME = "HTTP_" + HEADER.upper().replace("-", "_")
 
 
 # Short, and extended by `heartbeat()` while a long request (a turn) runs: a retry after the
@@ -172,7 +175,7 @@ def idempotent(handler: H) -> H:
 def request_idempotency_key(request: Request) -> IdempotencyKey | None:
     """The request's Idempotency-Key with its fingerprint, if it sent one; 422 when the
     header is empty or too long."""
-    key = request.headers.get(HEADER)
+    key = request.META.get(_META_NAME)
     if key is None:
         return None
     if not key or len(key) > MAX_KEY_LENGTH:

@@ -328,6 +328,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "agentplatform.http.negotiation.FastContentNegotiation",
     "EXCEPTION_HANDLER": "agentplatform.http.problems.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "agentplatform.http.schema.PlatformAutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -15,6 +15,7 @@ from agentplatform.http.serializers import (
     StrictModelSerializer,
     StrictSerializer,
     StrictSlugField,
+    validate_metadata,
 )
 from agents.cron import (
     CRON_HELP,
@@ -132,10 +133,80 @@ class MessageSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField(read_only=True)
 
 
+MAX_CONTENT_CHARS = 32_000
+MAX_CLIENT_MESSAGE_ID_CHARS = 100
+
+
 class MessageCreateSerializer(StrictSerializer):
-    content = StrictCharField(max_length=32_000)
-    client_message_id = StrictCharField(max_length=100, required=False)
+    content = StrictCharField(max_length=MAX_CONTENT_CHARS)
+    client_message_id = StrictCharField(max_length=MAX_CLIENT_MESSAGE_ID_CHARS, required=False)
     metadata = JSONObjectField(required=False)
+
+
+def message_create_data(data: Any) -> dict[str, Any]:
+    """`MessageCreateSerializer(data=data)`'s validated data; raises its ValidationError.
+
+    Every REST turn validates its body here. A body the serializer would accept as it is
+    (the common case) is checked directly, which is ~25x fewer Python calls than building the
+    serializer (DRF deep-copies its declared fields per instance) and running its fields'
+    validators. Anything else, including every invalid body, goes through the serializer, so
+    each error body is the serializer's own."""
+    fast = _message_create_fast(data)
+    if fast is not None:
+        return fast
+    serializer = MessageCreateSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _message_create_fast(data: Any) -> dict[str, Any] | None:
+    """The validated data of a body that passes every check of MessageCreateSerializer,
+    with its keys in the serializer's field order; None when any check fails or is unsure."""
+    if type(data) is not dict or not data.keys() <= _MESSAGE_CREATE_FIELDS:
+        return None
+    if not _plain_text(data.get("content"), MAX_CONTENT_CHARS):
+        return None
+    validated = {"content": data["content"]}
+    if "client_message_id" in data:
+        if not _plain_text(data["client_message_id"], MAX_CLIENT_MESSAGE_ID_CHARS):
+            return None
+        validated["client_message_id"] = data["client_message_id"]
+    if "metadata" in data:
+        if not _valid_metadata(data["metadata"]):
+            return None
+        validated["metadata"] = data["metadata"]
+    return validated
+
+
+_MESSAGE_CREATE_FIELDS = frozenset(MessageCreateSerializer._declared_fields)
+
+
+def _plain_text(value: Any, max_length: int) -> bool:
+    """What StrictCharField and DRF's CharField validators accept: a string, not blank nor
+    whitespace alone, within max_length, without NUL or surrogate characters (a string with
+    a surrogate code point is exactly one that UTF-8 cannot encode)."""
+    if type(value) is not str or len(value) > max_length or not value.strip():
+        return False
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid_metadata(value: Any) -> bool:
+    """What JSONObjectField accepts: a JSON-encodable object passing validate_metadata."""
+    if type(value) is not dict:
+        return False
+    try:
+        validate_metadata(value)
+    except (serializers.ValidationError, TypeError, ValueError):
+        return False
+    return True
 
 
 class UsageSerializer(serializers.Serializer):

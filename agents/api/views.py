@@ -41,6 +41,7 @@ from agents.api.serializers import (
     SessionFiltersSerializer,
     SessionSerializer,
     TurnResultSerializer,
+    message_create_data,
     turn_result_body,
 )
 from agents.api.sse import EventStreamRenderer, stream_in_thread
@@ -179,13 +180,9 @@ class SessionMessagesViewSet(mixins.ListModelMixin, TenantViewSet):
             session = selectors.session_find(
                 id=self.kwargs["session_pk"], tenant_ids=[self.tenant.pk]
             )
-            serializer = MessageCreateSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
+            data = message_create_data(request.data)
             pending = turn_begin(
-                session=session,
-                content=serializer.validated_data["content"],
-                key=key,
-                metadata=_message_metadata(serializer.validated_data),
+                session=session, content=data["content"], key=key, metadata=_message_metadata(data)
             )
         except TurnRefused as error:
             raise refusal_problem(error) from None

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
-from rest_framework.test import APIClient
+from rest_framework.authentication import get_authorization_header
+from rest_framework.request import Request
+from rest_framework.test import APIClient, APIRequestFactory
 
 from agentplatform.core import rls
 from agentplatform.core.audit import SYSTEM
 from agentplatform.core.services import api_key_authenticate, api_key_create, api_key_revoke
+from agentplatform.http.authentication import authorization_header
 from agentplatform.models import ApiKey, Tenant
 from agents.models import Session
 from tests.conftest import Persona
@@ -112,3 +115,14 @@ def test_a_pooled_connection_comes_in_the_scope_of_the_code_taking_it(alice: Per
     finally:
         pool.putconn(raw)
     assert settings == (str(alice.tenant.pk), "off")
+
+
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer ap_x_y", "bearer  ap_x_y ", "Basic Zm9vOmJhcg==", "é"]
+)
+def test_the_authorization_header_is_read_as_drf_reads_it(header: str | None) -> None:
+    django_request = APIRequestFactory().get("/api/v1/agents/")
+    if header is not None:
+        django_request.META["HTTP_AUTHORIZATION"] = header
+    request = Request(django_request)
+    assert authorization_header(request) == get_authorization_header(request)
