@@ -19,4 +19,7 @@ RUN DATABASE_URL=postgresql://build@localhost/build REDIS_URL=redis://localhost:
 RUN useradd --system --uid 1000 app && chown -R app /app
 USER app
 EXPOSE 8000
+# Websocket frames uncompressed (small JSON frames: deflating each costs more CPU than it
+# saves); a deployment may set this to true.
+ENV UVICORN_WS_PER_MESSAGE_DEFLATE=false
 CMD ["uvicorn", "agentplatform.project.asgi:application", "--host", "0.0.0.0", "--port", "8000"]

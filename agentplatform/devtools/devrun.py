@@ -57,6 +57,8 @@ def web_command(port: int | str, *, workers: int = 1) -> list[str]:
         PYTHON, "-m", "uvicorn", "agentplatform.project.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
         "--workers", str(workers),
+        # Frames go uncompressed unless the deployment asks (see README, Configuration).
+        "--ws-per-message-deflate", os.environ.get("UVICORN_WS_PER_MESSAGE_DEFLATE", "false"),
     ]  # fmt: skip
 
 

@@ -105,3 +105,15 @@ async def _receive_one_of(
         transcript.add(frame)
         if frame["type"] in types:
             return frame
+
+
+async def test_frames_go_uncompressed_though_the_client_offers_deflate(
+    alice: Persona, servers: tuple[Server, Server]
+) -> None:
+    # The client offers permessage-deflate (websockets does by default); the server, started
+    # as `make run` starts it, declines: deflating each small frame cost more than it saved.
+    headers = {"Authorization": f"Bearer {alice.api_key}"}
+    async with connect(_ws_url(servers[0], alice), additional_headers=headers) as socket:
+        assert socket.request is not None and socket.response is not None
+        assert "permessage-deflate" in socket.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in socket.response.headers
