@@ -64,14 +64,13 @@ def compile_extras(
     `read` is the lookup read with the lease's claim, used when it was for this context."""
     parts = Parts()
     conf = memory_settings()
-    tenant = Tenant(pk=session.tenant_id)
     if read is not None and read.lookup is not None and read.first_in_memory == first_in_memory:
         lookup = read.lookup
     else:
         lookup = turn_lookup(session, first_in_memory)
     if query.strip() and lookup.memories:
         hits = memory_search(
-            tenant=tenant,
+            tenant=Tenant(pk=session.tenant_id),
             user_id=session.user_id,
             query=query,
             k=conf.CONTEXT_MEMORIES,
