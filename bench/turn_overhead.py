@@ -407,14 +407,16 @@ def _concurrent_conversations(tenant: Any, agent: Any, owner_url: str) -> dict[s
 
 
 def _rls_cost(
-    tenant: Any, agent: Any, turns: int = 10, warmup: int = 6, blocks: int = 30
+    tenant: Any, agent: Any, turns: int = 10, warmup: int = 12, blocks: int = 24
 ) -> dict[str, float]:
     """Per-turn platform time with the policies in force (the application's role, in the
     tenant's scope) and bypassed (the owner, a superuser in the embedded set-up), in
     `blocks` alternating blocks on one session each: short blocks, since the machine's speed
     drifts within seconds and the difference sought is a few percent. Switching roles opens
-    a new pool, whose connections prepare the turn's statements on their fifth use: each
-    block's first `warmup` turns are run, not counted (a server's pool stays warm)."""
+    a new pool: its connections prepare the turn's statements on their fifth use, and
+    PostgreSQL plans a prepared statement afresh for its first five executions (planning
+    costs more under the policies, which add their conditions to every table), so each
+    block's first `warmup` turns are run, not counted: a server's pool stays warm."""
     from agentplatform.core import rls
     from agentplatform.core.audit import SYSTEM
     from agents.engine.turn import turn_run
