@@ -283,14 +283,14 @@ def messages_append_with(
         "messages": jsontext.dumps(
             [
                 {
-                    "ord": ord,
+                    "ord": index,
                     "role": m.role,
                     "content": m.content,
                     "tokens": m.token_count,
                     "status": m.status,
                     "metadata": m.metadata or {},
                 }
-                for ord, m in enumerate(messages)
+                for index, m in enumerate(messages)
             ]
         ),
     }
