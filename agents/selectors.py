@@ -65,16 +65,13 @@ def session_find(
         raise SessionNotFound()
     params: list[Any] = [pk]
     if tenants is not None:
-        # One tenant (every transport's case) as a plain uuid: psycopg's dumping of a list
-        # as an array took ~110 Python calls per turn for the same condition.
-        params.append(tenants[0] if len(tenants) == 1 else tenants)
+        params.append(rows.array_param(tenants))
     if active_tenant:
         params.append(Tenant.Status.ACTIVE.value)
     with reads_from_primary():  # like access_object: a session just opened is found
         using = router.db_for_read(Session)
-    by_tenant = None if tenants is None else len(tenants) == 1
     with connections[using].cursor() as cursor:
-        cursor.execute(_session_sql(by_tenant, active_tenant), params)
+        cursor.execute(_session_sql(tenants is not None, active_tenant), params)
         row = cursor.fetchone()
     if row is None:
         raise SessionNotFound()
@@ -89,9 +86,8 @@ def _uuid(value: object) -> uuid.UUID:
 
 
 @cache
-def _session_sql(one_tenant: bool | None, active_tenant: bool) -> str:
-    """The session (by id), its agent; of one tenant (True) or of any of several (False) if
-    asked (None: any tenant), and of an active tenant if asked."""
+def _session_sql(by_tenant: bool, active_tenant: bool) -> str:
+    """The session (by id), its agent; in `tenant_ids` and of an active tenant if asked."""
     sql = (
         f"SELECT {rows.select_list(Session, 's')}, {rows.select_list(Agent, 'a')} "  # noqa: S608
         f'FROM "{Session._meta.db_table}" s JOIN "{Agent._meta.db_table}" a ON a.id = s.agent_id'
@@ -99,8 +95,8 @@ def _session_sql(one_tenant: bool | None, active_tenant: bool) -> str:
     if active_tenant:
         sql += f' JOIN "{Tenant._meta.db_table}" t ON t.id = s.tenant_id'
     sql += " WHERE s.id = %s"
-    if one_tenant is not None:
-        sql += " AND s.tenant_id = %s" if one_tenant else " AND s.tenant_id = ANY(%s::uuid[])"
+    if by_tenant:
+        sql += " AND s.tenant_id = ANY(%s::uuid[])"
     if active_tenant:
         sql += " AND t.status = %s"
     return sql

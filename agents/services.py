@@ -10,7 +10,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from agentplatform.core.audit import Actor, audit_delete, audit_record, audited, unaudited
-from agentplatform.infra import jsontext
+from agentplatform.infra import jsontext, rows
 from agentplatform.models import Tenant
 from agents.models import Agent, Message, Session
 
@@ -230,10 +230,8 @@ def _update_sql(update: CompanionUpdate, params: dict[str, Any]) -> str:
     params["u_pk"] = update.pk
     condition = ""
     if update.unless is not None:
-        # A JSON array and `?`, not a text[]: psycopg adapts a list in Python, element by
-        # element, at a cost that showed in the turn's profile.
-        params["u_unless"] = jsontext.dumps(list(update.unless[1]))
-        condition = f" AND NOT (%(u_unless)s::jsonb ? {update.table}.{update.unless[0]})"
+        params["u_unless"] = rows.array_param(update.unless[1])
+        condition = f" AND NOT ({update.table}.{update.unless[0]} = ANY(%(u_unless)s::text[]))"
     params.update(update.probe_params)
     # Table and column names come from code, values travel as parameters.
     return (
