@@ -340,7 +340,7 @@ def _turn_in_thread(
 
     The thread's database connection goes back to the pool after every message: kept by an
     idle thread of the loop's executor (up to 32 of them), it could leave the pool's 20
-    (DB_POOL_MAX_SIZE) to nobody else, though it would spare the check on checkout."""
+    (DB_POOL_MAX_SIZE) to nobody else; the pool's check on checkout costs no round trip."""
     try:
         key = client_message_key(session, client_message_id, content) if client_message_id else None
         pending = turn_begin(

@@ -134,8 +134,8 @@ def apply(raw_connection: Any, scope: Scope) -> None:
     """Give a psycopg connection this scope for its session (until the next apply).
 
     Session-level, not SET LOCAL: the turn path runs single statements in autocommit, where
-    a transaction-local setting would end with the statement. A pooled connection's scope is
-    re-applied on every checkout, so nothing carries from one request to the next.
+    a transaction-local setting would end with the statement. A pooled connection's scope
+    counts as unknown on every checkout, so nothing carries from one request to the next.
     """
     tenants, everyone = scope.settings()
     raw_connection.execute(

@@ -93,8 +93,9 @@ DATABASES["default"]["OPTIONS"] = {
         "timeout": env_int("DB_POOL_TIMEOUT", 5, minimum=1),
     },
 }
-# With the pool, Django checks each connection on checkout (psycopg_pool's check_connection):
-# connections a PostgreSQL restart broke are replaced instead of failing a request.
+# With the pool, each connection is checked on checkout (core/dbbackend `check_alive`, a round
+# trip only when its socket says PostgreSQL ended it): connections a PostgreSQL restart broke
+# are replaced instead of failing a request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # A streaming replica for reads that tolerate lag (agentplatform/core/dbrouter.py): only code

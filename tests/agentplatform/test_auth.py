@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 from rest_framework.authentication import get_authorization_header
 from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
@@ -100,21 +99,6 @@ def test_the_key_lookup_leaves_no_wider_scope_to_the_code_after_it(
     assert (found is not None) == (secret == "right")
     assert unscoped == 0
     assert bobs_view == {bob.tenant.pk}
-
-
-def test_a_pooled_connection_comes_in_the_scope_of_the_code_taking_it(alice: Persona) -> None:
-    """The pool's check on checkout is the set_config of the taker's scope (one round trip
-    for both)."""
-    pool = connection.pool  # type: ignore[attr-defined]
-    with rls.tenant_scope(alice.tenant.pk):
-        raw = pool.getconn()
-    try:
-        settings = raw.execute(
-            "SELECT current_setting(%s), current_setting(%s)", [rls.GUC_TENANTS, rls.GUC_ALL]
-        ).fetchone()
-    finally:
-        pool.putconn(raw)
-    assert settings == (str(alice.tenant.pk), "off")
 
 
 @pytest.mark.parametrize(

@@ -1,39 +1,47 @@
 """The PostgreSQL backend with row-level security scoping (see agentplatform.core.rls).
 
 Before any statement runs, the connection is brought to the scope of the code running it, with
-one `set_config` call when the scope differs from the one the connection has. What the
-connection has is forgotten whenever PostgreSQL may have undone it: on every rollback (a
-rolled-back transaction takes its SET commands with it), and on checkout from the pool, where
-it is set afresh: the pool's health check on checkout is that `set_config` call, so a request's
-first statement costs one round trip, not two.
+one `set_config` call when the scope differs from the one the connection has, sent in the same
+round trip as the statement (psycopg's pipeline mode). What the connection has is forgotten
+whenever PostgreSQL may have undone it: on every rollback (a rolled-back transaction takes its
+SET commands with it), and on checkout from the pool. The pool's check on checkout makes no
+round trip unless the connection's socket says PostgreSQL ended it, so a request's first
+statement costs one round trip, not two.
 """
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
-from psycopg import Connection
+from psycopg import Connection, OperationalError, ServerCursor
 from psycopg_pool import ConnectionPool
 
 from agentplatform.core import rls
 
 
-def check_in_scope(connection: Connection[Any]) -> None:
-    """The pool's check of a connection on checkout: a round trip that fails on a broken
-    connection (the pool then tries another), and gives it the current scope. It runs in
-    the thread taking the connection, so `rls.current()` is that code's scope."""
-    if connection.autocommit:
-        rls.apply(connection, rls.current())
-        return
-    connection.autocommit = True  # outside a transaction, so the setting is the session's
-    try:
-        rls.apply(connection, rls.current())
-    finally:
-        connection.autocommit = False
+def check_alive(connection: Connection[Any]) -> None:
+    """The pool's check of a connection on checkout: raises when it is broken, so that the
+    pool takes another.
+
+    A connection PostgreSQL ended (a restart, pg_terminate_backend, a crashed backend) has
+    its socket readable: the server's last error message, or the end of the stream. Only
+    then is the empty query of psycopg_pool's `check_connection` sent, to fail. A healthy
+    connection passes without a round trip, which cost every REST request and websocket
+    message a third of the statements PostgreSQL saw from them. What this cannot see, a
+    peer gone without a word (a network cut), the round trip would only have caught by the
+    width of a race: the request's statement then fails, and the pool drops the connection.
+    """
+    if connection.closed or connection.broken:
+        raise OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(connection.pgconn.socket, select.POLLIN)
+    if poller.poll(0):
+        ConnectionPool.check_connection(connection)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -45,7 +53,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     @property
     def pool(self) -> ConnectionPool[Any] | None:
         """Django's pool (django/db/backends/postgresql/base.py, 5.2), whose health check is
-        `check_in_scope` instead of an empty query."""
+        `check_alive` instead of an empty query."""
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
             return None
@@ -59,21 +67,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 kwargs=connect_kwargs,
                 open=False,
                 configure=self._configure_connection,  # type: ignore[attr-defined]
-                check=check_in_scope if self._checks_on_checkout else None,
+                check=check_alive if self.settings_dict["CONN_HEALTH_CHECKS"] else None,
                 **({} if pool_options is True else pool_options),
             )
             pools.setdefault(self.alias, pool)  # a racing thread's pool may win: as Django's
         return pools[self.alias]
 
-    @property
-    def _checks_on_checkout(self) -> bool:
-        return bool(self.settings_dict["CONN_HEALTH_CHECKS"])
-
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
-        # A pooled connection passed `check_in_scope` in this context just now.
-        pooled = self.pool is not None and self._checks_on_checkout
-        self.rls_scope = rls.current() if pooled else None
+        self.rls_scope = None  # whatever its last user left: set again before a statement
         return connection
 
     def _rollback(self) -> None:
@@ -98,7 +100,24 @@ class DatabaseWrapper(base.DatabaseWrapper):
         context: dict[str, Any],
     ) -> Any:
         scope = rls.current()
-        if scope != self.rls_scope:
+        if scope == self.rls_scope:
+            return execute(sql, params, many, context)
+        self.rls_scope = None  # until both have run: a failure may undo the set_config
+        if not self._pipelines(context):
             rls.apply(self.connection, scope)
             self.rls_scope = scope
-        return execute(sql, params, many, context)
+            return execute(sql, params, many, context)
+        # One round trip for both. Before the Sync that ends the pipeline they are one
+        # implicit transaction in autocommit: a failing statement takes the setting with it.
+        with self.wrap_database_errors, self.connection.pipeline():
+            rls.apply(self.connection, scope)
+            result = execute(sql, params, many, context)
+        self.rls_scope = scope
+        return result
+
+    def _pipelines(self, context: dict[str, Any]) -> bool:
+        """Whether the setting may share the statement's round trip: on pooled connections
+        (a connection without the pool runs the test database's CREATE DATABASE and such,
+        which no pipeline may hold), not for server-side cursors (psycopg cannot declare
+        them in a pipeline)."""
+        return self.pool is not None and not isinstance(context["cursor"].cursor, ServerCursor)
