@@ -119,13 +119,19 @@ def _key_with_tenant(prefix: str) -> ApiKey | None:
     assert isinstance(connection, ScopedDatabaseWrapper)
     try:
         with connection.cursor() as cursor:
+            # The function sees every key whatever the connection's scope (its SET clause),
+            # so no setting of the current scope goes before it.
+            connection.scope_set_by_statement(rls.current())
             cursor.execute(_credential_sql(), [prefix])
             row = cursor.fetchone()
     except BaseException:
         connection.scope_set_by_statement(None)
         raise
     if row is None:
-        return None  # no row: the set_config calls did not run either
+        # No row: its set_config calls did not run, and the connection has whatever scope
+        # it came with.
+        connection.scope_set_by_statement(None)
+        return None
     keys = rows.width(ApiKey)
     key = rows.from_row(ApiKey, row[2 : 2 + keys], DEFAULT_DB_ALIAS)
     key.tenant = rows.from_row(Tenant, row[2 + keys :], DEFAULT_DB_ALIAS)

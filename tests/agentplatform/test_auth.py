@@ -84,13 +84,20 @@ def test_the_key_lookup_loads_the_key_and_its_tenant_as_the_orm_would(alice: Per
     assert not key._state.adding and not key.tenant._state.adding
 
 
-@pytest.mark.parametrize("secret", ["right", "wrong"])
+@pytest.mark.parametrize("secret", ["right", "wrong", "unknown"])
 def test_the_key_lookup_leaves_no_wider_scope_to_the_code_after_it(
     alice: Persona, bob: Persona, secret: str
 ) -> None:
     """The lookup moves the connection into the key's tenant in its own statement; code
-    running in another scope afterwards still sees only its own scope's rows."""
-    raw = alice.api_key if secret == "right" else alice.api_key[:-4] + "nope"
+    running in another scope afterwards still sees only its own scope's rows, also when no
+    key matched and the connection kept the scope it came with (here bob's)."""
+    raw = {
+        "right": alice.api_key,
+        "wrong": alice.api_key[:-4] + "nope",
+        "unknown": "ap_nosuchprefix_secret",
+    }[secret]
+    with rls.tenant_scope(bob.tenant.pk):
+        assert Session.objects.exists()  # the connection is in bob's scope now
     with rls.request_scope():
         found = api_key_authenticate(raw)
         unscoped = Session.objects.count()
