@@ -124,17 +124,17 @@ def _key_with_tenant(prefix: str) -> ApiKey | None:
             connection.scope_set_by_statement(rls.current())
             cursor.execute(_credential_sql(), [prefix])
             row = cursor.fetchone()
+        # Unknown until the key is read: with a row the connection is in the key's tenant,
+        # without one it has whatever scope it came with.
+        connection.scope_set_by_statement(None)
+        if row is None:
+            return None
+        keys = rows.width(ApiKey)
+        key = rows.from_row(ApiKey, row[2 : 2 + keys], DEFAULT_DB_ALIAS)
+        key.tenant = rows.from_row(Tenant, row[2 + keys :], DEFAULT_DB_ALIAS)
     except BaseException:
         connection.scope_set_by_statement(None)
         raise
-    if row is None:
-        # No row: its set_config calls did not run, and the connection has whatever scope
-        # it came with.
-        connection.scope_set_by_statement(None)
-        return None
-    keys = rows.width(ApiKey)
-    key = rows.from_row(ApiKey, row[2 : 2 + keys], DEFAULT_DB_ALIAS)
-    key.tenant = rows.from_row(Tenant, row[2 + keys :], DEFAULT_DB_ALIAS)
     connection.scope_set_by_statement(rls.tenant_scope_of(key.tenant_id))
     return key
 

@@ -13,15 +13,27 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from psycopg import Connection, OperationalError, ServerCursor
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from agentplatform.core import rls
+
+# A connection idle in the pool for longer than this is checked with a round trip: a peer
+# gone without a word (a failover that moved an address, a NAT or load balancer dropping an
+# idle flow) leaves nothing on the socket to see. Busy connections come back within
+# milliseconds and skip it.
+CHECK_AFTER_IDLE_SECONDS = 5.0
+# Only these share a round trip with the scope's setting: a pipeline is one implicit
+# transaction, which CREATE DATABASE, VACUUM, CREATE INDEX CONCURRENTLY and several
+# statements in one string cannot run in.
+_PIPELINED = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
 
 
 def check_alive(connection: Connection[Any]) -> None:
@@ -30,18 +42,29 @@ def check_alive(connection: Connection[Any]) -> None:
 
     A connection PostgreSQL ended (a restart, pg_terminate_backend, a crashed backend) has
     its socket readable: the server's last error message, or the end of the stream. Only
-    then is the empty query of psycopg_pool's `check_connection` sent, to fail. A healthy
-    connection passes without a round trip, which cost every REST request and websocket
-    message a third of the statements PostgreSQL saw from them. What this cannot see, a
-    peer gone without a word (a network cut), the round trip would only have caught by the
-    width of a race: the request's statement then fails, and the pool drops the connection.
+    then, or after the connection sat idle past CHECK_AFTER_IDLE_SECONDS, is the empty
+    query of psycopg_pool's `check_connection` sent, to fail on a dead connection. A
+    connection in use passes without a round trip, which cost every REST request and
+    websocket message one more statement than the work needed. A peer that vanished within
+    the idle window fails the request's statement instead (once: the pool then drops that
+    connection); TCP keepalives in DATABASE_URL (`keepalives_idle`, `tcp_user_timeout`)
+    make the kernel report it on the socket sooner.
     """
     if connection.closed or connection.broken:
         raise OperationalError("the connection is closed")
+    idle_since = getattr(connection, "_agentplatform_idle_since", None)
+    if idle_since is not None and monotonic() - idle_since > CHECK_AFTER_IDLE_SECONDS:
+        ConnectionPool.check_connection(connection)
+        return
     poller = select.poll()
     poller.register(connection.pgconn.socket, select.POLLIN)
     if poller.poll(0):
         ConnectionPool.check_connection(connection)
+
+
+def mark_idle(connection: Connection[Any]) -> None:
+    """The pool's reset callback: when a connection came back (for `check_alive`)."""
+    connection._agentplatform_idle_since = monotonic()  # type: ignore[attr-defined]
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -68,6 +91,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 open=False,
                 configure=self._configure_connection,  # type: ignore[attr-defined]
                 check=check_alive if self.settings_dict["CONN_HEALTH_CHECKS"] else None,
+                reset=mark_idle,
                 **({} if pool_options is True else pool_options),
             )
             pools.setdefault(self.alias, pool)  # a racing thread's pool may win: as Django's
@@ -77,6 +101,20 @@ class DatabaseWrapper(base.DatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         self.rls_scope = None  # whatever its last user left: set again before a statement
         return connection
+
+    def _commit(self) -> None:
+        # A COMMIT of a failed transaction is a ROLLBACK (PostgreSQL says so without an
+        # error): a setting made in the transaction is gone with it.
+        failed = self._transaction_failed()
+        try:
+            super()._commit()  # type: ignore[misc]  # private, absent from the stubs
+        finally:
+            if failed:
+                self.rls_scope = None
+
+    def _transaction_failed(self) -> bool:
+        raw = self.connection
+        return raw is not None and raw.info.transaction_status == TransactionStatus.INERROR
 
     def _rollback(self) -> None:
         super()._rollback()  # type: ignore[misc]  # private, absent from the stubs
@@ -100,11 +138,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
         context: dict[str, Any],
     ) -> Any:
         scope = rls.current()
-        if scope == self.rls_scope:
+        if scope == self.rls_scope or self._transaction_failed():
+            # In a failed transaction nothing reads a row, and every way out is a rollback,
+            # which forgets the scope: a setting would only fail before, say, the ROLLBACK TO
+            # that recovers a savepoint, and take it down with it.
             return execute(sql, params, many, context)
         self.rls_scope = None  # until both have run: a failure may undo the set_config
-        if not self._pipelines(context):
-            rls.apply(self.connection, scope)
+        if not self._pipelines(sql, context):
+            with self.wrap_database_errors:
+                rls.apply(self.connection, scope)
             self.rls_scope = scope
             return execute(sql, params, many, context)
         # One round trip for both. Before the Sync that ends the pipeline they are one
@@ -115,9 +157,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.rls_scope = scope
         return result
 
-    def _pipelines(self, context: dict[str, Any]) -> bool:
-        """Whether the setting may share the statement's round trip: on pooled connections
-        (a connection without the pool runs the test database's CREATE DATABASE and such,
-        which no pipeline may hold), not for server-side cursors (psycopg cannot declare
-        them in a pipeline)."""
-        return self.pool is not None and not isinstance(context["cursor"].cursor, ServerCursor)
+    def _pipelines(self, sql: str, context: dict[str, Any]) -> bool:
+        """Whether the setting may share the statement's round trip: for the statements
+        of _PIPELINED on pooled connections, not for server-side cursors (psycopg cannot
+        declare them in a pipeline)."""
+        return (
+            self.pool is not None
+            and sql.lstrip()[:6].upper().startswith(_PIPELINED)
+            and not isinstance(context["cursor"].cursor, ServerCursor)
+        )
