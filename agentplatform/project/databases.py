@@ -14,7 +14,8 @@ REPLICA_URL_VARIABLE = "DATABASE_REPLICA_URL"
 
 
 def replica_database(primary: Mapping[str, Any], url: str) -> dict[str, Any]:
-    """The primary's settings (backend, pool, options) pointed at the replica of `url`.
+    """The primary's settings (backend, pool, options) pointed at the replica of `url`, with
+    the libpq parameters of `url`'s query (sslmode, ...) over the primary's.
 
     The same role as the primary's: a physical replica holds the primary's roles and
     policies, so row-level security binds the application there exactly as on the primary.
@@ -28,5 +29,6 @@ def replica_database(primary: Mapping[str, Any], url: str) -> dict[str, Any]:
         )
     replica = copy.deepcopy(dict(primary))
     replica.update({key: parsed[key] for key in ("HOST", "PORT", "NAME", "PASSWORD")})
+    replica["OPTIONS"] = {**replica.get("OPTIONS", {}), **parsed.get("OPTIONS", {})}
     replica["TEST"] = {**replica.get("TEST", {}), "MIRROR": "default"}
     return replica

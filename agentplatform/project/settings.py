@@ -75,6 +75,8 @@ _owner = dj_database_url.parse(_owner_url or _database_url)
 DATABASE_OWNER = {"USER": _owner["USER"], "PASSWORD": _owner["PASSWORD"]}
 DATABASE_APP = {"USER": DATABASES["default"]["USER"], "PASSWORD": DATABASES["default"]["PASSWORD"]}
 DATABASES["default"]["OPTIONS"] = {
+    # libpq's own parameters from DATABASE_URL's query (sslmode, keepalives_idle, ...).
+    **DATABASES["default"].get("OPTIONS", {}),
     # Server-side parameters, and statements run PREPARE_THRESHOLD times on a connection are
     # prepared: the turn's statements (a CTE over several tables, each with its row-level
     # security policy) are then planned once per connection instead of on every turn, which

@@ -101,3 +101,31 @@ def test_prepared_statements_can_be_turned_off_for_poolers(threshold: str, expec
         timeout=120,
     )
     assert result.stdout.strip().splitlines()[-1] == expected, result.stderr
+
+
+def test_libpq_parameters_of_the_database_urls_reach_the_connections() -> None:
+    """sslmode and the other libpq parameters in DATABASE_URL's query are kept next to the
+    platform's own options (a require-TLS URL must not connect in the clear); a replica's
+    URL brings its own over the primary's."""
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "d = settings.DATABASES; "
+        "print(d['default']['OPTIONS']['sslmode'], d['default']['OPTIONS']['keepalives_idle'], "
+        "'pool' in d['default']['OPTIONS'], d['replica']['OPTIONS']['sslmode'], "
+        "d['replica']['OPTIONS']['keepalives_idle'])"
+    )
+    primary = "postgresql://app:pw@db.internal:5432/agentplatform"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": f"{primary}?sslmode=require&keepalives_idle=30",
+            "DATABASE_REPLICA_URL": "postgresql://app:pw@replica.internal/agentplatform"
+            "?sslmode=verify-full",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "require 30 True verify-full 30", result.stderr
