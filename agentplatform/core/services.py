@@ -124,17 +124,15 @@ def _key_with_tenant(prefix: str) -> ApiKey | None:
             connection.scope_set_by_statement(rls.current())
             cursor.execute(_credential_sql(), [prefix])
             row = cursor.fetchone()
-        # Unknown until the key is read: with a row the connection is in the key's tenant,
-        # without one it has whatever scope it came with.
-        connection.scope_set_by_statement(None)
         if row is None:
             return None
         keys = rows.width(ApiKey)
         key = rows.from_row(ApiKey, row[2 : 2 + keys], DEFAULT_DB_ALIAS)
         key.tenant = rows.from_row(Tenant, row[2 + keys :], DEFAULT_DB_ALIAS)
-    except BaseException:
+    finally:
+        # Unknown unless the key was read: with a row the connection is in the key's
+        # tenant, without one (or on a failure) it has whatever scope it came with.
         connection.scope_set_by_statement(None)
-        raise
     connection.scope_set_by_statement(rls.tenant_scope_of(key.tenant_id))
     return key
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
+from contextlib import nullcontext
 from time import monotonic
 from typing import Any
 
@@ -53,13 +54,15 @@ def check_alive(connection: Connection[Any]) -> None:
     if connection.closed or connection.broken:
         raise OperationalError("the connection is closed")
     idle_since = getattr(connection, "_agentplatform_idle_since", None)
-    if idle_since is not None and monotonic() - idle_since > CHECK_AFTER_IDLE_SECONDS:
+    idle_long = idle_since is not None and monotonic() - idle_since > CHECK_AFTER_IDLE_SECONDS
+    if idle_long or _readable(connection):
         ConnectionPool.check_connection(connection)
-        return
+
+
+def _readable(connection: Connection[Any]) -> bool:
     poller = select.poll()
     poller.register(connection.pgconn.socket, select.POLLIN)
-    if poller.poll(0):
-        ConnectionPool.check_connection(connection)
+    return bool(poller.poll(0))
 
 
 def mark_idle(connection: Connection[Any]) -> None:
@@ -144,14 +147,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # that recovers a savepoint, and take it down with it.
             return execute(sql, params, many, context)
         self.rls_scope = None  # until both have run: a failure may undo the set_config
-        if not self._pipelines(sql, context):
-            with self.wrap_database_errors:
-                rls.apply(self.connection, scope)
-            self.rls_scope = scope
-            return execute(sql, params, many, context)
-        # One round trip for both. Before the Sync that ends the pipeline they are one
-        # implicit transaction in autocommit: a failing statement takes the setting with it.
-        with self.wrap_database_errors, self.connection.pipeline():
+        # One round trip for both where the statement allows. Before the Sync that ends the
+        # pipeline they are one implicit transaction in autocommit: a failing statement
+        # takes the setting with it.
+        batch = self.connection.pipeline() if self._pipelines(sql, context) else nullcontext()
+        with self.wrap_database_errors, batch:
             rls.apply(self.connection, scope)
             result = execute(sql, params, many, context)
         self.rls_scope = scope
