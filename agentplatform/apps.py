@@ -15,10 +15,12 @@ class PlatformConfig(AppConfig):
         # with the platform's tasks (every process, web included, sends tasks to it; a task
         # sent by name must be registered here to run eagerly in tests).
         from agentplatform import tasks  # noqa: F401
-        from agentplatform.core import rls
+        from agentplatform.core import keycache, rls
         from agentplatform.http import schema  # noqa: F401
         from agentplatform.project import checks  # noqa: F401
         from agentplatform.project.celery import app  # noqa: F401
 
         # Once per `migrate`, after every app's migrations: policies and grants.
         post_migrate.connect(rls.install, sender=self, dispatch_uid="agentplatform.core.rls")
+        # Changes of tenants and API keys reach the keys each process keeps in memory.
+        keycache.connect()

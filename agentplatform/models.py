@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, ClassVar, TypeVar
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.dispatch import Signal
 
-from agentplatform.core.tenancy import TenantOwned
+from agentplatform.core.tenancy import TenantOwned, TenantQuerySet
+
+M = TypeVar("M", bound=models.Model)
+
+# Sent after a queryset's update() changed tenants or API keys (`tenant_ids`: whose). A
+# model's save and delete say it through post_save/post_delete; both reach every process's
+# kept keys (agentplatform.core.keycache), which an update would otherwise leave stale.
+credentials_changed = Signal()
+
+
+def _updated(queryset: models.QuerySet[M], tenant_field: str, changes: dict[str, Any]) -> int:
+    """`queryset.update(**changes)`, announcing the tenants it changed (read before, since
+    the update may move rows out of the queryset's filter)."""
+    tenant_ids = set(queryset.values_list(tenant_field, flat=True))
+    count = models.QuerySet.update(queryset, **changes)
+    credentials_changed.send(sender=queryset.model, tenant_ids=tenant_ids)
+    return count
+
+
+class TenantRowQuerySet(models.QuerySet["Tenant"]):
+    def update(self, **changes: Any) -> int:
+        return _updated(self, "pk", changes)
+
+
+class ApiKeyQuerySet(TenantQuerySet["ApiKey"]):
+    def update(self, **changes: Any) -> int:
+        if set(changes) <= ApiKey.UNCACHED_FIELDS:
+            return super().update(**changes)
+        return _updated(self, "tenant_id", changes)
 
 
 class Tenant(models.Model):
@@ -34,6 +64,8 @@ class Tenant(models.Model):
         help_text="Requests per period, like 6000/min or 100/s; empty for the platform default.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantRowQuerySet.as_manager()
 
     class Meta:
         ordering = ["slug"]
@@ -78,6 +110,12 @@ class ApiKey(TenantOwned):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[Any] = ApiKeyQuerySet.as_manager()
+
+    # Fields whose change is no news to the processes that keep keys: the authentication
+    # reads none of them to decide (it updates last_used_at itself, at most once a minute).
+    UNCACHED_FIELDS = frozenset({"last_used_at"})
 
     class Meta:
         verbose_name = "API key"

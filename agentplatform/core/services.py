@@ -14,7 +14,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from agentplatform.core import rls
+from agentplatform.core import keycache, rls
 from agentplatform.core.audit import Actor, audit_delete, audit_record, audited
 from agentplatform.core.dbbackend.base import DatabaseWrapper as ScopedDatabaseWrapper
 from agentplatform.infra import rows
@@ -92,19 +92,27 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
     """The active key matching `raw` (with its tenant loaded), or None.
 
     The hash comparison is constant-time so response timing tells nothing about a near miss.
-    When the key is found, the database connection is left in its tenant's scope (a request
-    goes on there; code in another scope has its own set again before its next statement).
+    A key this process kept (`keycache`) costs a Redis GET; one looked up leaves the database
+    connection in its tenant's scope (a request goes on there; code in another scope has its
+    own set again before its next statement).
     """
     scheme, _, rest = raw.partition("_")
     prefix, _, secret = rest.partition("_")
     if scheme != "ap" or not prefix or not secret:
         return None
-    key = _key_with_tenant(prefix)
+    key = keycache.kept_key(prefix)
+    if key is None:
+        epoch = keycache.epoch_before_lookup(prefix)
+        key = _key_with_tenant(prefix)
+        if key is not None:
+            keycache.keep(key, epoch)
     if key is None or not hmac.compare_digest(key.hashed_secret, _hash_secret(secret)):
         return None
     if key.revoked_at is not None or key.tenant.status != Tenant.Status.ACTIVE:
         return None
-    with rls.tenant_scope(key.tenant_id):  # the connection's scope already: no round trip
+    # A looked-up key left the connection in this scope; a kept key's scope is set with
+    # the touch's statement, if any (the same round trip).
+    with rls.tenant_scope(key.tenant_id):
         _touch(key)
     return key
 
@@ -153,6 +161,7 @@ def _touch(key: ApiKey) -> None:
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
+        keycache.used(key, now)
 
 
 @audited("operator.added")

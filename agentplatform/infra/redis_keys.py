@@ -120,6 +120,13 @@ def extraction_running(tenant_id: object) -> str:
     return _tenant(tenant_id, "extract", "running")
 
 
+def credentials_epoch(tenant_id: object) -> str:
+    """A random token replaced on every committed change of the tenant or of one of its API
+    keys: each process uses the keys it kept while it holds (TTL: a day; once it lapses,
+    kept keys are read again)."""
+    return _tenant(tenant_id, "credentials")
+
+
 def api_throttle(tenant_id: object) -> str:
     """Until when (ms) the tenant's API request budget is spent (TTL: that time)."""
     return _tenant(tenant_id, "throttle")

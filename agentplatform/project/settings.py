@@ -236,6 +236,10 @@ WS_ECHO_ENDPOINT = env_bool("WS_ECHO_ENDPOINT", False)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_048_576, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 
+# How long a process may use an API key it kept in memory before reading it again, even if
+# no change was announced (agentplatform.core.keycache); 0: every request reads PostgreSQL.
+API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 60, minimum=0)
+
 # --- Redis: cache, channel layer, Celery ---------------------------------------------------
 CACHES = {"default": cache_config(REDIS_URL, f"{REDIS_KEY_PREFIX}:cache")}
 # Pub/sub fan-out: ~2.6x cheaper per group_send than the list-based layer and without its

@@ -1,0 +1,211 @@
+"""API keys kept in each process's memory: a REST request's key costs no PostgreSQL round trip.
+
+A key read from PostgreSQL is kept, with its tenant, under its prefix, together with the
+tenant's credentials epoch: a random token in Redis (redis_keys.credentials_epoch) that every
+committed change of the tenant or of one of its keys replaces (`announce`: saves and
+deletes through post_save/post_delete, a queryset's update() through `credentials_changed`).
+A kept key is used while the epoch in Redis is still the one it was kept under: one Redis
+GET instead of the SQL lookup, and a revocation or a suspension reaches every process as soon
+as it committed.
+
+Why it holds:
+- The epoch is read BEFORE the SQL lookup whose result it guards: a change committed after
+  that lookup replaces the epoch after it was read, so the key is not used again. The tenant
+  is only known from the key's row, so the first request with a key in a process reads
+  PostgreSQL and learns its tenant; the next reads the epoch first, then the key, and keeps it.
+- A random token, not a counter: a Redis that lost its data (a restart without persistence)
+  cannot hand out an old value again; a missing epoch matches nothing.
+- A replacement that failed (Redis down when the change committed) is logged, and bounded by
+  API_KEY_CACHE_SECONDS: a key kept longer is read again, whatever its epoch.
+- Each request gets its own model instances, built from the kept values, so nothing one
+  request does to them reaches another.
+- Redis unreachable on the way in: the key is read from PostgreSQL, as without the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import redis
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models import Model
+from django.db.models.signals import post_delete, post_save
+from redis.exceptions import RedisClusterException
+
+from agentplatform.infra import redis_keys
+from agentplatform.infra.redis import get_redis
+from agentplatform.models import ApiKey, Tenant, credentials_changed
+
+logger = logging.getLogger(__name__)
+M = TypeVar("M", bound=Model)
+
+EPOCH_TTL_SECONDS = 86_400
+MAX_KEPT = 10_000  # prefixes per process; the oldest go first
+_REDIS_ERRORS = (redis.RedisError, RedisClusterException)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    epoch: bytes
+    kept_at: float  # time.monotonic()
+    key: tuple[Any, ...]  # the key's field values, in its concrete fields' order
+    tenant: tuple[Any, ...]
+
+
+_lock = threading.Lock()
+_kept: dict[str, _Kept] = {}
+_tenant_of: dict[str, str] = {}  # prefix -> tenant id, learnt from the key's row (immutable)
+
+
+def kept_key(prefix: str) -> ApiKey | None:
+    """The key kept under `prefix`, with its tenant, as new instances, when its tenant's
+    epoch is still the one it was kept under; else None (read it from PostgreSQL)."""
+    kept = _kept.get(prefix)
+    max_age = settings.API_KEY_CACHE_SECONDS
+    if kept is None or time.monotonic() - kept.kept_at > max_age:
+        return None
+    key = _instance(ApiKey, kept.key)
+    try:
+        current = get_redis().get(redis_keys.credentials_epoch(key.tenant_id))
+    except _REDIS_ERRORS:
+        return None
+    if current != kept.epoch:
+        return None
+    key.tenant = _instance(Tenant, kept.tenant)
+    return key
+
+
+def epoch_before_lookup(prefix: str) -> bytes | None:
+    """The epoch to keep the key of `prefix` under, read before the key is looked up: None
+    when its tenant is not known yet in this process (or caching is off, or Redis fails)."""
+    tenant_id = _tenant_of.get(prefix)
+    if tenant_id is None or not settings.API_KEY_CACHE_SECONDS:
+        return None
+    name = redis_keys.credentials_epoch(tenant_id)
+    try:
+        pipeline = get_redis().pipeline(transaction=False)
+        pipeline.set(name, secrets.token_hex(16), nx=True, ex=EPOCH_TTL_SECONDS)
+        pipeline.get(name)
+        _, epoch = pipeline.execute()
+    except _REDIS_ERRORS:
+        return None
+    return epoch if isinstance(epoch, bytes) else None
+
+
+def keep(key: ApiKey, epoch: bytes | None) -> None:
+    """Remember `key` (looked up after `epoch` was read), or at least its tenant."""
+    with _lock:
+        _tenant_of[key.prefix] = str(key.tenant_id)
+        _kept.pop(key.prefix, None)  # re-inserted last: the oldest are evicted first
+        if epoch is not None:
+            _kept[key.prefix] = _Kept(epoch, time.monotonic(), _values(key), _values(key.tenant))
+        for mapping in (_kept, _tenant_of):
+            while len(mapping) > MAX_KEPT:
+                mapping.pop(next(iter(mapping)))
+
+
+def used(key: ApiKey, at: datetime) -> None:
+    """The key's last_used_at was set to `at`: so is the kept copy's (or every request would
+    find it a minute old and write it again)."""
+    with _lock:
+        kept = _kept.get(key.prefix)
+        if kept is not None:
+            index = _attnames(ApiKey).index("last_used_at")
+            values = (*kept.key[:index], at, *kept.key[index + 1 :])
+            _kept[key.prefix] = _Kept(kept.epoch, kept.kept_at, values, kept.tenant)
+
+
+def announce(tenant_ids: Iterable[uuid.UUID | str]) -> None:
+    """The credentials of these tenants change in the current transaction: this process
+    forgets their keys now, and every process once it committed (their epochs replaced)."""
+    tenants = {str(tenant_id) for tenant_id in tenant_ids}
+    if not tenants:
+        return
+    _forget(tenants)
+    transaction.on_commit(partial(_replace_epochs, tenants), using=DEFAULT_DB_ALIAS)
+
+
+def _replace_epochs(tenants: set[str]) -> None:
+    _forget(tenants)  # kept meanwhile from a read before the commit
+    try:
+        pipeline = get_redis().pipeline(transaction=False)
+        for tenant_id in sorted(tenants):
+            epoch = secrets.token_hex(16)
+            pipeline.set(redis_keys.credentials_epoch(tenant_id), epoch, ex=EPOCH_TTL_SECONDS)
+        pipeline.execute()
+    except _REDIS_ERRORS:
+        # The change is committed; other processes may use their kept keys of these tenants
+        # for up to API_KEY_CACHE_SECONDS more.
+        logger.exception("could not announce a credentials change of tenants %s", tenants)
+
+
+def _forget(tenants: set[str]) -> None:
+    with _lock:
+        for prefix in [p for p, t in _tenant_of.items() if t in tenants]:
+            _kept.pop(prefix, None)
+
+
+def forget_all() -> None:
+    """Drop everything kept in this process (tests, a settings change)."""
+    with _lock:
+        _kept.clear()
+        _tenant_of.clear()
+
+
+def _values(obj: Model) -> tuple[Any, ...]:
+    return tuple(getattr(obj, name) for name in _attnames(type(obj)))
+
+
+def _instance(model: type[M], values: tuple[Any, ...]) -> M:
+    return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), list(values))
+
+
+def _attnames(model: type[Model]) -> list[str]:
+    return [field.attname for field in model._meta.concrete_fields]
+
+
+# --- what announces a change ------------------------------------------------------------------
+
+
+def _key_saved(sender: type[ApiKey], instance: ApiKey, created: bool, **kwargs: Any) -> None:
+    fields = kwargs.get("update_fields")
+    if created or (fields is not None and set(fields) <= ApiKey.UNCACHED_FIELDS):
+        return  # a new prefix was never kept; last_used_at decides nothing
+    announce([instance.tenant_id])
+
+
+def _key_deleted(sender: type[ApiKey], instance: ApiKey, **kwargs: Any) -> None:
+    announce([instance.tenant_id])
+
+
+def _tenant_saved(sender: type[Tenant], instance: Tenant, created: bool, **kwargs: Any) -> None:
+    if not created:
+        announce([instance.pk])
+
+
+def _tenant_deleted(sender: type[Tenant], instance: Tenant, **kwargs: Any) -> None:
+    announce([instance.pk])
+
+
+def _updated(sender: type[Model], tenant_ids: Iterable[uuid.UUID | str], **kwargs: Any) -> None:
+    announce(tenant_ids)
+
+
+def connect() -> None:
+    """Called once, from the app's ready()."""
+    uid = "agentplatform.core.keycache"
+    post_save.connect(_key_saved, sender=ApiKey, dispatch_uid=f"{uid}.key_saved")
+    post_delete.connect(_key_deleted, sender=ApiKey, dispatch_uid=f"{uid}.key_deleted")
+    post_save.connect(_tenant_saved, sender=Tenant, dispatch_uid=f"{uid}.tenant_saved")
+    post_delete.connect(_tenant_deleted, sender=Tenant, dispatch_uid=f"{uid}.tenant_deleted")
+    credentials_changed.connect(_updated, dispatch_uid=f"{uid}.updated")

@@ -1,0 +1,183 @@
+"""API keys kept in the process's memory (agentplatform.core.keycache): a kept key costs no
+SQL, and every change of its tenant or of its keys, in this process or another, reaches it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from agentplatform.core import keycache, rls
+from agentplatform.core.audit import SYSTEM
+from agentplatform.core.services import api_key_authenticate, api_key_revoke
+from agentplatform.infra import redis_keys
+from agentplatform.models import ApiKey, Tenant
+from tests.conftest import Persona
+
+pytestmark = pytest.mark.django_db
+
+Callbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
+
+
+@pytest.fixture(autouse=True)
+def _nothing_kept() -> Iterator[None]:
+    keycache.forget_all()
+    yield
+    keycache.forget_all()
+
+
+def _statements(raw: str) -> tuple[ApiKey | None, int]:
+    """Authenticate `raw` as a request would (outside any tenant's scope); with the number
+    of SQL statements it took."""
+    with (
+        rls.cross_tenant(rls.CrossTenantReason.COMMAND, "test"),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        key = api_key_authenticate(raw)
+    return key, len(queries)
+
+
+def _kept(persona: Persona) -> ApiKey:
+    """The persona's key, kept: its first use teaches its tenant, the second keeps it."""
+    _statements(persona.api_key)
+    key, _ = _statements(persona.api_key)
+    assert key is not None
+    return key
+
+
+def _key_row(persona: Persona) -> ApiKey:
+    return ApiKey.objects.get(tenant=persona.tenant)
+
+
+def test_a_kept_key_costs_no_sql_and_a_new_one_does(alice: Persona) -> None:
+    first, first_statements = _statements(alice.api_key)
+    second, _ = _statements(alice.api_key)
+    third, third_statements = _statements(alice.api_key)
+    assert first is not None and second is not None and third is not None
+    assert first_statements >= 1
+    assert third_statements == 0
+    assert third.pk == first.pk and third.tenant.pk == alice.tenant.pk
+
+
+def test_each_request_gets_its_own_instances(alice: Persona) -> None:
+    _kept(alice)
+    one, _ = _statements(alice.api_key)
+    two, _ = _statements(alice.api_key)
+    assert one is not None and two is not None
+    assert one is not two and one.tenant is not two.tenant
+    one.tenant.status = Tenant.Status.SUSPENDED  # a request's own change stays its own
+    assert two.tenant.status == Tenant.Status.ACTIVE
+    assert _statements(alice.api_key)[0] is not None
+
+
+def test_a_wrong_secret_under_a_kept_prefix_is_refused(alice: Persona) -> None:
+    _kept(alice)
+    prefix = alice.api_key.split("_")[1]
+    assert _statements(f"ap_{prefix}_wrong-secret")[0] is None
+
+
+def test_a_change_announced_by_another_process_is_seen_at_once(
+    alice: Persona, redis_client: redis.Redis
+) -> None:
+    """Another process revokes the key: the row changes under this process's feet, then that
+    process replaces the tenant's epoch. Until it did, the kept key is used (the window
+    API_KEY_CACHE_SECONDS bounds); once it did, the key is read again, and refused."""
+    _kept(alice)
+    with rls.tenant_scope(alice.tenant.pk), connection.cursor() as cursor:
+        cursor.execute("UPDATE agentplatform_apikey SET revoked_at = now() WHERE tenant_id = %s",
+                       [alice.tenant.pk])  # fmt: skip
+    assert _statements(alice.api_key)[0] is not None
+    redis_client.set(redis_keys.credentials_epoch(alice.tenant.pk), "another process's")
+    key, statements = _statements(alice.api_key)
+    assert key is None and statements >= 1
+
+
+def test_a_lost_epoch_reads_the_key_again(alice: Persona, redis_client: redis.Redis) -> None:
+    _kept(alice)
+    redis_client.delete(redis_keys.credentials_epoch(alice.tenant.pk))  # Redis lost its data
+    key, statements = _statements(alice.api_key)
+    assert key is not None and statements >= 1
+    assert _statements(alice.api_key)[1] == 0  # kept again, under a new epoch
+
+
+def test_a_key_kept_longer_than_the_setting_is_read_again(alice: Persona, settings: Any) -> None:
+    _kept(alice)
+    settings.API_KEY_CACHE_SECONDS = 0
+    assert _statements(alice.api_key)[1] >= 1
+    assert _statements(alice.api_key)[1] >= 1
+
+
+def _revoke(persona: Persona) -> None:
+    api_key_revoke(actor=SYSTEM, key=_key_row(persona))
+
+
+def _suspend(persona: Persona) -> None:
+    # update() sends no post_save: the queryset announces it (an operator's bulk change).
+    Tenant.objects.filter(pk=persona.tenant.pk).update(status=Tenant.Status.SUSPENDED)
+
+
+@pytest.mark.parametrize("change", [_revoke, _suspend], ids=["revoke", "queryset_update"])
+def test_a_committed_change_replaces_the_epoch_and_refuses_the_kept_key(
+    alice: Persona,
+    django_capture_on_commit_callbacks: Callbacks,
+    redis_client: redis.Redis,
+    change: Callable[[Persona], None],
+) -> None:
+    _kept(alice)
+    epoch = redis_client.get(redis_keys.credentials_epoch(alice.tenant.pk))
+    with django_capture_on_commit_callbacks(execute=True):
+        change(alice)
+    assert redis_client.get(redis_keys.credentials_epoch(alice.tenant.pk)) != epoch
+    assert _statements(alice.api_key)[0] is None
+
+
+def test_a_deleted_key_is_refused(alice: Persona) -> None:
+    _kept(alice)
+    _key_row(alice).delete()
+    assert _statements(alice.api_key)[0] is None
+
+
+def test_a_change_that_rolls_back_leaves_the_epoch(
+    alice: Persona, django_capture_on_commit_callbacks: Callbacks, redis_client: redis.Redis
+) -> None:
+    _kept(alice)
+    epoch = redis_client.get(redis_keys.credentials_epoch(alice.tenant.pk))
+    with django_capture_on_commit_callbacks(execute=False):
+        Tenant.objects.filter(pk=alice.tenant.pk).update(name="renamed")
+    assert redis_client.get(redis_keys.credentials_epoch(alice.tenant.pk)) == epoch
+
+
+def test_recording_use_reaches_the_kept_copy(alice: Persona) -> None:
+    """A key kept with an old last_used_at is touched once, not on every request."""
+    _statements(alice.api_key)
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    ApiKey.objects.filter(tenant=alice.tenant).update(last_used_at=an_hour_ago)
+    _statements(alice.api_key)  # kept with the old value, and touched
+    assert _key_row(alice).last_used_at > an_hour_ago  # type: ignore[operator]
+    assert _statements(alice.api_key)[1] == 0
+
+
+def test_one_tenants_change_leaves_anothers_kept_keys(
+    alice: Persona, bob: Persona, django_capture_on_commit_callbacks: Callbacks
+) -> None:
+    _kept(alice)
+    _kept(bob)
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_revoke(actor=SYSTEM, key=_key_row(alice))
+    assert _statements(alice.api_key)[0] is None
+    key, statements = _statements(bob.api_key)
+    assert key is not None and key.tenant.pk == bob.tenant.pk and statements == 0
+
+
+def test_over_rest_a_kept_key_sees_only_its_tenant(alice: Persona, bob: Persona) -> None:
+    for _ in range(3):
+        assert alice.client().get(f"/api/v1/sessions/{alice.session.pk}/").status_code == 200
+        assert bob.client().get(f"/api/v1/sessions/{alice.session.pk}/").status_code == 404
+        assert bob.client().get(f"/api/v1/sessions/{bob.session.pk}/").status_code == 200
