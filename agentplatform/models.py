@@ -14,31 +14,33 @@ from agentplatform.core.tenancy import TenantOwned, TenantQuerySet
 
 M = TypeVar("M", bound=models.Model)
 
-# Sent after a queryset's update() changed tenants or API keys (`tenant_ids`: whose). A
-# model's save and delete say it through post_save/post_delete; both reach every process's
-# kept keys (agentplatform.core.keycache), which an update would otherwise leave stale.
+# Sent after a queryset's update() changed tenants or API keys (`tenant_ids`: whose; `using`:
+# its database). A model's save and delete say it through post_save/post_delete; both reach
+# every process's kept keys (agentplatform.core.keycache), which an update would leave stale.
 credentials_changed = Signal()
 
 
-def _updated(queryset: models.QuerySet[M], tenant_field: str, changes: dict[str, Any]) -> int:
+def _update_announcing(
+    queryset: models.QuerySet[M], tenant_field: str, changes: dict[str, Any]
+) -> int:
     """`queryset.update(**changes)`, announcing the tenants it changed (read before, since
     the update may move rows out of the queryset's filter)."""
     tenant_ids = set(queryset.values_list(tenant_field, flat=True))
     count = models.QuerySet.update(queryset, **changes)
-    credentials_changed.send(sender=queryset.model, tenant_ids=tenant_ids)
+    credentials_changed.send(sender=queryset.model, tenant_ids=tenant_ids, using=queryset.db)
     return count
 
 
 class TenantRowQuerySet(models.QuerySet["Tenant"]):
     def update(self, **changes: Any) -> int:
-        return _updated(self, "pk", changes)
+        return _update_announcing(self, "pk", changes)
 
 
 class ApiKeyQuerySet(TenantQuerySet["ApiKey"]):
     def update(self, **changes: Any) -> int:
         if set(changes) <= ApiKey.UNCACHED_FIELDS:
             return super().update(**changes)
-        return _updated(self, "tenant_id", changes)
+        return _update_announcing(self, "tenant_id", changes)
 
 
 class Tenant(models.Model):

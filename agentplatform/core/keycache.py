@@ -15,8 +15,10 @@ Why it holds:
   PostgreSQL and learns its tenant; the next reads the epoch first, then the key, and keeps it.
 - A random token, not a counter: a Redis that lost its data (a restart without persistence)
   cannot hand out an old value again; a missing epoch matches nothing.
-- A replacement that failed (Redis down when the change committed) is logged, and bounded by
-  API_KEY_CACHE_SECONDS: a key kept longer is read again, whatever its epoch.
+- A change that was not announced is bounded by API_KEY_CACHE_SECONDS (a key kept longer is
+  read again, whatever its epoch): SQL run by hand, a process killed between its commit and
+  the announcement, Redis down at that moment (logged). After changing keys by hand, delete
+  the tenant's epoch (`redis_keys.credentials_epoch`): a missing epoch matches nothing.
 - Each request gets its own model instances, built from the kept values, so nothing one
   request does to them reaches another.
 - Redis unreachable on the way in: the key is read from PostgreSQL, as without the cache.
@@ -30,9 +32,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar
 
 import redis
@@ -43,7 +45,7 @@ from django.db.models.signals import post_delete, post_save
 from redis.exceptions import RedisClusterException
 
 from agentplatform.infra import redis_keys
-from agentplatform.infra.redis import get_redis
+from agentplatform.infra.redis import deferred, get_redis, write_batch
 from agentplatform.models import ApiKey, Tenant, credentials_changed
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ _REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 @dataclass(frozen=True)
 class _Kept:
+    tenant_id: str
     epoch: bytes
     kept_at: float  # time.monotonic()
     key: tuple[Any, ...]  # the key's field values, in its concrete fields' order
@@ -71,16 +74,15 @@ def kept_key(prefix: str) -> ApiKey | None:
     """The key kept under `prefix`, with its tenant, as new instances, when its tenant's
     epoch is still the one it was kept under; else None (read it from PostgreSQL)."""
     kept = _kept.get(prefix)
-    max_age = settings.API_KEY_CACHE_SECONDS
-    if kept is None or time.monotonic() - kept.kept_at > max_age:
+    if kept is None or time.monotonic() - kept.kept_at > settings.API_KEY_CACHE_SECONDS:
         return None
-    key = _instance(ApiKey, kept.key)
     try:
-        current = get_redis().get(redis_keys.credentials_epoch(key.tenant_id))
+        current = get_redis().get(redis_keys.credentials_epoch(kept.tenant_id))
     except _REDIS_ERRORS:
         return None
     if current != kept.epoch:
         return None
+    key = _instance(ApiKey, kept.key)
     key.tenant = _instance(Tenant, kept.tenant)
     return key
 
@@ -93,7 +95,7 @@ def epoch_before_lookup(prefix: str) -> bytes | None:
         return None
     name = redis_keys.credentials_epoch(tenant_id)
     try:
-        pipeline = get_redis().pipeline(transaction=False)
+        pipeline = get_redis().pipeline(transaction=False)  # one key: one slot
         pipeline.set(name, secrets.token_hex(16), nx=True, ex=EPOCH_TTL_SECONDS)
         pipeline.get(name)
         _, epoch = pipeline.execute()
@@ -103,12 +105,16 @@ def epoch_before_lookup(prefix: str) -> bytes | None:
 
 
 def keep(key: ApiKey, epoch: bytes | None) -> None:
-    """Remember `key` (looked up after `epoch` was read), or at least its tenant."""
+    """Remember `key`'s tenant, and the key itself when it was looked up after `epoch` was
+    read (both dicts evict their oldest entries first)."""
+    tenant_id = str(key.tenant_id)
     with _lock:
-        _tenant_of[key.prefix] = str(key.tenant_id)
-        _kept.pop(key.prefix, None)  # re-inserted last: the oldest are evicted first
+        _tenant_of.pop(key.prefix, None)
+        _tenant_of[key.prefix] = tenant_id
+        _kept.pop(key.prefix, None)
         if epoch is not None:
-            _kept[key.prefix] = _Kept(epoch, time.monotonic(), _values(key), _values(key.tenant))
+            values = _values(key), _values(key.tenant)
+            _kept[key.prefix] = _Kept(tenant_id, epoch, time.monotonic(), *values)
         for mapping in (_kept, _tenant_of):
             while len(mapping) > MAX_KEPT:
                 mapping.pop(next(iter(mapping)))
@@ -117,32 +123,33 @@ def keep(key: ApiKey, epoch: bytes | None) -> None:
 def used(key: ApiKey, at: datetime) -> None:
     """The key's last_used_at was set to `at`: so is the kept copy's (or every request would
     find it a minute old and write it again)."""
+    index = _LAST_USED
     with _lock:
         kept = _kept.get(key.prefix)
         if kept is not None:
-            index = _attnames(ApiKey).index("last_used_at")
             values = (*kept.key[:index], at, *kept.key[index + 1 :])
-            _kept[key.prefix] = _Kept(kept.epoch, kept.kept_at, values, kept.tenant)
+            _kept[key.prefix] = replace(kept, key=values)
 
 
-def announce(tenant_ids: Iterable[uuid.UUID | str]) -> None:
-    """The credentials of these tenants change in the current transaction: this process
-    forgets their keys now, and every process once it committed (their epochs replaced)."""
+def announce(tenant_ids: Iterable[uuid.UUID | str], using: str = DEFAULT_DB_ALIAS) -> None:
+    """The credentials of these tenants change in the current transaction of `using`: this
+    process forgets their keys now, and every process once it committed (their epochs
+    replaced). Robust: a callback of the same transaction that failed before must not keep
+    this one from running."""
     tenants = {str(tenant_id) for tenant_id in tenant_ids}
     if not tenants:
         return
     _forget(tenants)
-    transaction.on_commit(partial(_replace_epochs, tenants), using=DEFAULT_DB_ALIAS)
+    transaction.on_commit(partial(_replace_epochs, tenants), using=using, robust=True)
 
 
 def _replace_epochs(tenants: set[str]) -> None:
     _forget(tenants)  # kept meanwhile from a read before the commit
     try:
-        pipeline = get_redis().pipeline(transaction=False)
-        for tenant_id in sorted(tenants):
-            epoch = secrets.token_hex(16)
-            pipeline.set(redis_keys.credentials_epoch(tenant_id), epoch, ex=EPOCH_TTL_SECONDS)
-        pipeline.execute()
+        with write_batch():  # one round trip (one per slot on a cluster)
+            for tenant_id in sorted(tenants):
+                name = redis_keys.credentials_epoch(tenant_id)
+                deferred("set", name, secrets.token_hex(16), ex=EPOCH_TTL_SECONDS)
     except _REDIS_ERRORS:
         # The change is committed; other processes may use their kept keys of these tenants
         # for up to API_KEY_CACHE_SECONDS more.
@@ -151,12 +158,12 @@ def _replace_epochs(tenants: set[str]) -> None:
 
 def _forget(tenants: set[str]) -> None:
     with _lock:
-        for prefix in [p for p, t in _tenant_of.items() if t in tenants]:
-            _kept.pop(prefix, None)
+        for prefix in [prefix for prefix, kept in _kept.items() if kept.tenant_id in tenants]:
+            del _kept[prefix]
 
 
 def forget_all() -> None:
-    """Drop everything kept in this process (tests, a settings change)."""
+    """Drop everything kept in this process (tests)."""
     with _lock:
         _kept.clear()
         _tenant_of.clear()
@@ -170,8 +177,12 @@ def _instance(model: type[M], values: tuple[Any, ...]) -> M:
     return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), list(values))
 
 
+@cache
 def _attnames(model: type[Model]) -> list[str]:
     return [field.attname for field in model._meta.concrete_fields]
+
+
+_LAST_USED = [field.attname for field in ApiKey._meta.concrete_fields].index("last_used_at")
 
 
 # --- what announces a change ------------------------------------------------------------------
@@ -181,24 +192,26 @@ def _key_saved(sender: type[ApiKey], instance: ApiKey, created: bool, **kwargs: 
     fields = kwargs.get("update_fields")
     if created or (fields is not None and set(fields) <= ApiKey.UNCACHED_FIELDS):
         return  # a new prefix was never kept; last_used_at decides nothing
-    announce([instance.tenant_id])
+    announce([instance.tenant_id], kwargs.get("using", DEFAULT_DB_ALIAS))
 
 
 def _key_deleted(sender: type[ApiKey], instance: ApiKey, **kwargs: Any) -> None:
-    announce([instance.tenant_id])
+    announce([instance.tenant_id], kwargs.get("using", DEFAULT_DB_ALIAS))
 
 
 def _tenant_saved(sender: type[Tenant], instance: Tenant, created: bool, **kwargs: Any) -> None:
     if not created:
-        announce([instance.pk])
+        announce([instance.pk], kwargs.get("using", DEFAULT_DB_ALIAS))
 
 
 def _tenant_deleted(sender: type[Tenant], instance: Tenant, **kwargs: Any) -> None:
-    announce([instance.pk])
+    announce([instance.pk], kwargs.get("using", DEFAULT_DB_ALIAS))
 
 
-def _updated(sender: type[Model], tenant_ids: Iterable[uuid.UUID | str], **kwargs: Any) -> None:
-    announce(tenant_ids)
+def _update_announced(
+    sender: type[Model], tenant_ids: Iterable[uuid.UUID | str], using: str, **kwargs: Any
+) -> None:
+    announce(tenant_ids, using)
 
 
 def connect() -> None:
@@ -208,4 +221,4 @@ def connect() -> None:
     post_delete.connect(_key_deleted, sender=ApiKey, dispatch_uid=f"{uid}.key_deleted")
     post_save.connect(_tenant_saved, sender=Tenant, dispatch_uid=f"{uid}.tenant_saved")
     post_delete.connect(_tenant_deleted, sender=Tenant, dispatch_uid=f"{uid}.tenant_deleted")
-    credentials_changed.connect(_updated, dispatch_uid=f"{uid}.updated")
+    credentials_changed.connect(_update_announced, dispatch_uid=f"{uid}.updated")

@@ -3,20 +3,28 @@ SQL, and every change of its tenant or of its keys, in this process or another, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
-from django.db import connection
+from django.contrib.postgres.fields import ArrayField
+from django.db import connection, transaction
+from django.db.models import JSONField
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from agentplatform.core import keycache, rls
+from agentplatform.core import keycache, rls, services
 from agentplatform.core.audit import SYSTEM
 from agentplatform.core.services import api_key_authenticate, api_key_revoke
+from agentplatform.devtools.testing import free_port
+from agentplatform.infra import redis as redis_module
 from agentplatform.infra import redis_keys
 from agentplatform.models import ApiKey, Tenant
 from tests.conftest import Persona
@@ -118,12 +126,28 @@ def _revoke(persona: Persona) -> None:
     api_key_revoke(actor=SYSTEM, key=_key_row(persona))
 
 
-def _suspend(persona: Persona) -> None:
+def _revoke_by_update(persona: Persona) -> None:
+    ApiKey.objects.filter(tenant=persona.tenant).update(revoked_at=timezone.now())
+
+
+def _suspend_by_update(persona: Persona) -> None:
     # update() sends no post_save: the queryset announces it (an operator's bulk change).
     Tenant.objects.filter(pk=persona.tenant.pk).update(status=Tenant.Status.SUSPENDED)
 
 
-@pytest.mark.parametrize("change", [_revoke, _suspend], ids=["revoke", "queryset_update"])
+def _suspend_by_save(persona: Persona) -> None:
+    tenant = Tenant.objects.get(pk=persona.tenant.pk)  # as the console's form saves it
+    tenant.status = Tenant.Status.SUSPENDED
+    tenant.save()
+
+
+def _delete(persona: Persona) -> None:
+    _key_row(persona).delete()
+
+
+@pytest.mark.parametrize(
+    "change", [_revoke, _revoke_by_update, _suspend_by_update, _suspend_by_save, _delete]
+)
 def test_a_committed_change_replaces_the_epoch_and_refuses_the_kept_key(
     alice: Persona,
     django_capture_on_commit_callbacks: Callbacks,
@@ -138,19 +162,19 @@ def test_a_committed_change_replaces_the_epoch_and_refuses_the_kept_key(
     assert _statements(alice.api_key)[0] is None
 
 
-def test_a_deleted_key_is_refused(alice: Persona) -> None:
-    _kept(alice)
-    _key_row(alice).delete()
-    assert _statements(alice.api_key)[0] is None
-
-
-def test_a_change_that_rolls_back_leaves_the_epoch(
+def test_a_change_that_rolls_back_announces_nothing(
     alice: Persona, django_capture_on_commit_callbacks: Callbacks, redis_client: redis.Redis
 ) -> None:
     _kept(alice)
     epoch = redis_client.get(redis_keys.credentials_epoch(alice.tenant.pk))
-    with django_capture_on_commit_callbacks(execute=False):
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
         Tenant.objects.filter(pk=alice.tenant.pk).update(name="renamed")
+        raise RuntimeError("rolled back")
+    assert callbacks == []
     assert redis_client.get(redis_keys.credentials_epoch(alice.tenant.pk)) == epoch
 
 
@@ -181,3 +205,71 @@ def test_over_rest_a_kept_key_sees_only_its_tenant(alice: Persona, bob: Persona)
         assert alice.client().get(f"/api/v1/sessions/{alice.session.pk}/").status_code == 200
         assert bob.client().get(f"/api/v1/sessions/{alice.session.pk}/").status_code == 404
         assert bob.client().get(f"/api/v1/sessions/{bob.session.pk}/").status_code == 200
+
+
+def test_the_epoch_is_read_before_the_lookup_it_guards(
+    alice: Persona, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    """Another process revokes the key and replaces the epoch right after this process read
+    the key's row: the key is kept under the epoch read before, which no longer holds, so
+    the next request reads the key again and is refused. (Read after the lookup, the epoch
+    would be the new one, and the revoked key would be served from memory.)"""
+    _statements(alice.api_key)  # the tenant is learnt
+    lookup = services._key_with_tenant
+
+    def lookup_then_revoked_elsewhere(prefix: str) -> ApiKey | None:
+        key = lookup(prefix)
+        with rls.tenant_scope(alice.tenant.pk), connection.cursor() as cursor:
+            cursor.execute("UPDATE agentplatform_apikey SET revoked_at = now()")
+        redis_client.set(redis_keys.credentials_epoch(alice.tenant.pk), "after the lookup")
+        return key
+
+    monkeypatch.setattr(services, "_key_with_tenant", lookup_then_revoked_elsewhere)
+    assert _statements(alice.api_key)[0] is not None  # read before the revocation
+    monkeypatch.setattr(services, "_key_with_tenant", lookup)
+    assert _statements(alice.api_key)[0] is None
+
+
+def test_a_kept_key_older_than_the_setting_is_read_again(alice: Persona) -> None:
+    _kept(alice)
+    prefix = alice.api_key.split("_")[1]
+    kept = keycache._kept[prefix]
+    keycache._kept[prefix] = replace(kept, kept_at=kept.kept_at - 61)  # the default is 60 s
+    assert _statements(alice.api_key)[1] >= 1
+    assert _statements(alice.api_key)[1] == 0  # kept anew
+
+
+def test_a_kept_key_is_the_row_the_orm_loads(alice: Persona) -> None:
+    _kept(alice)
+    key, statements = _statements(alice.api_key)
+    assert key is not None and statements == 0
+    assert _field_values(key) == _field_values(_key_row(alice))
+    assert _field_values(key.tenant) == _field_values(Tenant.objects.get(pk=alice.tenant.pk))
+
+
+def test_kept_values_cannot_be_shared_mutable_objects() -> None:
+    """Each request gets instances built from the kept values, not copies of them: a field
+    holding a mutable value (JSON, an array) would be shared between requests and threads."""
+    mutable = (JSONField, ArrayField)
+    for model in (ApiKey, Tenant):
+        assert not [f.name for f in model._meta.concrete_fields if isinstance(f, mutable)]
+
+
+def test_with_redis_unreachable_keys_are_read_from_postgresql(
+    alice: Persona, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _kept(alice)
+    unreachable = redis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    monkeypatch.setattr(keycache, "get_redis", lambda: unreachable)
+    key, statements = _statements(alice.api_key)
+    assert key is not None and statements >= 1
+    monkeypatch.setattr(redis_module, "get_redis", lambda: unreachable)  # the batch's client
+    with caplog.at_level(logging.ERROR, logger="agentplatform.core.keycache"):
+        keycache._replace_epochs({str(alice.tenant.pk)})
+    assert "could not announce a credentials change" in caplog.text
+
+
+def _field_values(obj: ApiKey | Tenant) -> dict[str, object]:
+    return {field.attname: getattr(obj, field.attname) for field in obj._meta.concrete_fields}

@@ -5,12 +5,16 @@ extraction sweep, admin login failures, erasure), with the slot of every key com
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 from django.test import Client, override_settings
 
+from agentplatform.core import keycache
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import get_redis
 from agents.llm.scripted import ScriptedBackend
@@ -20,6 +24,8 @@ from memory.followups import pending_tenants_unscheduled
 from tests.agents.test_concurrency import _race
 from tests.cluster.recording import Recorded, recording, slots
 from tests.conftest import Persona
+
+Callbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,12 +51,21 @@ def _operate(persona: Persona, llm: ScriptedBackend) -> None:
     assert login.status_code in (200, 429)
     erased = client.post(f"/api/v1/users/{persona.user_id}/erase/", {}, format="json")
     assert erased.status_code == 200, erased.content
+    for _ in range(3):  # a kept API key: its epoch read before the lookup, then checked
+        assert client.get("/api/v1/agents/").status_code == 200
 
 
 @pytest.fixture
-def recorded(alice: Persona, llm: ScriptedBackend, monkeypatch: pytest.MonkeyPatch) -> Recorded:
+def recorded(
+    alice: Persona,
+    llm: ScriptedBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Callbacks,
+) -> Recorded:
     with recording(get_redis(), monkeypatch) as recorded:
         _operate(alice, llm)
+        with django_capture_on_commit_callbacks(execute=True):  # two tenants' epochs replaced
+            keycache.announce([alice.tenant.pk, uuid.uuid4()])
     return recorded
 
 
@@ -85,6 +100,7 @@ def test_a_sessions_keys_share_its_slot_and_a_tenants_its_own(alice: Persona) ->
         redis_keys.extraction_scheduled(tenant),
         redis_keys.extraction_running(tenant),
         redis_keys.api_throttle(tenant),
+        redis_keys.credentials_epoch(tenant),
     ]
     assert len(slots([k.encode() for k in session_keys])) == 1
     assert len(slots([k.encode() for k in tenant_keys])) == 1
