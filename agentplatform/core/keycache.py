@@ -4,9 +4,10 @@ A key read from PostgreSQL is kept, with its tenant, under its prefix, together 
 tenant's credentials epoch: a random token in Redis (redis_keys.credentials_epoch) that every
 committed change of the tenant or of one of its keys replaces (`announce`: saves and
 deletes through post_save/post_delete, a queryset's update() through `credentials_changed`).
-A kept key is used while the epoch in Redis is still the one it was kept under: one Redis
-GET instead of the SQL lookup, and a revocation or a suspension reaches every process as soon
-as it committed.
+A kept key is used while the epoch in Redis is still the one it was kept under, instead of
+the SQL lookup (a GET; over REST the throttle's script checks it, agentplatform.http.
+throttling.Prepaid, so no round trip of its own), and a revocation or a suspension reaches
+every process as soon as it committed.
 
 Why it holds:
 - The epoch is read BEFORE the SQL lookup whose result it guards: a change committed after
@@ -31,7 +32,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache, partial
@@ -55,6 +56,10 @@ EPOCH_TTL_SECONDS = 86_400
 MAX_KEPT = 10_000  # prefixes per process; the oldest go first
 _REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
+# Whether a kept key's tenant epoch still holds (`epoch_is_current`, or the REST throttle's
+# script that also spends the tenant's budget, agentplatform.http.throttling.Prepaid).
+EpochCheck = Callable[[Tenant, bytes], bool]
+
 
 @dataclass(frozen=True)
 class _Kept:
@@ -70,21 +75,27 @@ _kept: dict[str, _Kept] = {}
 _tenant_of: dict[str, str] = {}  # prefix -> tenant id, learnt from the key's row (immutable)
 
 
-def kept_key(prefix: str) -> ApiKey | None:
-    """The key kept under `prefix`, with its tenant, as new instances, when its tenant's
-    epoch is still the one it was kept under; else None (read it from PostgreSQL)."""
+def kept_key(prefix: str, usable: Callable[[ApiKey], bool], current: EpochCheck) -> ApiKey | None:
+    """The key kept under `prefix`, with its tenant, as new instances, when `usable` (its
+    secret and status, checked first: a wrong secret costs no Redis call) and `current`
+    (its tenant's epoch is still the one it was kept under); else None: read it from
+    PostgreSQL."""
     kept = _kept.get(prefix)
     if kept is None or time.monotonic() - kept.kept_at > settings.API_KEY_CACHE_SECONDS:
         return None
-    try:
-        current = get_redis().get(redis_keys.credentials_epoch(kept.tenant_id))
-    except _REDIS_ERRORS:
-        return None
-    if current != kept.epoch:
-        return None
     key = _instance(ApiKey, kept.key)
     key.tenant = _instance(Tenant, kept.tenant)
-    return key
+    if not usable(key):
+        return None
+    try:
+        return key if current(key.tenant, kept.epoch) else None
+    except _REDIS_ERRORS:
+        return None
+
+
+def epoch_is_current(tenant: Tenant, epoch: bytes) -> bool:
+    """The plain check: one GET."""
+    return bool(get_redis().get(redis_keys.credentials_epoch(tenant.pk)) == epoch)
 
 
 def epoch_before_lookup(prefix: str) -> bytes | None:

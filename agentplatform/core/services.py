@@ -88,28 +88,38 @@ def api_key_revoke(*, key: ApiKey, actor: Actor) -> None:
     )
 
 
-def api_key_authenticate(raw: str) -> ApiKey | None:
+def api_key_authenticate(
+    raw: str, *, current: keycache.EpochCheck = keycache.epoch_is_current
+) -> ApiKey | None:
     """The active key matching `raw` (with its tenant loaded), or None.
 
     The hash comparison is constant-time so response timing tells nothing about a near miss.
-    A key this process kept (`keycache`) costs a Redis GET; one looked up leaves the database
-    connection in its tenant's scope (a request goes on there; code in another scope has its
-    own set again before its next statement).
+    A key this process kept (`keycache`) is valid once `current` says its tenant's epoch
+    still holds (a GET, or the REST throttle's script with it); one looked up leaves the
+    database connection in its tenant's scope (a request goes on there; code in another
+    scope has its own set again before its next statement).
     """
     scheme, _, rest = raw.partition("_")
     prefix, _, secret = rest.partition("_")
     if scheme != "ap" or not prefix or not secret:
         return None
-    key = keycache.kept_key(prefix)
+    hashed = _hash_secret(secret)
+
+    def usable(key: ApiKey) -> bool:
+        return (
+            hmac.compare_digest(key.hashed_secret, hashed)
+            and key.revoked_at is None
+            and key.tenant.status == Tenant.Status.ACTIVE
+        )
+
+    key = keycache.kept_key(prefix, usable, current)
     if key is None:
         epoch = keycache.epoch_before_lookup(prefix)
         key = _key_with_tenant(prefix)
         if key is not None:
             keycache.keep(key, epoch)
-    if key is None or not hmac.compare_digest(key.hashed_secret, _hash_secret(secret)):
-        return None
-    if key.revoked_at is not None or key.tenant.status != Tenant.Status.ACTIVE:
-        return None
+        if key is None or not usable(key):
+            return None
     # A looked-up key left the connection in this scope; a kept key's scope is set with
     # the touch's statement, if any (the same round trip).
     with rls.tenant_scope(key.tenant_id):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rest_framework import HTTP_HEADER_ENCODING
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
@@ -11,25 +9,9 @@ from rest_framework.request import Request
 
 from agentplatform.core import rls
 from agentplatform.core.services import api_key_authenticate
-from agentplatform.models import ApiKey, Tenant
-
-
-@dataclass(frozen=True)
-class TenantPrincipal:
-    """`request.user` for API calls: the tenant acting through one of its keys."""
-
-    tenant: Tenant
-    api_key: ApiKey
-    is_authenticated: bool = True
-    is_anonymous: bool = False
-
-
-def request_tenant(request: Request) -> Tenant:
-    """The tenant of an API request that passed `IsTenant`."""
-    principal = request.user
-    if not isinstance(principal, TenantPrincipal):
-        raise AuthenticationFailed("The API key is missing, malformed, revoked or unknown.")
-    return principal.tenant
+from agentplatform.http.principal import TenantPrincipal
+from agentplatform.http.throttling import Prepaid
+from agentplatform.models import ApiKey
 
 
 def authorization_header(request: Request) -> bytes:
@@ -52,12 +34,14 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not header:
             return None
         token = bearer_token(header)
-        key = api_key_authenticate(token) if token else None
+        prepaid = Prepaid()  # a kept key's check spends the tenant's budget too
+        key = api_key_authenticate(token, current=prepaid.check_and_spend) if token else None
         if key is None:
             raise AuthenticationFailed("The API key is missing, malformed, revoked or unknown.")
         # From here on the request sees its tenant's rows only (TenantScopeMiddleware ends it).
         rls.enter(rls.tenant_scope_of(key.tenant_id))
-        return TenantPrincipal(tenant=key.tenant, api_key=key), key
+        principal = TenantPrincipal(key.tenant, key, prepaid_wait_ms=prepaid.wait_ms)
+        return principal, key
 
     def authenticate_header(self, request: Request) -> str:
         # Makes DRF answer 401 (not 403) when no credentials are given.

@@ -26,7 +26,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agentplatform.http.authentication import request_tenant
+from agentplatform.http.principal import request_tenant
 from agentplatform.http.problems import Conflict
 from agentplatform.models import IdempotencyRecord, Tenant
 

@@ -5,7 +5,7 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from agentplatform.http.authentication import TenantPrincipal
+from agentplatform.http.principal import TenantPrincipal
 
 
 class IsTenant(BasePermission):

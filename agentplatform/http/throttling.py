@@ -19,14 +19,20 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
-from agentplatform.http.authentication import TenantPrincipal
+from agentplatform.http.principal import TenantPrincipal
 from agentplatform.infra import redis_keys
 from agentplatform.infra.redis import Script
+from agentplatform.models import Tenant
 
 # KEYS[1]: the time (ms, Redis's clock) up to which the budget is spent. ARGV: the interval
 # between two requests at the rate, and the window (a full budget may be used at once).
+# With KEYS[2] and ARGV[3], the tenant's credentials epoch and the one a kept API key was
+# kept under: unless they are equal, nothing is spent and the answer is -1 (Prepaid).
 # Returns 0 when the request may pass, else the milliseconds until one would.
 _SPEND = Script("""
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return -1
+end
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
 local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -54,15 +60,41 @@ class TenantRateThrottle(BaseThrottle):
     def __init__(self) -> None:
         self.wait_ms = 0
 
+    @classmethod
+    def budget(cls, tenant: Tenant) -> list[float]:
+        """The script's ARGV for the tenant's rate: the interval and the window, in ms."""
+        count, seconds = parse_rate(str(tenant.api_rate or cls.THROTTLE_RATES[cls.scope]))
+        return [seconds * 1000 / count, seconds * 1000]
+
     def allow_request(self, request: Request, view: Any) -> bool:
         principal = request.user
         if not isinstance(principal, TenantPrincipal):
             return True  # unauthenticated requests are refused before they cost anything
-        rate = str(principal.tenant.api_rate or self.THROTTLE_RATES[self.scope])
-        count, seconds = parse_rate(rate)
-        key = redis_keys.api_throttle(principal.tenant.pk)
-        self.wait_ms = int(_SPEND([key], [seconds * 1000 / count, seconds * 1000]))
+        if principal.prepaid_wait_ms is not None:
+            self.wait_ms = principal.prepaid_wait_ms  # spent with the key's check
+        else:
+            key = redis_keys.api_throttle(principal.tenant.pk)
+            self.wait_ms = int(_SPEND([key], self.budget(principal.tenant)))
         return self.wait_ms == 0
 
     def wait(self) -> float | None:
         return math.ceil(self.wait_ms / 1000) if self.wait_ms else None
+
+
+class Prepaid:
+    """A kept API key's check (agentplatform.core.keycache) and the tenant's spend in one
+    Redis call: both keys carry the tenant's hash tag, so one script reads the epoch and,
+    only if the key's still holds, spends; the throttle then reads the answer from the
+    principal. A kept key thus costs no round trip of its own. Every API view has the
+    throttle (DEFAULT_THROTTLE_CLASSES), so nothing is spent that would not have been."""
+
+    def __init__(self) -> None:
+        self.wait_ms: int | None = None
+
+    def check_and_spend(self, tenant: Tenant, epoch: bytes) -> bool:
+        keys = [redis_keys.api_throttle(tenant.pk), redis_keys.credentials_epoch(tenant.pk)]
+        answer = int(_SPEND(keys, [*TenantRateThrottle.budget(tenant), epoch]))
+        if answer < 0:
+            return False
+        self.wait_ms = answer
+        return True

@@ -7,7 +7,7 @@ from django.utils import timezone as django_timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from agentplatform.http.authentication import request_tenant
+from agentplatform.http.principal import request_tenant
 from agentplatform.http.serializers import (
     JSONObjectField,
     StrictBooleanField,

@@ -21,10 +21,10 @@ from rest_framework.views import APIView
 
 from agentplatform.core.audit import Actor, actor_of
 from agentplatform.core.vault import secret_delete, secret_set
-from agentplatform.http.authentication import request_tenant
 from agentplatform.http.idempotency import idempotent, replay_response, request_idempotency_key
 from agentplatform.http.lag import ListMayLag
 from agentplatform.http.pagination import CreatedCursorPagination
+from agentplatform.http.principal import request_tenant
 from agentplatform.http.problems import BadGateway
 from agentplatform.http.serializers import query_filters
 from agentplatform.models import Tenant, TenantSecret

@@ -17,10 +17,10 @@ from rest_framework.views import APIView
 
 from agentplatform.core.audit import actor_of
 from agentplatform.core.dbrouter import reads_may_lag
-from agentplatform.http.authentication import request_tenant
 from agentplatform.http.idempotency import idempotent
 from agentplatform.http.lag import ListMayLag
 from agentplatform.http.pagination import CreatedCursorPagination
+from agentplatform.http.principal import request_tenant
 from agentplatform.http.problems import Conflict
 from agentplatform.http.serializers import query_filters
 from agents.api.serializers import SessionSerializer

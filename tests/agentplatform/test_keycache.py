@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.connection
 from django.contrib.postgres.fields import ArrayField
 from django.db import connection, transaction
 from django.db.models import JSONField
@@ -19,11 +20,14 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from rest_framework.settings import api_settings
+from rest_framework.test import APIClient
 
 from agentplatform.core import keycache, rls, services
 from agentplatform.core.audit import SYSTEM
 from agentplatform.core.services import api_key_authenticate, api_key_revoke
 from agentplatform.devtools.testing import free_port
+from agentplatform.http.throttling import TenantRateThrottle
 from agentplatform.infra import redis as redis_module
 from agentplatform.infra import redis_keys
 from agentplatform.models import ApiKey, Tenant
@@ -273,3 +277,80 @@ def test_with_redis_unreachable_keys_are_read_from_postgresql(
 
 def _field_values(obj: ApiKey | Tenant) -> dict[str, object]:
     return {field.attname: getattr(obj, field.attname) for field in obj._meta.concrete_fields}
+
+
+# --- over REST: the kept key's check rides with the throttle's spend --------------------------
+
+
+@pytest.fixture
+def three_per_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    rates = {**api_settings.DEFAULT_THROTTLE_RATES, "tenant": "3/min"}
+    monkeypatch.setattr(TenantRateThrottle, "THROTTLE_RATES", rates)
+
+
+def test_over_rest_a_kept_key_costs_no_round_trip_of_its_own(
+    alice: Persona, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """As many Redis round trips as a request whose key is looked up in PostgreSQL (the
+    throttle's script checks the epoch), and no lookup."""
+    sent: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)  # one packed send: one round trip
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+
+    def request() -> tuple[int, list[str]]:
+        sent.clear()
+        with CaptureQueriesContext(connection) as queries:
+            assert alice.client().get("/api/v1/agents/").status_code == 200
+        lookups = [q["sql"] for q in queries if "agentplatform_api_key_credential" in q["sql"]]
+        return len(sent), lookups
+
+    settings.API_KEY_CACHE_SECONDS = 0
+    round_trips, lookups = request()
+    assert lookups
+    settings.API_KEY_CACHE_SECONDS = 60
+    request(), request()  # learn the tenant, keep the key
+    assert request() == (round_trips, [])
+
+
+def test_over_rest_a_stale_kept_key_spends_nothing_before_it_is_read_again(
+    alice: Persona, three_per_minute: None, redis_client: redis.Redis
+) -> None:
+    client = alice.client()
+    statuses = [client.get("/api/v1/agents/").status_code for _ in range(2)]
+    redis_client.set(redis_keys.credentials_epoch(alice.tenant.pk), "another process's")
+    statuses += [client.get("/api/v1/agents/").status_code for _ in range(2)]
+    assert statuses == [200, 200, 200, 429]  # the stale check spent none of the three
+
+
+def test_over_rest_a_wrong_secret_under_a_kept_prefix_spends_nothing(
+    alice: Persona, three_per_minute: None
+) -> None:
+    client = alice.client()
+    statuses = [client.get("/api/v1/agents/").status_code for _ in range(2)]
+    prefix = alice.api_key.split("_")[1]
+    assert _get_with(f"ap_{prefix}_wrong-secret") == 401
+    statuses += [client.get("/api/v1/agents/").status_code for _ in range(2)]
+    assert statuses == [200, 200, 200, 429]
+
+
+def _get_with(raw: str) -> int:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client.get("/api/v1/agents/").status_code
+
+
+def test_over_rest_a_change_announced_by_another_process_refuses_the_kept_key(
+    alice: Persona, redis_client: redis.Redis
+) -> None:
+    client = alice.client()
+    assert [client.get("/api/v1/agents/").status_code for _ in range(2)] == [200, 200]
+    with rls.tenant_scope(alice.tenant.pk), connection.cursor() as cursor:
+        cursor.execute("UPDATE agentplatform_apikey SET revoked_at = now()")
+    assert client.get("/api/v1/agents/").status_code == 200  # kept, not announced yet
+    redis_client.set(redis_keys.credentials_epoch(alice.tenant.pk), "another process's")
+    assert client.get("/api/v1/agents/").status_code == 401
