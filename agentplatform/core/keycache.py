@@ -77,9 +77,9 @@ _tenant_of: dict[str, str] = {}  # prefix -> tenant id, learnt from the key's ro
 
 def kept_key(prefix: str, usable: Callable[[ApiKey], bool], current: EpochCheck) -> ApiKey | None:
     """The key kept under `prefix`, with its tenant, as new instances, when `usable` (its
-    secret and status, checked first: a wrong secret costs no Redis call) and `current`
-    (its tenant's epoch is still the one it was kept under); else None: read it from
-    PostgreSQL."""
+    secret and status, checked before anything is sent: a kept key that is refused spends
+    no budget) and `current` (its tenant's epoch is still the one it was kept under); else
+    None: read it from PostgreSQL."""
     kept = _kept.get(prefix)
     if kept is None or time.monotonic() - kept.kept_at > settings.API_KEY_CACHE_SECONDS:
         return None
@@ -90,7 +90,17 @@ def kept_key(prefix: str, usable: Callable[[ApiKey], bool], current: EpochCheck)
     try:
         return key if current(key.tenant, kept.epoch) else None
     except _REDIS_ERRORS:
+        # Read from PostgreSQL, then throttled as usual: if the reply was lost after the
+        # script ran, the budget is spent twice for this request (rare, and only budget).
         return None
+
+
+def kept_secret_hash(prefix: str) -> str | None:
+    """The secret's hash of the key kept under `prefix`, whatever its age or epoch: a key's
+    secret never changes, so a secret that does not match it is wrong (refused without a
+    round trip, however often it is tried)."""
+    kept = _kept.get(prefix)
+    return None if kept is None else str(kept.key[_HASHED_SECRET])
 
 
 def epoch_is_current(tenant: Tenant, epoch: bytes) -> bool:
@@ -194,6 +204,7 @@ def _attnames(model: type[Model]) -> list[str]:
 
 
 _LAST_USED = [field.attname for field in ApiKey._meta.concrete_fields].index("last_used_at")
+_HASHED_SECRET = [field.attname for field in ApiKey._meta.concrete_fields].index("hashed_secret")
 
 
 # --- what announces a change ------------------------------------------------------------------

@@ -104,6 +104,9 @@ def api_key_authenticate(
     if scheme != "ap" or not prefix or not secret:
         return None
     hashed = _hash_secret(secret)
+    known = keycache.kept_secret_hash(prefix)
+    if known is not None and not hmac.compare_digest(known, hashed):
+        return None
 
     def usable(key: ApiKey) -> bool:
         return (

@@ -70,7 +70,7 @@ class TenantRateThrottle(BaseThrottle):
         principal = request.user
         if not isinstance(principal, TenantPrincipal):
             return True  # unauthenticated requests are refused before they cost anything
-        if principal.prepaid_wait_ms is not None:
+        if principal.prepaid_wait_ms is not None and type(self) is TenantRateThrottle:
             self.wait_ms = principal.prepaid_wait_ms  # spent with the key's check
         else:
             key = redis_keys.api_throttle(principal.tenant.pk)
@@ -85,8 +85,9 @@ class Prepaid:
     """A kept API key's check (agentplatform.core.keycache) and the tenant's spend in one
     Redis call: both keys carry the tenant's hash tag, so one script reads the epoch and,
     only if the key's still holds, spends; the throttle then reads the answer from the
-    principal. A kept key thus costs no round trip of its own. Every API view has the
-    throttle (DEFAULT_THROTTLE_CLASSES), so nothing is spent that would not have been."""
+    principal. A kept key thus costs no round trip of its own. Every API view has exactly
+    this throttle and `IsTenant` (the defaults; a test walks the URLs), so nothing is spent
+    that would not have been; another throttle spends its own budget itself."""
 
     def __init__(self) -> None:
         self.wait_ms: int | None = None

@@ -17,6 +17,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import connection, transaction
 from django.db.models import JSONField
 from django.test.utils import CaptureQueriesContext
+from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -27,6 +28,8 @@ from agentplatform.core import keycache, rls, services
 from agentplatform.core.audit import SYSTEM
 from agentplatform.core.services import api_key_authenticate, api_key_revoke
 from agentplatform.devtools.testing import free_port
+from agentplatform.http.authentication import ApiKeyAuthentication
+from agentplatform.http.permissions import IsTenant
 from agentplatform.http.throttling import TenantRateThrottle
 from agentplatform.infra import redis as redis_module
 from agentplatform.infra import redis_keys
@@ -310,6 +313,7 @@ def test_over_rest_a_kept_key_costs_no_round_trip_of_its_own(
         return len(sent), lookups
 
     settings.API_KEY_CACHE_SECONDS = 0
+    request()  # the throttle's script loaded into Redis's cache (a fresh Redis: NOSCRIPT)
     round_trips, lookups = request()
     assert lookups
     settings.API_KEY_CACHE_SECONDS = 60
@@ -354,3 +358,82 @@ def test_over_rest_a_change_announced_by_another_process_refuses_the_kept_key(
     assert client.get("/api/v1/agents/").status_code == 200  # kept, not announced yet
     redis_client.set(redis_keys.credentials_epoch(alice.tenant.pk), "another process's")
     assert client.get("/api/v1/agents/").status_code == 401
+
+
+def test_over_rest_a_deleted_epoch_spends_nothing_and_reads_the_key_again(
+    alice: Persona, three_per_minute: None, redis_client: redis.Redis
+) -> None:
+    """Deleting the tenant's epoch is how an operator forces every process to read again."""
+    client = alice.client()
+    statuses = [client.get("/api/v1/agents/").status_code for _ in range(2)]
+    redis_client.delete(redis_keys.credentials_epoch(alice.tenant.pk))
+    statuses += [client.get("/api/v1/agents/").status_code for _ in range(2)]
+    assert statuses == [200, 200, 200, 429]
+
+
+def test_over_rest_a_kept_key_over_its_budget_gets_429_with_retry_after(
+    alice: Persona, three_per_minute: None
+) -> None:
+    client = alice.client()
+    assert [client.get("/api/v1/agents/").status_code for _ in range(3)] == [200, 200, 200]
+    throttled = client.get("/api/v1/agents/")  # a kept key: its check spent the budget
+    assert throttled.status_code == 429 and int(throttled["Retry-After"]) >= 1
+
+
+def test_over_rest_a_key_revoked_while_throttled_gets_401_not_429(
+    alice: Persona, three_per_minute: None, redis_client: redis.Redis
+) -> None:
+    """The script checks the epoch before the budget: a stale key is never answered 429."""
+    client = alice.client()
+    assert [client.get("/api/v1/agents/").status_code for _ in range(4)] == [200, 200, 200, 429]
+    with rls.tenant_scope(alice.tenant.pk), connection.cursor() as cursor:
+        cursor.execute("UPDATE agentplatform_apikey SET revoked_at = now()")
+    redis_client.set(redis_keys.credentials_epoch(alice.tenant.pk), "another process's")
+    assert client.get("/api/v1/agents/").status_code == 401
+
+
+def test_a_wrong_secret_under_a_kept_prefix_costs_no_round_trip(
+    alice: Persona, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _kept(alice)
+    sent: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    prefix = alice.api_key.split("_")[1]
+    key, statements = _statements(f"ap_{prefix}_wrong-secret")
+    assert key is None and statements == 0 and sent == []
+
+
+def test_every_api_view_has_the_throttle_the_key_check_spends_for() -> None:
+    """A kept key's check spends the tenant's budget when the request authenticates
+    (throttling.Prepaid): right only while every view taking API keys answers to exactly
+    that throttle and lets every tenant principal through."""
+    views = [view for view in _views(get_resolver().url_patterns) if _takes_api_keys(view)]
+    assert views
+    odd = [
+        name
+        for name, settings in views
+        if list(settings["throttle_classes"]) != [TenantRateThrottle]
+        or list(settings["permission_classes"]) != [IsTenant]
+    ]
+    assert odd == []
+
+
+def _views(patterns: list[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each DRF view's name and its classes as it runs: its own, or as_view()'s arguments."""
+    names = ("authentication_classes", "throttle_classes", "permission_classes")
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            yield from _views(pattern.url_patterns)
+        elif isinstance(pattern, URLPattern) and hasattr(pattern.callback, "cls"):
+            view, given = pattern.callback.cls, getattr(pattern.callback, "initkwargs", {})
+            yield view.__name__, {name: given.get(name, getattr(view, name)) for name in names}
+
+
+def _takes_api_keys(view: tuple[str, dict[str, Any]]) -> bool:
+    return ApiKeyAuthentication in view[1]["authentication_classes"]
