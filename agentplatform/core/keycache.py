@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import cache, partial
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -45,7 +45,7 @@ from django.db.models import Model
 from django.db.models.signals import post_delete, post_save
 from redis.exceptions import RedisClusterException
 
-from agentplatform.infra import redis_keys
+from agentplatform.infra import redis_keys, rows
 from agentplatform.infra.redis import deferred, get_redis, write_batch
 from agentplatform.models import ApiKey, Tenant, credentials_changed
 
@@ -191,43 +191,34 @@ def forget_all() -> None:
 
 
 def _values(obj: Model) -> tuple[Any, ...]:
-    return tuple(getattr(obj, name) for name in _attnames(type(obj)))
+    return tuple(getattr(obj, name) for name in rows.attnames(type(obj)))
 
 
 def _instance(model: type[M], values: tuple[Any, ...]) -> M:
-    return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), list(values))
+    # The kept values are converted already: from_db, not rows.from_row.
+    return model.from_db(DEFAULT_DB_ALIAS, rows.attnames(model), list(values))
 
 
-@cache
-def _attnames(model: type[Model]) -> list[str]:
-    return [field.attname for field in model._meta.concrete_fields]
-
-
-_LAST_USED = [field.attname for field in ApiKey._meta.concrete_fields].index("last_used_at")
-_HASHED_SECRET = [field.attname for field in ApiKey._meta.concrete_fields].index("hashed_secret")
+_LAST_USED = rows.attnames(ApiKey).index("last_used_at")
+_HASHED_SECRET = rows.attnames(ApiKey).index("hashed_secret")
 
 
 # --- what announces a change ------------------------------------------------------------------
 
 
-def _key_saved(sender: type[ApiKey], instance: ApiKey, created: bool, **kwargs: Any) -> None:
+def _tenant_id(row: ApiKey | Tenant) -> uuid.UUID:
+    return row.pk if isinstance(row, Tenant) else row.tenant_id
+
+
+def _saved(sender: type[Model], instance: ApiKey | Tenant, created: bool, **kwargs: Any) -> None:
     fields = kwargs.get("update_fields")
     if created or (fields is not None and set(fields) <= ApiKey.UNCACHED_FIELDS):
-        return  # a new prefix was never kept; last_used_at decides nothing
-    announce([instance.tenant_id], kwargs.get("using", DEFAULT_DB_ALIAS))
+        return  # a new row was never kept; last_used_at decides nothing
+    announce([_tenant_id(instance)], kwargs.get("using", DEFAULT_DB_ALIAS))
 
 
-def _key_deleted(sender: type[ApiKey], instance: ApiKey, **kwargs: Any) -> None:
-    announce([instance.tenant_id], kwargs.get("using", DEFAULT_DB_ALIAS))
-
-
-def _tenant_saved(sender: type[Tenant], instance: Tenant, created: bool, **kwargs: Any) -> None:
-    if not created:
-        announce([instance.pk], kwargs.get("using", DEFAULT_DB_ALIAS))
-
-
-def _tenant_deleted(sender: type[Tenant], instance: Tenant, **kwargs: Any) -> None:
-    announce([instance.pk], kwargs.get("using", DEFAULT_DB_ALIAS))
+def _deleted(sender: type[Model], instance: ApiKey | Tenant, **kwargs: Any) -> None:
+    announce([_tenant_id(instance)], kwargs.get("using", DEFAULT_DB_ALIAS))
 
 
 def _update_announced(
@@ -239,8 +230,8 @@ def _update_announced(
 def connect() -> None:
     """Called once, from the app's ready()."""
     uid = "agentplatform.core.keycache"
-    post_save.connect(_key_saved, sender=ApiKey, dispatch_uid=f"{uid}.key_saved")
-    post_delete.connect(_key_deleted, sender=ApiKey, dispatch_uid=f"{uid}.key_deleted")
-    post_save.connect(_tenant_saved, sender=Tenant, dispatch_uid=f"{uid}.tenant_saved")
-    post_delete.connect(_tenant_deleted, sender=Tenant, dispatch_uid=f"{uid}.tenant_deleted")
+    for model in (ApiKey, Tenant):
+        name = model.__name__
+        post_save.connect(_saved, sender=model, dispatch_uid=f"{uid}.saved.{name}")
+        post_delete.connect(_deleted, sender=model, dispatch_uid=f"{uid}.deleted.{name}")
     credentials_changed.connect(_update_announced, dispatch_uid=f"{uid}.updated")

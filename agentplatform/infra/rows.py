@@ -39,11 +39,12 @@ def from_row(model: type[M], values: Sequence[Any], using: str) -> M:
     for index, converters, expression in _converters(model, using):
         for converter in converters:
             converted[index] = converter(converted[index], expression, connection)
-    return model.from_db(using, _attnames(model), converted)
+    return model.from_db(using, attnames(model), converted)
 
 
 @cache
-def _attnames(model: type[Model]) -> list[str]:
+def attnames(model: type[Model]) -> list[str]:
+    """The attribute names of `model`'s concrete fields, in the order of `select_list`."""
     return [field.attname for field in model._meta.concrete_fields]
 
 
